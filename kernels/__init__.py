@@ -1,0 +1,1 @@
+"""CUDA C++ sources of orcd's kernels, compiled at run time with NVRTC (see nbs/06_cuda)."""

@@ -7,7 +7,7 @@ __all__ = ['BACKENDS', 'CTX_CAP', 'SamplingParams', 'softmax', 'apply_penalties'
            'StopMatcher', 'Backend', 'CPUBackend', 'TokenEvent', 'ContextOverflowError', 'Engine', 'resolve_device',
            'load_backend', 'choose_n_ctx', 'params_from_args', 'cli_generate']
 
-# %% ../nbs/05_engine.ipynb #2dbc6978
+# %% ../nbs/05_engine.ipynb #70e932c0
 import dataclasses, json, math, os, secrets, sys, threading, time
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Iterator, Optional, Protocol, Sequence, runtime_checkable
 import numpy as np
 
-# %% ../nbs/05_engine.ipynb #df4480de
+# %% ../nbs/05_engine.ipynb #9904de4d
 @dataclass
 class SamplingParams:
     "What a request asks of the sampler and of the stop rules."
@@ -49,7 +49,7 @@ class SamplingParams:
         if not all(isinstance(s, str) for s in self.stop): bad('stop', 'must be a list of strings')
         return self
 
-# %% ../nbs/05_engine.ipynb #8866ca26
+# %% ../nbs/05_engine.ipynb #46e3a3f3
 def softmax(x):
     "Softmax of a 1-D array, in float64."
     x = np.asarray(x, np.float64)
@@ -88,7 +88,7 @@ def truncate(ids, probs, top_k=0, top_p=1.0, min_p=0.0):
     if min_p > 0.0: keep = min(keep, int(np.count_nonzero(ps >= min_p * ps[0])))
     return order[:max(keep, 1)]
 
-# %% ../nbs/05_engine.ipynb #f8b56311
+# %% ../nbs/05_engine.ipynb #03122928
 def new_seed() -> int:
     "A fresh random seed (63 bits) for requests that did not give one."
     return secrets.randbits(63)
@@ -152,7 +152,7 @@ class Sampler:
         i = int(np.searchsorted(cs, self.rng.random() * cs[-1], side='right'))
         return int(ids[min(i, len(ids) - 1)])
 
-# %% ../nbs/05_engine.ipynb #20546d3f
+# %% ../nbs/05_engine.ipynb #26b3183d
 class StopMatcher:
     "Find stop strings in streamed text; emit only text that cannot belong to one."
     def __init__(self, stops=()):
@@ -181,7 +181,7 @@ class StopMatcher:
         h, self.held = self.held, ''
         return h
 
-# %% ../nbs/05_engine.ipynb #8617c3cc
+# %% ../nbs/05_engine.ipynb #14b5fd43
 @runtime_checkable
 class Backend(Protocol):
     "What the engine needs from a model runner (CPU reference, CUDA)."
@@ -193,7 +193,7 @@ class Backend(Protocol):
     @property
     def memory_bytes(self) -> int: ...
 
-# %% ../nbs/05_engine.ipynb #fc4b0787
+# %% ../nbs/05_engine.ipynb #53bd32aa
 def _resident_bytes(obj, depth=4, _seen=None, _roots=None):
     "Bytes of the numpy arrays reachable from `obj` that own their memory (mmap views of the file are not counted)."
     top = _seen is None
@@ -254,7 +254,7 @@ class CPUBackend:
 BACKENDS = {'cpu': 'orcd.engine:CPUBackend', 'cuda': 'orcd.cuda:CUDABackend'}
 CTX_CAP = {'cpu': 4096, 'cuda': 32768}
 
-# %% ../nbs/05_engine.ipynb #a9db653b
+# %% ../nbs/05_engine.ipynb #4a605db1
 @dataclass
 class TokenEvent:
     "One step of a generation: a text chunk and the id that made it; the last one has `finish_reason`."
@@ -272,7 +272,7 @@ class TokenEvent:
 class ContextOverflowError(ValueError):
     "The prompt does not fit the context (KV cache) of the engine."
 
-# %% ../nbs/05_engine.ipynb #ac0e4cf0
+# %% ../nbs/05_engine.ipynb #e3405a6d
 def _messages(prompt, chat):
     "The chat messages of a request, or None for a plain completion."
     if isinstance(chat, (list, tuple)): return list(chat)
@@ -353,7 +353,7 @@ class Engine:
         with self._lock:
             dec, stops = tok.stream(), StopMatcher(params.stop)
             def finish():  # what is still held back, at a finish other than a stop string
-                out, hit = stops.push(dec.flush())
+                out, hit = stops.push(dec.flush(incomplete='drop'))  # a character cut off by the end is left out
                 return out if hit else out + stops.flush(), hit
             if cancel is not None and cancel.is_set():
                 yield ev('', None, 0, 'cancelled'); return
@@ -387,7 +387,7 @@ class Engine:
     def close(self):
         if self.gguf is not None: self.gguf.close()
 
-# %% ../nbs/05_engine.ipynb #d0cf71d5
+# %% ../nbs/05_engine.ipynb #83edd1e9
 def resolve_device(device='auto') -> str:
     "`'cpu'` or `'cuda:N'` from `auto | cpu | cuda | cuda:N`."
     d = (device or 'auto').strip().lower()
@@ -420,7 +420,7 @@ def choose_n_ctx(model_ctx, n_ctx=None, kind='cpu') -> int:
     if n_ctx > model_ctx: raise ValueError(f'n_ctx={n_ctx} exceeds the {model_ctx} positions the model was trained for')
     return n_ctx
 
-# %% ../nbs/05_engine.ipynb #0cfb4fd3
+# %% ../nbs/05_engine.ipynb #314925ab
 def params_from_args(args) -> SamplingParams:
     "SamplingParams from the parsed `orcd generate` flags."
     g = lambda n, d: getattr(args, n, d) if getattr(args, n, None) is not None else d

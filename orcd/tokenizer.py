@@ -10,14 +10,14 @@ __all__ = ['UNDEFINED', 'NORMAL', 'UNKNOWN', 'CONTROL', 'USER_DEFINED', 'UNUSED'
            'BPETokenizer', 'SPMTokenizer', 'HFJsonTokenizer', 'load_tokenizer', 'StreamDecoder', 'render_chat_template',
            'cli_tokenize']
 
-# %% ../nbs/02_tokenizer.ipynb #ba921516
+# %% ../nbs/02_tokenizer.ipynb #f22f8428
 import codecs, heapq, json, os, sys, threading
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 
-# %% ../nbs/02_tokenizer.ipynb #b76d6c5b
+# %% ../nbs/02_tokenizer.ipynb #f57e8671
 UNDEFINED, NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = range(7)
 
 # Token texts llama.cpp treats as end-of-generation (llama-vocab.cpp, "maintain a list of tokens that
@@ -41,7 +41,7 @@ FIM_OTHER_TEXTS = frozenset({
 # gpt-oss (o200k_harmony): llama.cpp always renders these, as USER_DEFINED tokens.
 ALWAYS_RENDERED = frozenset({'<|channel|>', '<|message|>', '<|start|>', '<|constrain|>'})
 
-# %% ../nbs/02_tokenizer.ipynb #72877e97
+# %% ../nbs/02_tokenizer.ipynb #44ecf8af
 def _kv_list(kv, key, default=None):
     v = kv.get(key, default)
     return list(v) if v is not None and not isinstance(v, list) else v
@@ -115,13 +115,13 @@ class GGUFVocab:
             pad.add(self.pad_id)
         return pad
 
-# %% ../nbs/02_tokenizer.ipynb #5d14e4f5
+# %% ../nbs/02_tokenizer.ipynb #57e91576
 def _open_gguf(path):
     "The `orcd.gguf.GGUFFile` of `path` (imported late: `import orcd.tokenizer` stays light)."
     from orcd.gguf import GGUFFile
     return GGUFFile(path)
 
-# %% ../nbs/02_tokenizer.ipynb #cb5a93ae
+# %% ../nbs/02_tokenizer.ipynb #d0ba4618
 _GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
 _LLAMA3 = (r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
            r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
@@ -172,7 +172,7 @@ def pre_split(text, pats):
         pieces = out
     return pieces
 
-# %% ../nbs/02_tokenizer.ipynb #3f9f6781
+# %% ../nbs/02_tokenizer.ipynb #7f8966fc
 def _bytes_to_unicode():
     "GPT-2's byte -> printable character table (llama.cpp `unicode_byte_to_utf8_map`)."
     bs = list(range(0x21, 0x7F)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
@@ -224,7 +224,7 @@ def bpe_merge(syms, ranks):
     "Merge the symbols of one word by BPE ranks (`ranks[(left, right)] -> rank`)."
     return _bpe_merge_heap(syms, ranks) if len(syms) > 32 else _bpe_merge_scan(syms, ranks)
 
-# %% ../nbs/02_tokenizer.ipynb #f8aa5011
+# %% ../nbs/02_tokenizer.ipynb #eddcbf95
 def spm_merge(text, token_to_id, scores):
     "SentencePiece BPE of one text fragment: the list of symbol strings after all merges."
     syms = list(text); n = len(syms)
@@ -245,7 +245,7 @@ def spm_merge(text, token_to_id, scores):
         add(prv[l], l); add(l, nxt[l])
     return [s for s in syms if s]
 
-# %% ../nbs/02_tokenizer.ipynb #9346c208
+# %% ../nbs/02_tokenizer.ipynb #0114617f
 def _check_text(text):
     if not isinstance(text, str): raise TypeError(f'encode() takes a str, not {type(text).__name__}')
     try: text.encode('utf-8')
@@ -340,7 +340,7 @@ class Tokenizer:
             text = text[len(self.bos_token):]   # the template wrote BOS itself; encode() adds it
         return self.encode(text, add_special=True, parse_special=True)
 
-# %% ../nbs/02_tokenizer.ipynb #a6e50caf
+# %% ../nbs/02_tokenizer.ipynb #656f3a08
 class BPETokenizer(Tokenizer):
     "Byte-level BPE from `tokenizer.ggml.tokens` / `tokenizer.ggml.merges` (`tokenizer.ggml.model = gpt2`)."
     kind = 'gguf-bpe'
@@ -406,7 +406,7 @@ class BPETokenizer(Tokenizer):
         if ty == BYTE: return bytes([int(t[3:5], 16)])
         return b''   # UNUSED / UNDEFINED
 
-# %% ../nbs/02_tokenizer.ipynb #f07d7fe3
+# %% ../nbs/02_tokenizer.ipynb #b48a5e8a
 class SPMTokenizer(Tokenizer):
     "SentencePiece BPE by scores with byte fallback (`tokenizer.ggml.model = llama`)."
     kind = 'gguf-spm'
@@ -446,7 +446,7 @@ class SPMTokenizer(Tokenizer):
         if ty == BYTE: return bytes([int(t[3:5], 16)])
         return b''
 
-# %% ../nbs/02_tokenizer.ipynb #034fb28c
+# %% ../nbs/02_tokenizer.ipynb #51d127f7
 class HFJsonTokenizer(Tokenizer):
     "A `tokenizer.json` through the `tokenizers` library; special ids from the GGUF."
     kind = 'hf-json'
@@ -497,7 +497,7 @@ class HFJsonTokenizer(Tokenizer):
         if len(t) == 6 and t.startswith('<0x') and t.endswith('>'): return bytes([int(t[3:5], 16)])
         return t.replace('\u2581', ' ').encode()
 
-# %% ../nbs/02_tokenizer.ipynb #aa1b0fac
+# %% ../nbs/02_tokenizer.ipynb #a1ee548b
 def _beside(path):
     if path is None: return None
     p = Path(path)
@@ -520,7 +520,7 @@ def load_tokenizer(gf, tokenizer_json=None) -> Tokenizer:
     raise ValueError(f'{name}: unsupported tokenizer.ggml.model = {vocab.model!r} (supported: gpt2, llama; '
                      f'or pass a tokenizer.json)')
 
-# %% ../nbs/02_tokenizer.ipynb #4a05110c
+# %% ../nbs/02_tokenizer.ipynb #820bcfe0
 class StreamDecoder:
     "Incremental detokenizer: `push(id) -> str` (complete characters only), `flush() -> str`."
     def __init__(self, tok: Tokenizer, special: bool = True):
@@ -535,13 +535,14 @@ class StreamDecoder:
             if self.tok._strip_first_space() and b.startswith(b' '): b = b[1:]
         return self._dec.decode(b)
 
-    def flush(self) -> str:
-        "The rest: an incomplete trailing character becomes U+FFFD. The decoder is reset."
-        out = self._dec.decode(b'', final=True)
+    def flush(self, incomplete: str = 'replace') -> str:
+        "The rest; an incomplete trailing character becomes U+FFFD (`'replace'`) or is left out (`'drop'`). Resets."
+        if incomplete not in ('replace', 'drop'): raise ValueError(f"incomplete must be 'replace' or 'drop', not {incomplete!r}")
+        out = self._dec.decode(b'', final=True) if incomplete == 'replace' else ''
         self._dec.reset()
         return out
 
-# %% ../nbs/02_tokenizer.ipynb #b6039714
+# %% ../nbs/02_tokenizer.ipynb #d16732dd
 _jinja_cache = {}
 
 def _raise_exception(msg):
@@ -582,7 +583,7 @@ def render_chat_template(tok, messages, add_generation_prompt=True, template=Non
     except jinja2.TemplateError as e:
         raise ChatTemplateError(f'{tok.name or "model"}: chat template failed: {type(e).__name__}: {e}') from e
 
-# %% ../nbs/02_tokenizer.ipynb #e7c1ae4e
+# %% ../nbs/02_tokenizer.ipynb #d0d91631
 def cli_tokenize(args):
     "`orcd tokenize MODEL TEXT [--json] [--special] [--tokenizer JSON]`: print the ids of TEXT."
     from orcd.pull import resolve_model

@@ -39,7 +39,9 @@ WORDS = ['hello', 'world', '世界', 'tokens', '🙂', 'stream', 'café', 'naïv
 class FakeStream:
     def __init__(self): self.dec = codecs.getincrementaldecoder('utf-8')('replace')
     def push(self, i): return self.dec.decode(bytes([i])) if i < 256 else ''
-    def flush(self): return self.dec.decode(b'', final=True)
+    def flush(self, incomplete='replace'):
+        out = self.dec.decode(b'', final=True) if incomplete == 'replace' else ''
+        self.dec.reset(); return out
 
 
 class FakeTokenizer:

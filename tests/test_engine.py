@@ -208,7 +208,8 @@ class ToyTokenizer:
         return self.encode(''.join(f"{m['role']}:{m['content']}\n" for m in msgs) + 'assistant:')
     def stream(self):
         d = codecs.getincrementaldecoder('utf-8')('replace')
-        return SimpleNamespace(push=lambda i: d.decode(self.pieces[i]), flush=lambda: d.decode(b'', True))
+        return SimpleNamespace(push=lambda i: d.decode(self.pieces[i]),
+                               flush=lambda incomplete='replace': d.decode(b'', True) if incomplete == 'replace' else '')
 
 
 TK = ToyTokenizer()
@@ -288,6 +289,15 @@ def test_held_back_text_is_released_at_eos_and_length():
     assert text(evs) == 'Hello#' and evs[-1].finish_reason == 'eos'
     evs, _ = run([W['Hello'], W['#']], stop=['###'], max_tokens=2)
     assert text(evs) == 'Hello#' and evs[-1].finish_reason == 'length' and len(evs) == 2
+
+
+def test_character_cut_off_by_the_end_is_left_out():
+    "max_tokens reached after 2 of the 3 bytes of '猫': the half character is dropped, never sent as U+FFFD."
+    cat = list('猫'.encode())
+    evs, _ = run([W['Hello'], cat[0], cat[1]], max_tokens=3)
+    assert text(evs) == 'Hello' and evs[-1].finish_reason == 'length'
+    evs, _ = run([W['Hello'], cat[0], cat[1], cat[2]], max_tokens=4)
+    assert text(evs) == 'Hello猫'
 
 
 def test_max_tokens_and_full_context():

@@ -142,6 +142,9 @@ def test_stream_utf8_policy():
     assert st.push(byte_id(0xFF)) == '\ufffd'                                # never valid: replaced at once
     assert st.push(byte_id(0xE4)) == '' and st.push(q.encode('a')[0]) == '\ufffda'   # broken by 'a'
     assert st.push(byte_id(0xF0)) == '' and st.flush() == '\ufffd'          # incomplete at end of stream
+    st = q.stream()
+    assert st.push(byte_id(0xF0)) == '' and st.flush(incomplete='drop') == ''   # a generation cut mid-character
+    with pytest.raises(ValueError, match='incomplete'): st.flush(incomplete='keep')
     assert q.decode([byte_id(b) for b in smile[:2]]) == '\ufffd'
 
 

@@ -66,7 +66,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                              'orcd.engine.CPUBackend.memory_bytes': ('engine.html#cpubackend.memory_bytes', 'orcd/engine.py'),
                              'orcd.engine.CPUBackend.prefill': ('engine.html#cpubackend.prefill', 'orcd/engine.py'),
                              'orcd.engine.CPUBackend.reset': ('engine.html#cpubackend.reset', 'orcd/engine.py'),
-                             'orcd.engine.ContextOverflowError': ('engine.html#contextoverflowerror', 'orcd/engine.py'),
                              'orcd.engine.Engine': ('engine.html#engine', 'orcd/engine.py'),
                              'orcd.engine.Engine.__init__': ('engine.html#engine.__init__', 'orcd/engine.py'),
                              'orcd.engine.Engine._run': ('engine.html#engine._run', 'orcd/engine.py'),

@@ -4,10 +4,10 @@
 
 # %% auto #0
 __all__ = ['BACKENDS', 'CTX_CAP', 'SamplingParams', 'softmax', 'apply_penalties', 'truncate', 'new_seed', 'Sampler',
-           'StopMatcher', 'Backend', 'CPUBackend', 'TokenEvent', 'ContextOverflowError', 'Engine', 'resolve_device',
-           'load_backend', 'choose_n_ctx', 'params_from_args', 'cli_generate']
+           'StopMatcher', 'Backend', 'CPUBackend', 'TokenEvent', 'Engine', 'resolve_device', 'load_backend',
+           'choose_n_ctx', 'params_from_args', 'cli_generate']
 
-# %% ../nbs/05_engine.ipynb #70e932c0
+# %% ../nbs/05_engine.ipynb #3cdebd77
 import dataclasses, json, math, os, secrets, sys, threading, time
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Iterator, Optional, Protocol, Sequence, runtime_checkable
 import numpy as np
 
-# %% ../nbs/05_engine.ipynb #9904de4d
+# %% ../nbs/05_engine.ipynb #203ead95
 @dataclass
 class SamplingParams:
     "What a request asks of the sampler and of the stop rules."
@@ -49,7 +49,7 @@ class SamplingParams:
         if not all(isinstance(s, str) for s in self.stop): bad('stop', 'must be a list of strings')
         return self
 
-# %% ../nbs/05_engine.ipynb #46e3a3f3
+# %% ../nbs/05_engine.ipynb #2ac99d75
 def softmax(x):
     "Softmax of a 1-D array, in float64."
     x = np.asarray(x, np.float64)
@@ -88,7 +88,7 @@ def truncate(ids, probs, top_k=0, top_p=1.0, min_p=0.0):
     if min_p > 0.0: keep = min(keep, int(np.count_nonzero(ps >= min_p * ps[0])))
     return order[:max(keep, 1)]
 
-# %% ../nbs/05_engine.ipynb #03122928
+# %% ../nbs/05_engine.ipynb #0e3eb7a3
 def new_seed() -> int:
     "A fresh random seed (63 bits) for requests that did not give one."
     return secrets.randbits(63)
@@ -152,7 +152,7 @@ class Sampler:
         i = int(np.searchsorted(cs, self.rng.random() * cs[-1], side='right'))
         return int(ids[min(i, len(ids) - 1)])
 
-# %% ../nbs/05_engine.ipynb #26b3183d
+# %% ../nbs/05_engine.ipynb #72cf219b
 class StopMatcher:
     "Find stop strings in streamed text; emit only text that cannot belong to one."
     def __init__(self, stops=()):
@@ -181,7 +181,7 @@ class StopMatcher:
         h, self.held = self.held, ''
         return h
 
-# %% ../nbs/05_engine.ipynb #14b5fd43
+# %% ../nbs/05_engine.ipynb #00dfd5f7
 @runtime_checkable
 class Backend(Protocol):
     "What the engine needs from a model runner (CPU reference, CUDA)."
@@ -193,7 +193,7 @@ class Backend(Protocol):
     @property
     def memory_bytes(self) -> int: ...
 
-# %% ../nbs/05_engine.ipynb #53bd32aa
+# %% ../nbs/05_engine.ipynb #208fa764
 def _resident_bytes(obj, depth=4, _seen=None, _roots=None):
     "Bytes of the numpy arrays reachable from `obj` that own their memory (mmap views of the file are not counted)."
     top = _seen is None
@@ -254,7 +254,7 @@ class CPUBackend:
 BACKENDS = {'cpu': 'orcd.engine:CPUBackend', 'cuda': 'orcd.cuda:CUDABackend'}
 CTX_CAP = {'cpu': 4096, 'cuda': 32768}
 
-# %% ../nbs/05_engine.ipynb #4a605db1
+# %% ../nbs/05_engine.ipynb #67b1dc40
 @dataclass
 class TokenEvent:
     "One step of a generation: a text chunk and the id that made it; the last one has `finish_reason`."
@@ -269,10 +269,9 @@ class TokenEvent:
     @property
     def completion_tokens(self) -> int: return self.index + (self.id is not None)
 
-class ContextOverflowError(ValueError):
-    "The prompt does not fit the context (KV cache) of the engine."
+from .adapters import ContextOverflowError  # one error for "does not fit the context": the cache's and the engine's
 
-# %% ../nbs/05_engine.ipynb #e3405a6d
+# %% ../nbs/05_engine.ipynb #2c92dc09
 def _messages(prompt, chat):
     "The chat messages of a request, or None for a plain completion."
     if isinstance(chat, (list, tuple)): return list(chat)
@@ -387,7 +386,7 @@ class Engine:
     def close(self):
         if self.gguf is not None: self.gguf.close()
 
-# %% ../nbs/05_engine.ipynb #83edd1e9
+# %% ../nbs/05_engine.ipynb #bd37ea7d
 def resolve_device(device='auto') -> str:
     "`'cpu'` or `'cuda:N'` from `auto | cpu | cuda | cuda:N`."
     d = (device or 'auto').strip().lower()
@@ -420,7 +419,7 @@ def choose_n_ctx(model_ctx, n_ctx=None, kind='cpu') -> int:
     if n_ctx > model_ctx: raise ValueError(f'n_ctx={n_ctx} exceeds the {model_ctx} positions the model was trained for')
     return n_ctx
 
-# %% ../nbs/05_engine.ipynb #314925ab
+# %% ../nbs/05_engine.ipynb #500f961e
 def params_from_args(args) -> SamplingParams:
     "SamplingParams from the parsed `orcd generate` flags."
     g = lambda n, d: getattr(args, n, d) if getattr(args, n, None) is not None else d

@@ -5,10 +5,10 @@
 # %% auto #0
 __all__ = ['COMMANDS', 'make_parser', 'main']
 
-# %% ../nbs/08_cli.ipynb #917fae00
+# %% ../nbs/08_cli.ipynb #96b03e83
 import argparse, importlib, sys
 
-# %% ../nbs/08_cli.ipynb #4f785c6d
+# %% ../nbs/08_cli.ipynb #a616f30d
 _MODEL = ('model', dict(help='registry name (e.g. qwen2.5-coder-0.5b-instruct) or path to a .gguf file'))
 _OPT_MODEL = ('model', dict(nargs='?', default=None, help='registry name or .gguf path (default: the default model)'))
 _DEVICE = ('--device', dict(default='auto', help='auto | cpu | cuda[:N]'))
@@ -20,6 +20,8 @@ _SAMPLING = [
     ('--top-p', dict(type=float, default=1.0)),
     ('--min-p', dict(type=float, default=0.0)),
     ('--repetition-penalty', dict(type=float, default=1.0)),
+    ('--presence-penalty', dict(type=float, default=0.0)),
+    ('--frequency-penalty', dict(type=float, default=0.0)),
     ('--seed', dict(type=int, default=None)),
     ('--stop', dict(action='append', default=None, help='stop string (repeatable)')),
 ]
@@ -47,7 +49,7 @@ COMMANDS = {
                ('--prompt-tokens', dict(type=int, default=128)), ('--gen-tokens', dict(type=int, default=32))]),
 }
 
-# %% ../nbs/08_cli.ipynb #6fbbde77
+# %% ../nbs/08_cli.ipynb #c7070e17
 def make_parser():
     "The `orcd` argument parser, built from `COMMANDS`."
     p = argparse.ArgumentParser(prog='orcd', description='GGUF inference worker')
@@ -58,7 +60,7 @@ def make_parser():
         sp.set_defaults(_target=target)
     return p
 
-# %% ../nbs/08_cli.ipynb #33eda89d
+# %% ../nbs/08_cli.ipynb #19f8ec0f
 def main(argv=None):
     "Entry point of the `orcd` command: parse, import the subcommand's module, run it."
     args = make_parser().parse_args(argv)
@@ -67,7 +69,7 @@ def main(argv=None):
     except KeyboardInterrupt: return 130
     return rc or 0
 
-# %% ../nbs/08_cli.ipynb #4d58d068
+# %% ../nbs/08_cli.ipynb #18b7d2f0
 # NBVAL_SKIP
 # (skipped by nbval: a notebook kernel is `__main__` too)
 if __name__ == '__main__': sys.exit(main())

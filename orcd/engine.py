@@ -7,7 +7,7 @@ __all__ = ['BACKENDS', 'CTX_CAP', 'SamplingParams', 'softmax', 'apply_penalties'
            'StopMatcher', 'Backend', 'CPUBackend', 'TokenEvent', 'Engine', 'resolve_device', 'load_backend',
            'choose_n_ctx', 'params_from_args', 'cli_generate']
 
-# %% ../nbs/05_engine.ipynb #3cdebd77
+# %% ../nbs/05_engine.ipynb #f2f04a76
 import dataclasses, json, math, os, secrets, sys, threading, time
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Iterator, Optional, Protocol, Sequence, runtime_checkable
 import numpy as np
 
-# %% ../nbs/05_engine.ipynb #203ead95
+# %% ../nbs/05_engine.ipynb #692cb3e1
 @dataclass
 class SamplingParams:
     "What a request asks of the sampler and of the stop rules."
@@ -49,7 +49,7 @@ class SamplingParams:
         if not all(isinstance(s, str) for s in self.stop): bad('stop', 'must be a list of strings')
         return self
 
-# %% ../nbs/05_engine.ipynb #2ac99d75
+# %% ../nbs/05_engine.ipynb #42db8dd7
 def softmax(x):
     "Softmax of a 1-D array, in float64."
     x = np.asarray(x, np.float64)
@@ -88,7 +88,7 @@ def truncate(ids, probs, top_k=0, top_p=1.0, min_p=0.0):
     if min_p > 0.0: keep = min(keep, int(np.count_nonzero(ps >= min_p * ps[0])))
     return order[:max(keep, 1)]
 
-# %% ../nbs/05_engine.ipynb #0e3eb7a3
+# %% ../nbs/05_engine.ipynb #fcddfd99
 def new_seed() -> int:
     "A fresh random seed (63 bits) for requests that did not give one."
     return secrets.randbits(63)
@@ -152,7 +152,7 @@ class Sampler:
         i = int(np.searchsorted(cs, self.rng.random() * cs[-1], side='right'))
         return int(ids[min(i, len(ids) - 1)])
 
-# %% ../nbs/05_engine.ipynb #72cf219b
+# %% ../nbs/05_engine.ipynb #b56fd6e0
 class StopMatcher:
     "Find stop strings in streamed text; emit only text that cannot belong to one."
     def __init__(self, stops=()):
@@ -181,7 +181,7 @@ class StopMatcher:
         h, self.held = self.held, ''
         return h
 
-# %% ../nbs/05_engine.ipynb #00dfd5f7
+# %% ../nbs/05_engine.ipynb #274c50e6
 @runtime_checkable
 class Backend(Protocol):
     "What the engine needs from a model runner (CPU reference, CUDA)."
@@ -193,7 +193,7 @@ class Backend(Protocol):
     @property
     def memory_bytes(self) -> int: ...
 
-# %% ../nbs/05_engine.ipynb #208fa764
+# %% ../nbs/05_engine.ipynb #416a9422
 def _resident_bytes(obj, depth=4, _seen=None, _roots=None):
     "Bytes of the numpy arrays reachable from `obj` that own their memory (mmap views of the file are not counted)."
     top = _seen is None
@@ -254,7 +254,7 @@ class CPUBackend:
 BACKENDS = {'cpu': 'orcd.engine:CPUBackend', 'cuda': 'orcd.cuda:CUDABackend'}
 CTX_CAP = {'cpu': 4096, 'cuda': 32768}
 
-# %% ../nbs/05_engine.ipynb #67b1dc40
+# %% ../nbs/05_engine.ipynb #12c909f9
 @dataclass
 class TokenEvent:
     "One step of a generation: a text chunk and the id that made it; the last one has `finish_reason`."
@@ -271,7 +271,7 @@ class TokenEvent:
 
 from .adapters import ContextOverflowError  # one error for "does not fit the context": the cache's and the engine's
 
-# %% ../nbs/05_engine.ipynb #2c92dc09
+# %% ../nbs/05_engine.ipynb #1b05a895
 def _messages(prompt, chat):
     "The chat messages of a request, or None for a plain completion."
     if isinstance(chat, (list, tuple)): return list(chat)
@@ -386,7 +386,7 @@ class Engine:
     def close(self):
         if self.gguf is not None: self.gguf.close()
 
-# %% ../nbs/05_engine.ipynb #bd37ea7d
+# %% ../nbs/05_engine.ipynb #d3199b89
 def resolve_device(device='auto') -> str:
     "`'cpu'` or `'cuda:N'` from `auto | cpu | cuda | cuda:N`."
     d = (device or 'auto').strip().lower()
@@ -419,12 +419,13 @@ def choose_n_ctx(model_ctx, n_ctx=None, kind='cpu') -> int:
     if n_ctx > model_ctx: raise ValueError(f'n_ctx={n_ctx} exceeds the {model_ctx} positions the model was trained for')
     return n_ctx
 
-# %% ../nbs/05_engine.ipynb #500f961e
+# %% ../nbs/05_engine.ipynb #dbae8ce9
 def params_from_args(args) -> SamplingParams:
     "SamplingParams from the parsed `orcd generate` flags."
     g = lambda n, d: getattr(args, n, d) if getattr(args, n, None) is not None else d
     return SamplingParams(temperature=g('temperature', 0.0), top_k=g('top_k', 0), top_p=g('top_p', 1.0),
                           min_p=g('min_p', 0.0), repetition_penalty=g('repetition_penalty', 1.0),
+                          presence_penalty=g('presence_penalty', 0.0), frequency_penalty=g('frequency_penalty', 0.0),
                           seed=getattr(args, 'seed', None), max_tokens=g('max_tokens', 256),
                           stop=tuple(getattr(args, 'stop', None) or ())).validate()
 

@@ -334,7 +334,7 @@ def test_cancel_between_tokens_and_before_prefill():
 
 
 def test_cancel_from_another_thread_releases_the_engine():
-    eng = Engine.from_parts(ScriptedBackend(n_ctx=4096), TK)
+    eng = Engine.from_parts(ScriptedBackend([ord('a')] * 4000, n_ctx=4096), TK)   # 'a' forever: no EOS can end it first
     ev, got = threading.Event(), []
     def consume():
         for e in eng.generate('hi', SamplingParams(max_tokens=None, seed=1), cancel=ev): got.append(e)
@@ -480,10 +480,11 @@ def test_params_from_cli_args():
     from orcd.cli import make_parser
     a = make_parser().parse_args(['generate', 'm', 'p', '--temperature', '0.5', '--top-k', '3', '--top-p', '0.9',
                                   '--min-p', '0.1', '--repetition-penalty', '1.1', '--seed', '9', '--stop', 'A', '--stop', 'B',
-                                  '--max-tokens', '5'])
+                                  '--max-tokens', '5', '--presence-penalty', '0.3', '--frequency-penalty', '0.2'])
     p = params_from_args(a)
     assert (p.temperature, p.top_k, p.top_p, p.min_p, p.repetition_penalty, p.seed, p.stop, p.max_tokens) == \
            (0.5, 3, 0.9, 0.1, 1.1, 9, ('A', 'B'), 5)
+    assert (p.presence_penalty, p.frequency_penalty) == (0.3, 0.2)
     assert params_from_args(make_parser().parse_args(['generate', 'm', 'p'])).temperature == 0.0
 
 

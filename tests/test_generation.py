@@ -183,22 +183,15 @@ def test_qwen_padding_ids_are_never_candidates():
 
 
 # ---------------------------------------------------------------- the haiku test
-ONES = 'zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen ' \
-       'seventeen eighteen nineteen'.split()
-TENS = {2: 'twenty', 3: 'thirty', 4: 'forty', 5: 'fifty'}
+def _load_haiku_script():
+    "The word helpers of scripts/haiku.py (the command-line form of this test), so both spell minutes alike."
+    import importlib.util, pathlib
+    spec = importlib.util.spec_from_file_location('haiku_script', pathlib.Path(__file__).parent.parent / 'scripts' / 'haiku.py')
+    mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
+    return mod
 
-
-def spell(n: int) -> str:
-    "0..59 in words: 31 → 'thirty-one'."
-    if n < 20: return ONES[n]
-    t, u = divmod(n, 10)
-    return TENS[t] + ('' if u == 0 else '-' + ONES[u])
-
-
-def contains_word(text, word):
-    "Case-insensitive; a hyphenated number also counts written with a space ('thirty one')."
-    pat = r'\b' + r'[-\s]'.join(map(re.escape, word.split('-'))) + r'\b'
-    return re.search(pat, text, re.IGNORECASE) is not None
+_haiku = _load_haiku_script()
+spell, contains_word = _haiku.spell, _haiku.contains_word
 
 
 HAIKU = dict(temperature=0.7, top_k=40, top_p=0.95, min_p=0.05, max_tokens=64)  # llama.cpp's defaults besides T

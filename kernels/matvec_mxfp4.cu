@@ -6,6 +6,7 @@
 // One warp computes one row: lane j takes value j of every block (byte qs[j % 16], nibble j / 16), so the
 // warp reads each 17-byte block as one contiguous span and e as a broadcast (byte reads only: 17 is odd).
 // Numpy reference: orcd.cuda_matvec.matvec_ref (dequantise with orcd.quants, then W @ x).
+#include "matvec_common.cuh"
 
 __constant__ float MXFP4_VALUES[16] = {0.f, 1.f, 2.f, 3.f, 4.f, 6.f, 8.f, 12.f,
                                        0.f, -1.f, -2.f, -3.f, -4.f, -6.f, -8.f, -12.f};
@@ -18,10 +19,8 @@ extern "C" __global__ void matvec_mxfp4(const unsigned char* __restrict__ w,   /
                                         const float* __restrict__ x,           // [K]
                                         float* __restrict__ y,                 // [rows]
                                         int rows, int K) {
-    const int warps_per_block = blockDim.x / 32;
-    const int row = blockIdx.x * warps_per_block + threadIdx.x / 32;
-    const int lane = threadIdx.x % 32;
-    if (row >= rows) return;
+    int row, lane;
+    if (!warp_row(rows, row, lane)) return;
     const int nb = K / 32;
     const unsigned char* blk = w + (size_t)row * nb * 17;
     const int byte = lane % 16, shift = (lane / 16) * 4;
@@ -31,6 +30,5 @@ extern "C" __global__ void matvec_mxfp4(const unsigned char* __restrict__ w,   /
         const float v = __fmul_rn(d, MXFP4_VALUES[(blk[1 + byte] >> shift) & 15]);   // exactly the dequantised value
         acc = fmaf(v, x[b * 32 + lane], acc);
     }
-    for (int off = 16; off > 0; off >>= 1) acc += __shfl_down_sync(0xffffffffu, acc, off);
-    if (lane == 0) y[row] = acc;
+    warp_store_sum(acc, y, row, lane);
 }

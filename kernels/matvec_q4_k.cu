@@ -11,7 +11,7 @@
 // all eight sub-blocks, so each chunk is read by the warp as 32 consecutive bytes (coalesced); d, dmin and
 // the scales are broadcasts. The partial sums meet in a warp shuffle reduction.
 // Numpy reference: orcd.cuda_matvec.matvec_ref (dequantise with orcd.quants, then W @ x).
-#include <cuda_fp16.h>
+#include "matvec_common.cuh"
 
 __device__ __forceinline__ void q4_k_scale_min(const unsigned char* sc12, int s, int& sc, int& m) {
     if (s < 4) { sc = sc12[s] & 63; m = sc12[s + 4] & 63; }
@@ -25,16 +25,14 @@ extern "C" __global__ void matvec_q4_k(const unsigned char* __restrict__ w,   //
                                        const float* __restrict__ x,           // [K]
                                        float* __restrict__ y,                 // [rows]
                                        int rows, int K) {
-    const int warps_per_block = blockDim.x / 32;
-    const int row = blockIdx.x * warps_per_block + threadIdx.x / 32;
-    const int lane = threadIdx.x % 32;
-    if (row >= rows) return;
+    int row, lane;
+    if (!warp_row(rows, row, lane)) return;
     const int nb = K / 256;
     const unsigned char* blk = w + (size_t)row * nb * 144;
     float acc = 0.f;
     for (int b = 0; b < nb; ++b, blk += 144) {
-        const float d = __half2float(*reinterpret_cast<const __half*>(blk));        // 144 is even: aligned
-        const float dmin = __half2float(*reinterpret_cast<const __half*>(blk + 2));
+        const float d = half_at(blk);        // 144 is even: aligned
+        const float dmin = half_at(blk + 2);
         const unsigned char* scales = blk + 4;
         const unsigned char* qs = blk + 16;
         const float* xb = x + b * 256;
@@ -51,6 +49,5 @@ extern "C" __global__ void matvec_q4_k(const unsigned char* __restrict__ w,   //
             }
         }
     }
-    for (int off = 16; off > 0; off >>= 1) acc += __shfl_down_sync(0xffffffffu, acc, off);
-    if (lane == 0) y[row] = acc;
+    warp_store_sum(acc, y, row, lane);
 }

@@ -10,16 +10,14 @@
 // One warp computes one row: lane l takes value l of each of the eight groups of 32, reading ql and qh as
 // runs of 32 consecutive bytes (coalesced); d and the scales are broadcasts. Warp shuffle reduction.
 // Numpy reference: orcd.cuda_matvec.matvec_ref (dequantise with orcd.quants, then W @ x).
-#include <cuda_fp16.h>
+#include "matvec_common.cuh"
 
 extern "C" __global__ void matvec_q6_k(const unsigned char* __restrict__ w,   // [rows, K/256] blocks of 210 bytes
                                        const float* __restrict__ x,           // [K]
                                        float* __restrict__ y,                 // [rows]
                                        int rows, int K) {
-    const int warps_per_block = blockDim.x / 32;
-    const int row = blockIdx.x * warps_per_block + threadIdx.x / 32;
-    const int lane = threadIdx.x % 32;
-    if (row >= rows) return;
+    int row, lane;
+    if (!warp_row(rows, row, lane)) return;
     const int nb = K / 256;
     const unsigned char* blk = w + (size_t)row * nb * 210;
     float acc = 0.f;
@@ -27,7 +25,7 @@ extern "C" __global__ void matvec_q6_k(const unsigned char* __restrict__ w,   //
         const unsigned char* ql = blk;
         const unsigned char* qh = blk + 128;
         const signed char* scales = reinterpret_cast<const signed char*>(blk + 192);
-        const float d = __half2float(*reinterpret_cast<const __half*>(blk + 208));  // 210 and 208 even: aligned
+        const float d = half_at(blk + 208);  // 210 and 208 even: aligned
         const float* xb = x + b * 256;
         for (int h = 0; h < 2; ++h) {
             const int hb = qh[32 * h + lane];
@@ -41,6 +39,5 @@ extern "C" __global__ void matvec_q6_k(const unsigned char* __restrict__ w,   //
             }
         }
     }
-    for (int off = 16; off > 0; off >>= 1) acc += __shfl_down_sync(0xffffffffu, acc, off);
-    if (lane == 0) y[row] = acc;
+    warp_store_sum(acc, y, row, lane);
 }

@@ -1,3 +1,3 @@
 """A GGUF language-model inference worker: quantized weights, our own kernels, tokens streamed over HTTP."""
 
-__version__ = "0.0.1"
+__version__ = "0.1.0"

@@ -5,10 +5,11 @@
 # %% auto #0
 __all__ = ['COMMANDS', 'make_parser', 'main']
 
-# %% ../nbs/08_cli.ipynb #96b03e83
+# %% ../nbs/08_cli.ipynb #2736f6fd
 import argparse, importlib, sys
+from .errors import OrcdError
 
-# %% ../nbs/08_cli.ipynb #a616f30d
+# %% ../nbs/08_cli.ipynb #08ac282b
 _MODEL = ('model', dict(help='registry name (e.g. qwen2.5-coder-0.5b-instruct) or path to a .gguf file'))
 _OPT_MODEL = ('model', dict(nargs='?', default=None, help='registry name or .gguf path (default: the default model)'))
 _DEVICE = ('--device', dict(default='auto', help='auto | cpu | cuda[:N]'))
@@ -31,7 +32,7 @@ COMMANDS = {
              [('model', dict(help='registry name, path, or hf://OWNER/REPO/FILE.gguf'))]),
     'inspect': ('orcd.gguf:cli_inspect', 'print metadata and the tensor table of a GGUF file',
                 [_MODEL, _JSON]),
-    'tokenize': ('orcd.tokenizer:cli_tokenize', 'print the token ids of a text',
+    'tokenize': ('orcd.tokenizer:cli_tokenize', 'print the token ids of a text and their pieces',
                  [_MODEL, ('text', dict()), _JSON,
                   ('--special', dict(action='store_true', help='parse special-token text such as <|im_start|>')),
                   ('--tokenizer', dict(default=None, help='a tokenizer.json to use instead of the GGUF vocabulary'))]),
@@ -46,13 +47,17 @@ COMMANDS = {
                ('--tokenizer', dict(default=None))]),
     'bench': ('orcd.bench:cli_bench', 'prefill/decode tokens per second (and the ratio to llama.cpp)',
               [_MODEL, ('--device', dict(default='auto')), ('--llama-bench', dict(default=None)),
-               ('--prompt-tokens', dict(type=int, default=128)), ('--gen-tokens', dict(type=int, default=32))]),
+               ('--prompt-tokens', dict(type=int, default=512)), ('--gen-tokens', dict(type=int, default=128)),
+               ('--depth', dict(type=int, default=0, help='also time decoding after this many tokens in the cache')),
+               ('--reps', dict(type=int, default=3, help='timed runs per test (after one warm-up)')), _JSON]),
 }
 
-# %% ../nbs/08_cli.ipynb #c7070e17
+# %% ../nbs/08_cli.ipynb #b1aac2f9
 def make_parser():
     "The `orcd` argument parser, built from `COMMANDS`."
+    from orcd import __version__
     p = argparse.ArgumentParser(prog='orcd', description='GGUF inference worker')
+    p.add_argument('--version', action='version', version=f'orcd {__version__}')
     sub = p.add_subparsers(dest='command', required=True)
     for name, (target, help_, args) in COMMANDS.items():
         sp = sub.add_parser(name, help=help_, description=help_)
@@ -60,16 +65,21 @@ def make_parser():
         sp.set_defaults(_target=target)
     return p
 
-# %% ../nbs/08_cli.ipynb #19f8ec0f
+# %% ../nbs/08_cli.ipynb #ef3c1838
+_USER_ERRORS = (OrcdError, OSError, ValueError, LookupError)
+
 def main(argv=None):
-    "Entry point of the `orcd` command: parse, import the subcommand's module, run it."
+    "Entry point of the `orcd` command: parse, import the subcommand's module, run it; one-line errors, exit 1."
     args = make_parser().parse_args(argv)
     mod, fn = args._target.split(':')
     try: rc = getattr(importlib.import_module(mod), fn)(args)
     except KeyboardInterrupt: return 130
+    except _USER_ERRORS as e:
+        print(f'orcd {args.command}: error: {e}', file=sys.stderr)
+        return 1
     return rc or 0
 
-# %% ../nbs/08_cli.ipynb #18b7d2f0
+# %% ../nbs/08_cli.ipynb #0a5b78a3
 # NBVAL_SKIP
 # (skipped by nbval: a notebook kernel is `__main__` too)
 if __name__ == '__main__': sys.exit(main())

@@ -4,18 +4,19 @@
 
 # %% auto #0
 __all__ = ['BACKENDS', 'CTX_CAP', 'SamplingParams', 'softmax', 'apply_penalties', 'truncate', 'new_seed', 'Sampler',
-           'StopMatcher', 'Backend', 'CPUBackend', 'TokenEvent', 'Engine', 'resolve_device', 'load_backend',
-           'choose_n_ctx', 'params_from_args', 'cli_generate']
+           'StopMatcher', 'BackendStatus', 'Backend', 'CPUBackend', 'load_backend', 'cuda_unavailable', 'TokenEvent',
+           'Engine', 'resolve_device', 'choose_n_ctx', 'params_from_args', 'cli_generate']
 
-# %% ../nbs/05_engine.ipynb #f2f04a76
+# %% ../nbs/05_engine.ipynb #9bb8852e
 import dataclasses, json, math, os, secrets, sys, threading, time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional, Protocol, Sequence, runtime_checkable
+from typing import Iterator, Optional, Protocol, Sequence, TypedDict, runtime_checkable
 import numpy as np
+from .errors import BackendUnavailableError, ContextOverflowError, InvalidRequestError
 
-# %% ../nbs/05_engine.ipynb #692cb3e1
+# %% ../nbs/05_engine.ipynb #902b2af7
 @dataclass
 class SamplingParams:
     "What a request asks of the sampler and of the stop rules."
@@ -32,8 +33,8 @@ class SamplingParams:
     penalty_last_n: int = 64
 
     def validate(self):
-        "Raise `ValueError` naming the first out-of-range field; return self."
-        def bad(name, why): raise ValueError(f"sampling parameter {name}={getattr(self, name)!r}: {why}")
+        "Raise `InvalidRequestError` (param = the field) for the first out-of-range field; return self."
+        def bad(name, why): raise InvalidRequestError(f"sampling parameter {name}={getattr(self, name)!r}: {why}", param=name)
         if not (self.temperature >= 0 and math.isfinite(self.temperature)): bad('temperature', 'must be a finite number >= 0 (0 = greedy)')
         if not isinstance(self.top_k, (int, np.integer)) or self.top_k < 0: bad('top_k', 'must be an integer >= 0 (0 = off)')
         if not (0 < self.top_p <= 1): bad('top_p', 'must be in (0, 1] (1 = off)')
@@ -49,7 +50,7 @@ class SamplingParams:
         if not all(isinstance(s, str) for s in self.stop): bad('stop', 'must be a list of strings')
         return self
 
-# %% ../nbs/05_engine.ipynb #42db8dd7
+# %% ../nbs/05_engine.ipynb #06878c42
 def softmax(x):
     "Softmax of a 1-D array, in float64."
     x = np.asarray(x, np.float64)
@@ -88,7 +89,7 @@ def truncate(ids, probs, top_k=0, top_p=1.0, min_p=0.0):
     if min_p > 0.0: keep = min(keep, int(np.count_nonzero(ps >= min_p * ps[0])))
     return order[:max(keep, 1)]
 
-# %% ../nbs/05_engine.ipynb #fcddfd99
+# %% ../nbs/05_engine.ipynb #21c3d9fe
 def new_seed() -> int:
     "A fresh random seed (63 bits) for requests that did not give one."
     return secrets.randbits(63)
@@ -152,7 +153,7 @@ class Sampler:
         i = int(np.searchsorted(cs, self.rng.random() * cs[-1], side='right'))
         return int(ids[min(i, len(ids) - 1)])
 
-# %% ../nbs/05_engine.ipynb #b56fd6e0
+# %% ../nbs/05_engine.ipynb #5f3506d0
 class StopMatcher:
     "Find stop strings in streamed text; emit only text that cannot belong to one."
     def __init__(self, stops=()):
@@ -181,7 +182,14 @@ class StopMatcher:
         h, self.held = self.held, ''
         return h
 
-# %% ../nbs/05_engine.ipynb #274c50e6
+# %% ../nbs/05_engine.ipynb #066b1a0a
+class BackendStatus(TypedDict):
+    "What `Backend.status()` returns."
+    healthy: bool
+    reason: Optional[str]
+    vram_bytes_used: Optional[int]
+    vram_bytes_total: Optional[int]
+
 @runtime_checkable
 class Backend(Protocol):
     "What the engine needs from a model runner (CPU reference, CUDA)."
@@ -192,34 +200,14 @@ class Backend(Protocol):
     def reset(self) -> None: ...
     @property
     def memory_bytes(self) -> int: ...
+    def status(self) -> BackendStatus: ...
 
-# %% ../nbs/05_engine.ipynb #416a9422
-def _resident_bytes(obj, depth=4, _seen=None, _roots=None):
-    "Bytes of the numpy arrays reachable from `obj` that own their memory (mmap views of the file are not counted)."
-    top = _seen is None
-    if top: _seen, _roots = set(), {}
-    if id(obj) in _seen or depth < 0: return 0
-    _seen.add(id(obj))
-    if isinstance(obj, np.ndarray):
-        r = obj
-        while isinstance(r.base, np.ndarray): r = r.base
-        if r.base is None and not isinstance(r, np.memmap): _roots[id(r)] = r.nbytes
-    elif isinstance(obj, dict):
-        for v in obj.values(): _resident_bytes(v, depth - 1, _seen, _roots)
-    elif isinstance(obj, (list, tuple)):
-        for v in obj: _resident_bytes(v, depth - 1, _seen, _roots)
-    elif hasattr(obj, '__dict__') and not isinstance(obj, type):
-        for v in vars(obj).values(): _resident_bytes(v, depth - 1, _seen, _roots)
-    return sum(_roots.values()) if top else 0
-
+# %% ../nbs/05_engine.ipynb #88d35529
 class CPUBackend:
     "The numpy reference backend: an `InferenceAdapter` and its KV cache."
     def __init__(self, adapter, n_ctx: int, prefill_chunk: int = 128):
-        import inspect
         self.adapter, self.n_ctx, self.prefill_chunk = adapter, int(n_ctx), prefill_chunk
         self.cache = adapter.new_cache(self.n_ctx)
-        # adapters that can skip the logits of all but the last row save a (chunk × vocab) matmul per chunk
-        self._fwd_kw = {'all_logits': False} if 'all_logits' in inspect.signature(adapter.forward).parameters else {}
 
     @classmethod
     def from_gguf(cls, gf, n_ctx, device_index=0):
@@ -230,31 +218,55 @@ class CPUBackend:
 
     def prefill(self, ids) -> np.ndarray:
         ids = np.asarray(ids, np.int64)
-        if not 0 < len(ids) <= self.n_ctx: raise ValueError(f'prefill of {len(ids)} tokens into a cache of {self.n_ctx}')
+        if not 0 < len(ids) <= self.n_ctx:
+            raise ContextOverflowError(f'prefill of {len(ids)} tokens into a cache of {self.n_ctx}')
         self.reset()
         for s in range(0, len(ids), self.prefill_chunk):
             chunk = ids[s:s + self.prefill_chunk]
-            logits = self.adapter.forward(chunk, np.arange(s, s + len(chunk)), self.cache, **self._fwd_kw)  # (rows, vocab)
+            logits = self.adapter.forward(chunk, np.arange(s, s + len(chunk)), self.cache, all_logits=False)  # (1, vocab)
         return np.asarray(logits[-1], np.float32)
 
     def decode(self, tok: int, pos: int) -> np.ndarray:
-        if not 0 <= pos < self.n_ctx: raise ValueError(f'position {pos} is outside the cache of {self.n_ctx}')
+        if not 0 <= pos < self.n_ctx: raise ContextOverflowError(f'position {pos} is outside the cache of {self.n_ctx}')
         return np.asarray(self.adapter.forward(np.array([tok], np.int64), np.array([pos], np.int64), self.cache)[0], np.float32)
 
     def decode_sample(self, tok: int, pos: int, sampler: Sampler) -> int:
         return sampler.sample(self.decode(tok, pos))
 
     @property
-    def memory_bytes(self) -> int:
-        m = getattr(self.adapter, 'memory_bytes', None)
-        w = int(m() if callable(m) else m) if m is not None else _resident_bytes(self.adapter)
-        c = getattr(self.cache, 'memory_bytes', None)
-        return w + (int(c) if isinstance(c, (int, np.integer)) else _resident_bytes(self.cache))
+    def memory_bytes(self) -> int: return int(self.adapter.memory_bytes) + int(self.cache.memory_bytes)
 
-BACKENDS = {'cpu': 'orcd.engine:CPUBackend', 'cuda': 'orcd.cuda:CUDABackend'}
+    def status(self) -> BackendStatus:
+        return BackendStatus(healthy=True, reason=None, vram_bytes_used=None, vram_bytes_total=None)
+
+# %% ../nbs/05_engine.ipynb #896c1db8
+BACKENDS = {'cpu': 'orcd.engine:CPUBackend', 'cuda': 'orcd.cuda_backend:CUDABackend'}
 CTX_CAP = {'cpu': 4096, 'cuda': 32768}
 
-# %% ../nbs/05_engine.ipynb #12c909f9
+def load_backend(kind, quiet=False):
+    "The `from_gguf` constructor of the backend registered in `BACKENDS` under `kind` (None when `quiet` and missing)."
+    import importlib
+    mod, _, cls = BACKENDS[kind].partition(':')
+    why, m = None, None
+    try: m = importlib.import_module(mod)
+    except ImportError as e:
+        if isinstance(e, ModuleNotFoundError) and e.name == mod: why = f'this orcd has no module {mod} (the {kind} backend is not written yet)'
+        else: why = f'{mod} failed to import ({type(e).__name__}: {e})'
+    if m is not None and not hasattr(m, cls): why = f'{mod} has no {cls}'
+    if why is None: return getattr(m, cls).from_gguf
+    if quiet: return None
+    raise BackendUnavailableError(f'the {kind} backend is not available: {why}')
+
+def cuda_unavailable():
+    "None when the CUDA backend can run here, else why not (no CuPy, no device, no backend module), in words."
+    from orcd.cuda import cuda_device
+    cp, why = cuda_device()
+    if cp is None: return why
+    try: load_backend('cuda')
+    except BackendUnavailableError as e: return str(e)
+    return None
+
+# %% ../nbs/05_engine.ipynb #ab9973c1
 @dataclass
 class TokenEvent:
     "One step of a generation: a text chunk and the id that made it; the last one has `finish_reason`."
@@ -265,36 +277,91 @@ class TokenEvent:
     prompt_tokens: int = 0
     elapsed: float = 0.0
     seed: Optional[int] = None
+    eog: bool = False      # `id` is the end-of-generation token that ended the stream (not counted)
 
     @property
-    def completion_tokens(self) -> int: return self.index + (self.id is not None)
+    def counted(self) -> bool:
+        "Whether this event's id is a generated token that counts (not None, not the end-of-generation id)."
+        return self.id is not None and not self.eog
 
-from .adapters import ContextOverflowError  # one error for "does not fit the context": the cache's and the engine's
+    @property
+    def completion_tokens(self) -> int: return self.index + self.counted
 
-# %% ../nbs/05_engine.ipynb #1b05a895
+# %% ../nbs/05_engine.ipynb #304c1f0b
 def _messages(prompt, chat):
     "The chat messages of a request, or None for a plain completion."
     if isinstance(chat, (list, tuple)): return list(chat)
     if not chat: return None
     if isinstance(prompt, str): return [{'role': 'user', 'content': prompt}]
     if isinstance(prompt, (list, tuple)) and prompt and isinstance(prompt[0], dict): return list(prompt)
-    raise ValueError('chat=True needs the prompt as a string (one user message) or a list of messages')
+    raise InvalidRequestError('chat=True needs the prompt as a string (one user message) or a list of messages',
+                              param='prompt')
 
+def _encode(tokenizer, vocab_size, prompt, chat=False) -> list:
+    "The prompt ids of a request: text, token ids (checked against the vocabulary), or chat messages."
+    msgs = _messages(prompt, chat)
+    if msgs is not None: return list(tokenizer.encode_chat(msgs))
+    if isinstance(prompt, str): return list(tokenizer.encode(prompt))
+    if not isinstance(prompt, (list, tuple, np.ndarray)) or not all(isinstance(i, (int, np.integer)) for i in prompt):
+        raise InvalidRequestError('the prompt must be a string, a list of token ids, or chat messages with chat=True',
+                                  param='prompt')
+    ids = [int(i) for i in prompt]
+    bad = [i for i in ids if not 0 <= i < vocab_size]
+    if bad: raise InvalidRequestError(f'prompt token id {bad[0]} is outside the vocabulary (0..{vocab_size - 1})', param='prompt')
+    return ids
+
+# %% ../nbs/05_engine.ipynb #6e782100
+def _generation(engine, ids, params, sampler, cancel):
+    "The loop behind `Engine.generate`: prefill, then accept → stop rules → emit → cancel? → decode the next."
+    t0 = time.perf_counter()
+    n_prompt, n_ctx, tok, be = len(ids), engine.n_ctx, engine.tokenizer, engine.backend
+    eot = set(getattr(tok, 'eot_ids', ()) or ())
+    limit = n_ctx - n_prompt if params.max_tokens is None else min(params.max_tokens, n_ctx - n_prompt)
+    def ev(text, i, k, fin=None, eog=False):
+        return TokenEvent(text, i, k, fin, n_prompt, time.perf_counter() - t0, sampler.seed, eog)
+    with engine._lock:
+        dec, stops = tok.stream(), StopMatcher(params.stop)
+        def finish():  # what is still held back, at a finish other than a stop string
+            out, hit = stops.push(dec.flush(incomplete='drop'))  # a character cut off by the end is left out
+            return out if hit else out + stops.flush(), hit
+        if cancel is not None and cancel.is_set():
+            yield ev('', None, 0, 'cancelled'); return
+        nxt = sampler.sample(be.prefill(ids))
+        for k in range(limit):
+            sampler.accept(nxt)
+            if nxt in eot:
+                text, hit = finish()
+                yield ev(text, nxt, k, 'stop_sequence' if hit else 'eos', eog=True); return
+            text, hit = stops.push(dec.push(nxt))
+            if hit: yield ev(text, nxt, k, 'stop_sequence'); return
+            if k == limit - 1:
+                more, hit = finish()
+                yield ev(text + more, nxt, k, 'stop_sequence' if hit else 'length'); return
+            yield ev(text, nxt, k)
+            if cancel is not None and cancel.is_set():
+                text, _ = finish()
+                yield ev(text, None, k + 1, 'cancelled'); return
+            nxt = be.decode_sample(nxt, n_prompt + k, sampler)
+
+# %% ../nbs/05_engine.ipynb #b5aba522
 class Engine:
     "A loaded model: tokenizer, metadata and backend; `generate` streams `TokenEvent`s."
     def __init__(self, model=None, device='auto', n_ctx=None, tokenizer_json=None):
         from orcd.pull import resolve_model
         from orcd.gguf import GGUFFile
         from orcd.tokenizer import load_tokenizer
-        path = Path(resolve_model(None if model is None else str(model)))
-        self.path = path
-        self.gguf = GGUFFile(path)
-        self.meta = self.gguf.metadata
-        self.tokenizer = load_tokenizer(self.gguf, tokenizer_json)
         self.device = resolve_device(device)
         kind, idx = (self.device.split(':') + ['0'])[:2]
-        n_ctx = choose_n_ctx(self.meta.context_length, n_ctx, kind)
-        self.backend = load_backend(kind)(self.gguf, n_ctx, int(idx))
+        self.timings, t = {}, time.perf_counter()
+        def phase(name):
+            nonlocal t
+            now = time.perf_counter(); self.timings[name] = round(now - t, 3); t = now
+        self.path = path = Path(resolve_model(None if model is None else str(model))); phase('resolve')
+        self.gguf = GGUFFile(path)
+        self.meta = self.gguf.metadata; phase('open')
+        self.tokenizer = load_tokenizer(self.gguf, tokenizer_json); phase('tokenizer')
+        self.backend = load_backend(kind)(self.gguf, choose_n_ctx(self.meta.context_length, n_ctx, kind), int(idx))
+        phase('backend')
         self.model_name = path.stem if model is None or str(model).endswith('.gguf') or os.sep in str(model) else str(model)
         self._lock = threading.Lock()
 
@@ -305,7 +372,7 @@ class Engine:
         "An engine around an existing backend and tokenizer (tests, custom backends)."
         self = cls.__new__(cls)
         self.backend, self.tokenizer, self.meta = backend, tokenizer, meta
-        self.model_name, self.device, self.path, self.gguf = model_name, device, None, None
+        self.model_name, self.device, self.path, self.gguf, self.timings = model_name, device, None, None, {}
         self._lock = threading.Lock()
         return self
 
@@ -314,16 +381,7 @@ class Engine:
 
     def encode(self, prompt, chat=False) -> list:
         "The prompt ids of a request (chat template applied when `chat`)."
-        msgs = _messages(prompt, chat)
-        if msgs is not None: return list(self.tokenizer.encode_chat(msgs))
-        if isinstance(prompt, str): return list(self.tokenizer.encode(prompt))
-        if not isinstance(prompt, (list, tuple, np.ndarray)) or not all(isinstance(i, (int, np.integer)) for i in prompt):
-            raise ValueError('the prompt must be a string, a list of token ids, or chat messages with chat=True')
-        ids = [int(i) for i in prompt]
-        n = getattr(self.meta, 'vocab_size', None) or self.tokenizer.vocab_size
-        bad = [i for i in ids if not 0 <= i < n]
-        if bad: raise ValueError(f'prompt token id {bad[0]} is outside the vocabulary (0..{n - 1})')
-        return ids
+        return _encode(self.tokenizer, getattr(self.meta, 'vocab_size', None) or self.tokenizer.vocab_size, prompt, chat)
 
     def count_tokens(self, prompt, chat=False) -> int: return len(self.encode(prompt, chat))
 
@@ -335,43 +393,12 @@ class Engine:
         "Stream the completion of `prompt` (str, ids, or messages with `chat`) as `TokenEvent`s."
         params = (params or SamplingParams()).validate()
         ids = self.encode(prompt, chat)
-        if not ids: raise ValueError('the prompt is empty (no tokens): give some text')
+        if not ids: raise InvalidRequestError('the prompt is empty (no tokens): give some text', param='prompt')
         if len(ids) >= self.n_ctx:
             raise ContextOverflowError(f'the prompt is {len(ids)} tokens but the context holds {self.n_ctx} '
                                        f'(prompt + completion <= n_ctx, at least one token to generate): '
                                        f'shorten the prompt or load the model with a larger n_ctx / --ctx')
-        sampler = self.new_sampler(params, history=ids)
-        return self._run(ids, params, sampler, cancel)
-
-    def _run(self, ids, params, sampler, cancel):
-        t0 = time.perf_counter()
-        n_prompt, n_ctx, tok, be = len(ids), self.n_ctx, self.tokenizer, self.backend
-        eot = set(getattr(tok, 'eot_ids', ()) or ())
-        limit = n_ctx - n_prompt if params.max_tokens is None else min(params.max_tokens, n_ctx - n_prompt)
-        ev = lambda text, i, k, fin=None: TokenEvent(text, i, k, fin, n_prompt, time.perf_counter() - t0, sampler.seed)
-        with self._lock:
-            dec, stops = tok.stream(), StopMatcher(params.stop)
-            def finish():  # what is still held back, at a finish other than a stop string
-                out, hit = stops.push(dec.flush(incomplete='drop'))  # a character cut off by the end is left out
-                return out if hit else out + stops.flush(), hit
-            if cancel is not None and cancel.is_set():
-                yield ev('', None, 0, 'cancelled'); return
-            nxt = sampler.sample(be.prefill(ids))
-            for k in range(limit):
-                sampler.accept(nxt)
-                if nxt in eot:
-                    text, hit = finish()
-                    yield ev(text, nxt, k, 'stop_sequence' if hit else 'eos'); return
-                text, hit = stops.push(dec.push(nxt))
-                if hit: yield ev(text, nxt, k, 'stop_sequence'); return
-                if k == limit - 1:
-                    more, hit = finish()
-                    yield ev(text + more, nxt, k, 'stop_sequence' if hit else 'length'); return
-                yield ev(text, nxt, k)
-                if cancel is not None and cancel.is_set():
-                    text, _ = finish()
-                    yield ev(text, None, k + 1, 'cancelled'); return
-                nxt = be.decode_sample(nxt, n_prompt + k, sampler)
+        return _generation(self, ids, params, self.new_sampler(params, history=ids), cancel)
 
     def info(self) -> dict:
         "What /health reports about the loaded model."
@@ -386,40 +413,29 @@ class Engine:
     def close(self):
         if self.gguf is not None: self.gguf.close()
 
-# %% ../nbs/05_engine.ipynb #d3199b89
+# %% ../nbs/05_engine.ipynb #3c855a61
 def resolve_device(device='auto') -> str:
-    "`'cpu'` or `'cuda:N'` from `auto | cpu | cuda | cuda:N`."
+    "`'cpu'` or `'cuda:N'` from `auto | cpu | cuda | cuda:N`; `cuda` where it cannot run raises `BackendUnavailableError`."
     d = (device or 'auto').strip().lower()
-    if d == 'auto':
-        try:
-            from orcd.cuda import cuda_device
-            cp, n = cuda_device()
-            if cp is not None and load_backend('cuda', quiet=True) is not None: return 'cuda:0'
-        except ImportError: pass
-        return 'cpu'
     if d == 'cpu': return d
-    if d == 'cuda' or (d.startswith('cuda:') and d[5:].isdigit()): return d if ':' in d else 'cuda:0'
-    raise ValueError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N")
-
-def load_backend(kind, quiet=False):
-    "The backend class registered in `BACKENDS` under `kind` (its `from_gguf` constructor)."
-    import importlib
-    mod, _, cls = BACKENDS[kind].partition(':')
-    try: return getattr(importlib.import_module(mod), cls).from_gguf
-    except (ImportError, AttributeError) as e:
-        if quiet: return None
-        raise RuntimeError(f"the {kind} backend is not available ({mod}.{cls}: {e})") from e
+    if d == 'auto': return 'cpu' if cuda_unavailable() else 'cuda:0'
+    if d == 'cuda' or (d.startswith('cuda:') and d[5:].isdigit()):
+        why = cuda_unavailable()
+        if why: raise BackendUnavailableError(f'--device {d}: {why}', param='device')
+        return d if ':' in d else 'cuda:0'
+    raise InvalidRequestError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N", param='device')
 
 def choose_n_ctx(model_ctx, n_ctx=None, kind='cpu') -> int:
     "The KV-cache length: `n_ctx` if given (checked), else the model's context capped for the device."
     model_ctx = int(model_ctx or CTX_CAP[kind])
     if n_ctx is None: return min(model_ctx, CTX_CAP[kind])
     n_ctx = int(n_ctx)
-    if n_ctx < 2: raise ValueError(f'n_ctx={n_ctx}: the context needs at least 2 positions')
-    if n_ctx > model_ctx: raise ValueError(f'n_ctx={n_ctx} exceeds the {model_ctx} positions the model was trained for')
+    if n_ctx < 2: raise InvalidRequestError(f'n_ctx={n_ctx}: the context needs at least 2 positions', param='n_ctx')
+    if n_ctx > model_ctx:
+        raise InvalidRequestError(f'n_ctx={n_ctx} exceeds the {model_ctx} positions the model was trained for', param='n_ctx')
     return n_ctx
 
-# %% ../nbs/05_engine.ipynb #dbae8ce9
+# %% ../nbs/05_engine.ipynb #14e1c272
 def params_from_args(args) -> SamplingParams:
     "SamplingParams from the parsed `orcd generate` flags."
     g = lambda n, d: getattr(args, n, d) if getattr(args, n, None) is not None else d
@@ -429,27 +445,18 @@ def params_from_args(args) -> SamplingParams:
                           seed=getattr(args, 'seed', None), max_tokens=g('max_tokens', 256),
                           stop=tuple(getattr(args, 'stop', None) or ())).validate()
 
-def _user_error(e):
-    return isinstance(e, (ValueError, OSError, LookupError, RuntimeError)) or type(e).__module__.startswith('orcd')
-
 def cli_generate(args):
     "`orcd generate MODEL PROMPT [...]`."
-    try:
-        params = params_from_args(args)
-        eng = Engine(args.model, device=args.device, n_ctx=getattr(args, 'ctx', None), tokenizer_json=getattr(args, 'tokenizer', None))
-        events = eng.generate(args.prompt, params, chat=bool(args.chat))
-        texts, ids, last = [], [], None
-        for last in events:
-            texts.append(last.text)
-            if last.id is not None: ids.append(last.id)
-            if not args.json and last.text: sys.stdout.write(last.text); sys.stdout.flush()
-    except Exception as e:
-        if not _user_error(e): raise
-        print(f'orcd generate: error: {e}', file=sys.stderr); return 1
+    params = params_from_args(args)
+    eng = Engine(args.model, device=args.device, n_ctx=getattr(args, 'ctx', None), tokenizer_json=getattr(args, 'tokenizer', None))
+    texts, ids, last = [], [], None
+    for last in eng.generate(args.prompt, params, chat=bool(args.chat)):
+        texts.append(last.text)
+        if last.id is not None: ids.append(last.id)
+        if not args.json and last.text: sys.stdout.write(last.text); sys.stdout.flush()
     if args.json: print(json.dumps(dict(text=''.join(texts), ids=ids, finish_reason=last.finish_reason, seed=last.seed)))
     else:
         print()
-        n = last.completion_tokens
-        print(f'[{last.finish_reason} · {last.prompt_tokens} prompt + {n} tokens · {last.elapsed:.2f} s · '
+        print(f'[{last.finish_reason} · {last.prompt_tokens} prompt + {last.completion_tokens} tokens · {last.elapsed:.2f} s · '
               f'{eng.device} · seed {last.seed}]', file=sys.stderr)
     return 0

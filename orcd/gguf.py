@@ -5,13 +5,13 @@ hyper-parameters the adapters need."""
 
 # %% auto #0
 __all__ = ['MAX_TENSORS', 'MAX_KV', 'MAX_ARRAY', 'MAX_STRING', 'MAX_KEY', 'MAX_ALIGNMENT', 'SMALL_ARRAY', 'GGUF_MAGIC',
-           'DEFAULT_ALIGNMENT', 'SUPPORTED_TYPES', 'SUPPORTED_ARCHITECTURES', 'GGUFError', 'GGUFTruncatedError',
-           'GGUFMagicError', 'GGUFVersionError', 'GGUFLimitError', 'GGUFValueTypeError', 'GGUFTensorTypeError',
-           'GGUFShapeError', 'GGUFOffsetError', 'GGUFAlignmentError', 'GGUFOverlapError', 'GGUFDuplicateError',
-           'GGUFEncodingError', 'GGUFMetadataError', 'UnsupportedArchitectureError', 'TensorInfo', 'GGUFFile',
+           'DEFAULT_ALIGNMENT', 'SUPPORTED_TYPES', 'GGUFError', 'GGUFTruncatedError', 'GGUFMagicError',
+           'GGUFVersionError', 'GGUFLimitError', 'GGUFValueTypeError', 'GGUFTensorTypeError', 'GGUFShapeError',
+           'GGUFOffsetError', 'GGUFAlignmentError', 'GGUFOverlapError', 'GGUFDuplicateError', 'GGUFEncodingError',
+           'GGUFMetadataError', 'UnsupportedArchitectureError', 'supported_architectures', 'TensorInfo', 'GGUFFile',
            'ModelMetadata', 'inspect_dict', 'format_inspect', 'cli_inspect']
 
-# %% ../nbs/00_gguf.ipynb #f371e76e
+# %% ../nbs/00_gguf.ipynb #98a9ef00
 import json, mmap, os, stat, struct, sys
 from collections import Counter
 from dataclasses import dataclass, field, fields
@@ -20,9 +20,10 @@ from pathlib import Path
 
 import numpy as np
 from gguf import GGUFValueType as VT, GGMLQuantizationType as QT, GGML_QUANT_SIZES, LlamaFileType, Keys
+from .errors import ModelLoadError
 
-# %% ../nbs/00_gguf.ipynb #e5d28584
-class GGUFError(ValueError):
+# %% ../nbs/00_gguf.ipynb #d0841ea5
+class GGUFError(ModelLoadError, ValueError):
     "A GGUF file is malformed or unusable. The message names the file, the field and the byte offset."
     def __init__(self, path, field, offset, msg):
         self.path, self.field, self.offset, self.reason = str(path), field, offset, msg
@@ -44,7 +45,7 @@ class GGUFEncodingError(GGUFError): "A key, string or tensor name that is not va
 class GGUFMetadataError(GGUFError): "A hyper-parameter missing, of the wrong type or out of range."
 class UnsupportedArchitectureError(GGUFMetadataError): "`general.architecture` is not one orcd runs."
 
-# %% ../nbs/00_gguf.ipynb #a6a0d59c
+# %% ../nbs/00_gguf.ipynb #36d61c0f
 MAX_TENSORS = 1 << 16
 MAX_KV = 1 << 16
 MAX_ARRAY = 1 << 25
@@ -56,7 +57,11 @@ GGUF_MAGIC = b'GGUF'
 DEFAULT_ALIGNMENT = 32
 
 SUPPORTED_TYPES = {QT[n] for n in 'F32 F16 BF16 Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q4_K Q5_K Q6_K MXFP4'.split()}
-SUPPORTED_ARCHITECTURES = ('llama', 'qwen2', 'phi3', 'gemma3', 'gpt-oss', 'gpt2')
+
+def supported_architectures() -> tuple:
+    "The `general.architecture` values orcd runs: the keys of `orcd.adapters.ARCHITECTURES`, the one list of them."
+    from orcd.adapters import ARCHITECTURES
+    return tuple(ARCHITECTURES)
 
 _SCALAR = {VT.UINT8: '<B', VT.INT8: '<b', VT.UINT16: '<H', VT.INT16: '<h', VT.UINT32: '<I', VT.INT32: '<i',
            VT.FLOAT32: '<f', VT.BOOL: '<B', VT.UINT64: '<Q', VT.INT64: '<q', VT.FLOAT64: '<d'}
@@ -69,7 +74,7 @@ _U32, _U64 = struct.Struct('<I'), struct.Struct('<Q')
 
 def _align(n, a): return (n + a - 1) // a * a
 
-# %% ../nbs/00_gguf.ipynb #58cffb4b
+# %% ../nbs/00_gguf.ipynb #f7e75e7c
 class _Parser:
     def __init__(self, path, buf):
         self.path, self.buf, self.size, self.pos = str(path), buf, len(buf), 0
@@ -147,7 +152,7 @@ class _Parser:
         self.pos = pos
         return out
 
-# %% ../nbs/00_gguf.ipynb #cc4833ad
+# %% ../nbs/00_gguf.ipynb #9a646f84
 @dataclass(frozen=True)
 class TensorInfo:
     "One tensor of a GGUF file. `shape` is GGUF order (contiguous first), `np_shape` the numpy order."
@@ -162,7 +167,7 @@ class TensorInfo:
     @property
     def type_name(self): return QT(self.ggml_type).name
 
-# %% ../nbs/00_gguf.ipynb #e59beabb
+# %% ../nbs/00_gguf.ipynb #647ef391
 def _check_alignment(p, kv, kv_at):
     a = kv.get(Keys.General.ALIGNMENT, DEFAULT_ALIGNMENT)
     at = kv_at.get(Keys.General.ALIGNMENT)
@@ -259,7 +264,7 @@ def _parse(path, buf):
         prev = ti
     return version, alignment, kv, kv_at, out, data_start
 
-# %% ../nbs/00_gguf.ipynb #8e40214b
+# %% ../nbs/00_gguf.ipynb #9cad8a7d
 class GGUFFile:
     "A validated, memory-mapped GGUF file."
     def __init__(self, path):
@@ -304,7 +309,7 @@ class GGUFFile:
     def __exit__(self, *exc): self.close()
     def __repr__(self): return f'GGUFFile({str(self.path)!r}, v{self.version}, {len(self.kv)} keys, {len(self.tensors)} tensors)'
 
-# %% ../nbs/00_gguf.ipynb #f270d875
+# %% ../nbs/00_gguf.ipynb #b0431809
 def _f32_short(v):
     "A float32 value as its shortest decimal (9.99999997e-07 → 1e-06): the same float32, readable."
     v = float(v)
@@ -359,9 +364,9 @@ class ModelMetadata:
         arch = kv.get(Keys.General.ARCHITECTURE)
         if not isinstance(arch, str):
             raise err(GGUFMetadataError, Keys.General.ARCHITECTURE, 'missing or not a string')
-        if arch not in SUPPORTED_ARCHITECTURES:
+        if arch not in (archs := supported_architectures()):
             raise err(UnsupportedArchitectureError, Keys.General.ARCHITECTURE,
-                      f'architecture {arch!r} is not supported (supported: {", ".join(SUPPORTED_ARCHITECTURES)})')
+                      f'architecture {arch!r} is not supported (supported: {", ".join(archs)})')
         def get(key, kind, default=..., lo=None):
             k = key.format(arch=arch)
             if k not in kv:
@@ -423,7 +428,7 @@ class ModelMetadata:
         "The fields except the raw kv (JSON-ready)."
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != 'kv'}
 
-# %% ../nbs/00_gguf.ipynb #767005e1
+# %% ../nbs/00_gguf.ipynb #49ea9216
 def _short(v, n=6):
     "JSON-ready form of a KV value; arrays longer than 2n are summarised."
     if isinstance(v, np.ndarray): v = v.tolist() if len(v) <= 2 * n else dict(length=len(v), type=str(v.dtype), head=v[:n].tolist())
@@ -460,13 +465,10 @@ def format_inspect(gf) -> str:
     return '\n'.join(out)
 
 def cli_inspect(args):
-    "`orcd inspect MODEL [--json]`."
-    from orcd.pull import resolve_model, PullError
-    try:
-        with GGUFFile(resolve_model(args.model)) as gf:
-            text = json.dumps(inspect_dict(gf), default=str) if args.json else format_inspect(gf)
-    except (GGUFError, PullError, OSError) as e:
-        print(f'orcd inspect: {e}', file=sys.stderr); return 1
+    "`orcd inspect MODEL [--json]` (errors: `orcd`'s `main` prints them and exits 1)."
+    from orcd.pull import resolve_model
+    with GGUFFile(resolve_model(args.model)) as gf:
+        text = json.dumps(inspect_dict(gf), default=str) if args.json else format_inspect(gf)
     try: print(text, flush=True)
     except BrokenPipeError:  # `orcd inspect M | head`: stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

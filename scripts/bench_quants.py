@@ -17,7 +17,8 @@ def model_path(name):
         from orcd.pull import resolve_model
         return resolve_model(name)
     except ImportError:
-        return Path('~/.cache/orcd/models').expanduser() / f'{name}.gguf'
+        from orcd.pull import orcd_home
+        return orcd_home() / 'models' / f'{name}.gguf'
 
 
 def raw_tensors(path):

@@ -1,10 +1,11 @@
 """Reference fixtures for the real models, produced by llama.cpp (llama-cpp-python on CPU).
 
-Environment: the llama.cpp reference venv, NOT the project venv::
+Environment: the llama-cpp reference environment (``python scripts/make_reference_envs.py llama-cpp``, or the
+Python that ``ORCD_LLAMA_CPP_PYTHON`` names), NOT the project venv::
 
-    /work/refvenv/bin/python scripts/make_llamacpp_fixtures.py            # all three models
-    /work/refvenv/bin/python scripts/make_llamacpp_fixtures.py gemma-3-270m
-    /work/refvenv/bin/python scripts/make_llamacpp_fixtures.py --haiku    # optional haiku samples
+    build/refenv/llama-cpp/bin/python scripts/make_llamacpp_fixtures.py            # all three models
+    build/refenv/llama-cpp/bin/python scripts/make_llamacpp_fixtures.py gemma-3-270m
+    build/refenv/llama-cpp/bin/python scripts/make_llamacpp_fixtures.py --haiku    # optional haiku samples
 
 (llama-cpp-python 0.3.36 built from the PyPI sdist for CPU; numpy.)  Models are read from
 ``$ORCD_HOME/models/<name>.gguf`` (default ``~/.cache/orcd/models``).

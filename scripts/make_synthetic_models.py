@@ -1,16 +1,17 @@
 """Tiny random phi3, gpt-oss and gpt2 models: GGUF files written by llama.cpp's own converter, and
 reference logits from Hugging Face transformers (PyTorch, CPU, fp32) and from llama.cpp.
 
-Environment: the torch venv (torch 2.13 CPU, transformers, safetensors, sentencepiece, tokenizers)::
+Environment: the torch reference environment (torch 2.13 CPU, transformers, safetensors, sentencepiece,
+tokenizers), made by ``python scripts/make_reference_envs.py`` (or named by ``ORCD_TORCH_PYTHON``)::
 
-    /work/torchvenv/bin/python scripts/make_synthetic_models.py [phi3 gpt-oss gpt2]
+    build/refenv/torch/bin/python scripts/make_synthetic_models.py [phi3 gpt-oss gpt2]
 
-It also needs (paths overridable by environment variables):
+It also needs what ``scripts/make_reference_envs.py llama-cpp`` makes (or the environment variables name):
 
-* ``LLAMA_CPP_SDIST`` (default ``/work/dl/llamacpp/llama_cpp_python-0.3.36.tar.gz``): the llama-cpp-python
-  sdist; its ``vendor/llama.cpp/convert_hf_to_gguf.py`` (with the vendored ``gguf-py``) converts the
-  Hugging Face checkpoints, ``--outtype f32``;
-* ``REFVENV_PYTHON`` (default ``/work/refvenv/bin/python``): a Python with llama-cpp-python, which this
+* the llama-cpp-python 0.3.36 sdist (``build/refenv/dl/``, or ``ORCD_LLAMA_CPP_SDIST``); its
+  ``vendor/llama.cpp/convert_hf_to_gguf.py`` (with the vendored ``gguf-py``) converts the Hugging Face
+  checkpoints, ``--outtype f32``;
+* a Python with llama-cpp-python (``build/refenv/llama-cpp``, or ``ORCD_LLAMA_CPP_PYTHON``), which this
   script re-runs itself under (``--llamacpp-part``) to load each GGUF and record llama.cpp's logits and
   greedy continuation.
 
@@ -41,8 +42,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / 'tests' / 'fixtures' / 'synthetic'
-SDIST = Path(os.environ.get('LLAMA_CPP_SDIST', '/work/dl/llamacpp/llama_cpp_python-0.3.36.tar.gz'))
-REFVENV_PYTHON = os.environ.get('REFVENV_PYTHON', '/work/refvenv/bin/python')
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from make_reference_envs import llama_cpp_sdist, reference_python  # noqa: E402  (where the reference environments are)
 N_GREEDY = 16
 SEED = 1234
 CHECK_F32_EXPERTS = False
@@ -197,7 +198,9 @@ def extract_llamacpp(work):
     "The llama.cpp tree (converter + gguf-py) from the sdist, unpacked once under work/."
     top = work / 'sdist'
     if not top.exists():
-        with tarfile.open(SDIST) as t:
+        sdist, why = llama_cpp_sdist()
+        if sdist is None: sys.exit(why)
+        with tarfile.open(sdist) as t:
             t.extractall(top, members=[m for m in t.getmembers() if '/vendor/llama.cpp/' in m.name and (
                 '/conversion/' in m.name or '/gguf-py/' in m.name or m.name.endswith('convert_hf_to_gguf.py'))],
                 filter='data')
@@ -351,7 +354,9 @@ def check_gguf_experts(gguf_path, ref_experts, n_layers):
 
 
 def run_llamacpp(gguf_path, tmp):
-    r = subprocess.run([REFVENV_PYTHON, __file__, '--llamacpp-part', str(gguf_path), str(tmp)],
+    py, why = reference_python('llama-cpp')
+    if py is None: sys.exit(why)
+    r = subprocess.run([str(py), __file__, '--llamacpp-part', str(gguf_path), str(tmp)],
                        capture_output=True, text=True)
     if r.returncode != 0:
         sys.exit(f'llama.cpp part failed for {gguf_path}:\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}')
@@ -375,7 +380,7 @@ def check_f32_experts(ref, config, hf_dir, work, llama_dir, hf_logits_truncated)
     print(f'gpt-oss diagnostic, F32 experts: max|llama.cpp - hf(truncated YaRN)| / max|hf| = {rel:.2e}', flush=True)
 
 
-# ---- llama.cpp side (runs under REFVENV_PYTHON) ---------------------------------------------------------
+# ---- llama.cpp side (runs in the llama-cpp reference environment) ---------------------------------------------------------
 def llamacpp_part(gguf_path, out):
     import llama_cpp
     from llama_cpp import Llama

@@ -3,7 +3,7 @@
 
 Run with the interpreter that has llama-cpp-python (built from the 0.3.36 sdist on CPU):
 
-    /work/refvenv/bin/python scripts/make_tokenizer_fixtures.py [MODEL_DIR]
+    build/refenv/llama-cpp/bin/python scripts/make_tokenizer_fixtures.py [MODEL_DIR]
 
 MODEL_DIR defaults to $ORCD_HOME/models (~/.cache/orcd/models). For every model it writes
 `<name>.json.gz` holding:

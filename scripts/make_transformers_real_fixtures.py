@@ -1,9 +1,10 @@
 """A second, independent fp32 reference for the real models: Hugging Face transformers on CPU.
 
-Environment: the torch venv, NOT the project venv::
+Environment: the torch reference environment (``python scripts/make_reference_envs.py torch``, or the Python
+that ``ORCD_TORCH_PYTHON`` names), NOT the project venv::
 
-    /work/torchvenv/bin/python scripts/make_transformers_real_fixtures.py            # all three models
-    /work/torchvenv/bin/python scripts/make_transformers_real_fixtures.py gemma-3-270m
+    build/refenv/torch/bin/python scripts/make_transformers_real_fixtures.py            # all three models
+    build/refenv/torch/bin/python scripts/make_transformers_real_fixtures.py gemma-3-270m
 
 (torch CPU + transformers + gguf-py.)  Models are read from ``$ORCD_HOME/models/<name>.gguf`` (default
 ``~/.cache/orcd/models``).  Each GGUF is loaded with transformers' OWN GGUF loader

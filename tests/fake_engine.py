@@ -10,27 +10,10 @@ Run as a script it serves the fake through `orcd.server.serve` (what the tests s
     python tests/fake_engine.py --port 8123 [--delay 0.01] [--chunk 1] [--max-queue 8] ...
 """
 import argparse, codecs, hashlib, random, sys, threading, time
-from dataclasses import dataclass, field
 from types import SimpleNamespace
 
-try:
-    from orcd.engine import SamplingParams, TokenEvent
-except ImportError:  # the engine module is not written yet: stand in for it with its contract's dataclasses
-    import types, orcd
-
-    @dataclass
-    class SamplingParams:
-        temperature: float = 1.0; top_k: int = 0; top_p: float = 1.0; min_p: float = 0.0
-        repetition_penalty: float = 1.0; presence_penalty: float = 0.0; frequency_penalty: float = 0.0
-        seed: int | None = None; max_tokens: int = 256; stop: tuple = ()
-
-    @dataclass
-    class TokenEvent:
-        text: str; id: int | None; index: int; finish_reason: str | None = None
-        prompt_tokens: int = 0; elapsed: float = 0.0
-
-    _m = types.ModuleType('orcd.engine'); _m.SamplingParams, _m.TokenEvent = SamplingParams, TokenEvent
-    sys.modules['orcd.engine'] = _m
+from orcd.engine import SamplingParams, TokenEvent
+from orcd import errors
 
 SPECIALS = {256: '</s>', 257: '<|im_start|>', 258: '<|im_end|>'}
 WORDS = ['hello', 'world', '世界', 'tokens', '🙂', 'stream', 'café', 'naïve', 'ok', '数据', '👍🏽', 'fast']
@@ -69,19 +52,35 @@ class FakeTokenizer:
         return self.encode(self.apply_chat_template(messages, add_generation_prompt), parse_special=True)
 
 
+class FakeBackend:
+    "The backend contract's reporting side (`n_ctx`, `memory_bytes`, `status()`); `vram` pretends to be a GPU."
+    def __init__(self, n_ctx, vram=None):
+        self.n_ctx, self.memory_bytes, self.healthy, self.reason, self.vram = n_ctx, 1234, True, None, vram
+    def status(self):
+        return dict(healthy=self.healthy, reason=self.reason, vram_bytes_used=None if self.vram is None else self.vram[0],
+                    vram_bytes_total=None if self.vram is None else self.vram[1])
+
+
 class FakeEngine:
     """`delay`: seconds per generated token; `prefill`: seconds before the first; `chunk`: each token's text
     is repeated this many times (big events for back-pressure tests); `eos_after`: emit EOS after this many
-    tokens (None: only max_tokens ends); `n_ctx`: context length."""
-    def __init__(self, delay=0.0, prefill=0.0, chunk=1, eos_after=None, n_ctx=4096):
-        self.delay, self.prefill, self.chunk, self.eos_after = delay, prefill, chunk, eos_after
+    tokens (None: only max_tokens ends); `n_ctx`: context length; `fail`: {job number (1 = the first job):
+    (error class name in orcd.errors, after how many tokens)}, e.g. {2: ('CUDAFaultError', 3)}; `vram`: (used, total)."""
+    def __init__(self, delay=0.0, prefill=0.0, chunk=1, eos_after=None, n_ctx=4096, fail=None, vram=None):
+        self.delay, self.prefill, self.chunk, self.eos_after, self.fail = delay, prefill, chunk, eos_after, dict(fail or {})
         self.tokenizer = FakeTokenizer()
         self.model_name = 'fake-model'
-        self.device = 'cpu'
+        self.device = 'cpu' if vram is None else 'cuda:0'
         self.meta = SimpleNamespace(architecture='fake', context_length=n_ctx, vocab_size=259, file_type_name='F32',
                                     name='fake-model')
-        self.backend = SimpleNamespace(n_ctx=n_ctx, memory_bytes=1234)
+        self.backend = FakeBackend(n_ctx, vram)
         self.produced = 0  # tokens produced over the engine's life (the tests read it in-process)
+        self.jobs = 0      # generate() calls that started running
+
+    def info(self):
+        return dict(model=self.model_name, path=None, architecture='fake', quant='F32', device=self.device,
+                    backend='FakeBackend', tokenizer_kind='fake-bytes', vocab_size=259, context_length=self.backend.n_ctx,
+                    model_context_length=self.backend.n_ctx, memory_bytes=self.backend.memory_bytes)
 
     def _text(self, prompt_ids, params):
         if params.temperature == 0: key = bytes(i % 256 for i in prompt_ids[-64:])
@@ -94,18 +93,26 @@ class FakeEngine:
         if chat: ids = tok.encode_chat(chat if isinstance(chat, list) else [{'role': 'user', 'content': prompt}])
         elif isinstance(prompt, str): ids = tok.encode(prompt)
         else: ids = list(prompt)
-        if len(ids) >= self.backend.n_ctx: raise ValueError(f'prompt of {len(ids)} tokens exceeds the context')
+        if len(ids) >= self.backend.n_ctx: raise errors.ContextOverflowError(f'prompt of {len(ids)} tokens exceeds the context')
+        params.validate()
+        return self._run(ids, params, cancel)
+
+    def _run(self, ids, params, cancel):
+        tok = self.tokenizer
+        self.jobs += 1
+        fail = self.fail.get(self.jobs)
         t0 = time.perf_counter()
         if self.prefill: time.sleep(self.prefill)
         words, out_ids, dec, text, sent = self._text(ids, params), [], tok.stream(), '', 0
         stops = tuple(params.stop or ())
         pending = b''
         for n in range(params.max_tokens):
+            if fail is not None and n == fail[1]: raise getattr(errors, fail[0])(f'fake {fail[0]} at token {n}')
             if cancel is not None and cancel.is_set():
                 yield TokenEvent('', None, n, 'cancelled', len(ids), time.perf_counter() - t0); return
             if self.delay: time.sleep(self.delay)
             if self.eos_after is not None and n >= self.eos_after:
-                yield TokenEvent(text[sent:], 256, n, 'eos', len(ids), time.perf_counter() - t0); return
+                yield TokenEvent(text[sent:], 256, n, 'eos', len(ids), time.perf_counter() - t0, eog=True); return
             if not pending: pending = next(words).encode() * self.chunk if self.chunk > 1 else next(words).encode()
             if self.chunk > 1: i, piece, pending = pending[0], pending.decode('utf-8', 'replace'), b''
             else: i, pending = pending[0], pending[1:]; piece = dec.push(i)
@@ -123,7 +130,7 @@ class FakeEngine:
             yield TokenEvent(out, i, n, 'length' if last else None, len(ids), time.perf_counter() - t0)
 
 # ---- helpers the server tests share: a real uvicorn process on a free loopback port ----------------------------
-import contextlib, json as _json, os, signal, socket, subprocess
+import contextlib, json as _json, os, signal, socket, subprocess, tempfile
 from pathlib import Path
 
 def free_port():
@@ -135,7 +142,7 @@ class ServerProc:
     def __init__(self, cmd, port, env=None, ready_timeout=30.0):
         import httpx
         self.port, self.url = port, f'http://127.0.0.1:{port}'
-        self.logf = open(f'/tmp/orcd-test-server-{port}.log', 'w+')
+        self.logf = tempfile.TemporaryFile('w+')
         self.proc = subprocess.Popen(cmd, stdout=self.logf, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
                                      cwd=Path(__file__).resolve().parent.parent)
         self.pid = self.proc.pid
@@ -213,10 +220,13 @@ def main(argv=None):
     p.add_argument('--drain-timeout', type=float, default=30.0)
     p.add_argument('--stream-buffer', type=int, default=64)
     p.add_argument('--api-key', default=None)
+    p.add_argument('--fail', nargs=3, metavar=('JOB', 'ERROR', 'AFTER'), default=None,
+                   help='job JOB (1 = first) raises orcd.errors.ERROR after AFTER tokens')
     a = p.parse_args(argv)
     from orcd.server import create_app, serve, setup_logging
     setup_logging()
-    eng = FakeEngine(delay=a.delay, prefill=a.prefill, chunk=a.chunk, eos_after=a.eos_after)
+    fail = {int(a.fail[0]): (a.fail[1], int(a.fail[2]))} if a.fail else None
+    eng = FakeEngine(delay=a.delay, prefill=a.prefill, chunk=a.chunk, eos_after=a.eos_after, fail=fail)
     app = create_app(eng, api_key=a.api_key, inference_timeout=a.inference_timeout, max_queue=a.max_queue,
                      stall_timeout=a.stall_timeout, drain_timeout=a.drain_timeout, stream_buffer=a.stream_buffer)
     return serve(app, '127.0.0.1', a.port)

@@ -104,7 +104,8 @@ def test_residency_fit_and_oom_recovery():
     st = be.status()
     assert st['healthy'] and st['vram_bytes_used'] > 0 and st['vram_bytes_total'] > st['vram_bytes_used']
     ids = _prompt(be.hp.vocab_size, n=2000)
-    pool.set_limit(size=pool.used_bytes() + (1 << 20))                     # no room for a prompt's temporaries
+    pool.free_all_blocks()                                                 # the limit counts cached blocks too
+    pool.set_limit(size=pool.total_bytes() + (1 << 20))                    # no room for a prompt's temporaries
     try:
         with pytest.raises(VRAMOOMError) as ei: be.prefill(ids)
         assert ei.value.code == 'VRAM_OOM'

@@ -1,11 +1,16 @@
-"""Matrix-vector kernels for Q8_0, Q4_K, Q6_K, Q5_0 and MXFP4 blocks against their numpy references (GPU tests skipped without
-a GPU), and the reference against an independent dequantiser (gguf.quants)."""
+"""Matrix-vector kernels straight from GGUF blocks against their numpy references (GPU tests skipped without a GPU):
+v1 (Q8_0, Q4_K, Q6_K, Q5_0, MXFP4; the reference also against an independent dequantiser, gguf.quants), then v2
+(`Linear` for all twelve block types at the real models' shapes, bias, accumulate, mixed-type stacks, graph
+capture, the prefill matmul) and the device dequantisers (bit-exact). Set ORCD_NO_POOL=1 to allocate without
+CuPy's memory pool, so that compute-sanitizer memcheck sees each array's exact bounds."""
+import os
 import numpy as np, pytest, gguf
 from orcd import cuda, cuda_matvec as cm
-from orcd.quants import Q8_0, Q4_K, Q6_K, Q5_0, MXFP4, QUANT_TYPES, quantize
+from orcd.quants import F32, F16, BF16, Q5_0, Q8_0, Q4_K, Q6_K, MXFP4, QUANT_TYPES, dequantize, quantize
 
 cp, why = cuda.cuda_device()
 needs_gpu = pytest.mark.skipif(cp is None, reason=f'GPU test: {why}')
+if cp is not None and os.environ.get('ORCD_NO_POOL'): cp.cuda.set_allocator(None)
 TYPES = {'Q8_0': Q8_0, 'Q4_K': Q4_K, 'Q6_K': Q6_K, 'Q5_0': Q5_0, 'MXFP4': MXFP4}
 
 # Qwen2.5-0.5B Q4_K_M: Q5_0 at 128x896, 896x896, 4864x896, 896x4864 and the 151936x896 output; Q4_K and Q6_K
@@ -118,3 +123,358 @@ def test_launcher_rejects_bad_arguments():
         cm.matvec(cp.zeros((22, 8), np.uint8)[:, 0], x, 1, Q5_0)
     with pytest.raises(ValueError, match='matvec_q4_k: y must have 1 elements, got 2'):
         cm.matvec(cp.zeros(144, np.uint8), x, 1, Q4_K, y=cp.zeros(2, np.float32))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# v2
+
+ALL = {QUANT_TYPES[t].name: t for t in cm.V2_TYPES}
+# (type, rows, K) of the real models: Qwen2.5-0.5B, SmolLM2-135M, Gemma-3-270M, gpt-oss-20b, Phi-3-mini
+REAL = [('Q5_0', 896, 896), ('Q5_0', 128, 896), ('Q8_0', 128, 896), ('Q5_0', 4864, 896), ('Q4_K', 896, 4864),
+        ('Q6_K', 896, 4864), ('Q8_0', 151936, 896), ('Q5_0', 151936, 896),
+        ('Q4_1', 576, 576), ('Q4_1', 192, 576), ('Q4_1', 1536, 576), ('Q4_1', 576, 1536), ('Q8_0', 49152, 576),
+        ('Q5_0', 1024, 640), ('Q5_0', 256, 640), ('Q8_0', 256, 640), ('Q5_0', 2048, 640), ('Q4_K', 640, 1024),
+        ('Q4_K', 640, 2048), ('Q6_K', 640, 2048), ('Q8_0', 262144, 640),
+        ('Q8_0', 2880, 4096), ('Q8_0', 4096, 2880), ('Q8_0', 512, 2880), ('MXFP4', 2880, 2880), ('MXFP4', 5760, 2880),
+        ('Q4_K', 9216, 3072), ('Q5_K', 3072, 3072), ('Q6_K', 3072, 8192), ('Q5_K', 16384, 3072),
+        ('F16', 9216, 3072), ('BF16', 3072, 8192), ('F32', 896, 896), ('F16', 576, 1536)]
+GENERIC = [(n, r, K) for n, t in ALL.items()
+           for r, K in ([(1, 256), (37, 512), (300, 1536), (896, 4864), (2048, 3072)] if QUANT_TYPES[t].block_size == 256
+                        else [(1, 32), (5, 64), (37, 512), (300, 1536), (896, 4864), (2880, 2880)])]
+CHECK_ROWS = 4096        # the numpy reference covers at most this many rows at each end of a big matrix
+_W = {}
+
+
+def weight(t, rows, K, seed=0):
+    "Random valid blocks (numpy) and their device copy, cached: big weights are slow to make."
+    key = (t, rows, K, seed)
+    if key not in _W:
+        if len(_W) > 8: _W.clear()
+        w = cm.random_weight(np.random.default_rng([t, rows, K, seed]), t, rows, K)
+        _W[key] = (w, cp.asarray(w))
+    return _W[key]
+
+
+def row_slices(rows):
+    return [(0, rows)] if rows <= 2 * CHECK_ROWS else [(0, CHECK_ROWS), (rows - CHECK_ROWS, rows)]
+
+
+def check_linear(got, parts, x, bias=None, y0=None, what=''):
+    """got vs linear_ref: |got - ref| <= 1e-5 |W||x'| (fp32 summation order), and vs the exact fp32 product within
+    the 8-bit input bound err8 on top. Big matrices: the first and last CHECK_ROWS rows. Returns the worst errors."""
+    assert np.isfinite(got).all(), what
+    worst, row0 = [0.0, 0.0], 0
+    for w, rows, t in parts:
+        rb = x.size // QUANT_TYPES[t].block_size * QUANT_TYPES[t].type_size
+        for a, b in row_slices(rows):
+            sl = slice(row0 + a, row0 + b)
+            bs, ys = (None if v is None else v[sl] for v in (bias, y0))
+            sub = [(w[a * rb:b * rb], b - a, t)]
+            ref, mag, err8 = cm.linear_ref(sub, x, bs, ys)
+            exact = dequantize(sub[0][0], t).reshape(b - a, -1).astype(np.float64) @ x.astype(np.float64)
+            exact += (0 if bs is None else bs) + (0 if ys is None else ys)
+            e = np.abs(got[sl] - ref)
+            assert np.all(e <= 1e-5 * mag), f'{what} {QUANT_TYPES[t].name} rows {a}:{b}: worst {np.max(e / mag):.2e} of |W||x\'|'
+            assert np.all(np.abs(got[sl] - exact) <= err8 + 1e-5 * mag), f'{what}: beyond the 8-bit input bound'
+            worst = [max(worst[0], e.max()), max(worst[1], np.max(e / mag))]
+        row0 += rows
+    return worst
+
+
+def test_v2_covers_every_block_type():
+    from importlib import resources
+    header = (resources.files('orcd.kernels') / 'matvec_v2.cuh').read_text()
+    assert set(cm.V2_TYPES) == set(QUANT_TYPES)
+    for t, (trait, cv, u) in cm.V2_TYPES.items():
+        assert f'struct {trait} ' in header or f'typedef tHalfLike<{str(t == BF16).lower()}> {trait};' in header, trait
+        assert (32 % cv == 0 or cv % 32 == 0) and u >= 1
+    assert 'extern "C" __global__ void __launch_bounds__(256) matvec_v2(' in cuda.kernel_source('matvec_v2')
+    assert 'extern "C" __global__ void dequant(' in cuda.kernel_source('dequant')
+
+
+def test_quantize_x_ref():
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal(4096) * rng.uniform(0, 100, 4096)).astype(np.float32)
+    x[:32] = 0
+    q, d = cm.quantize_x_ref(x)
+    assert q.dtype == np.int8 and d.dtype == np.float32 and q.shape == (4096,) and d.shape == (128,)
+    assert (q[:32] == 0).all() and d[0] == 0
+    assert np.abs(q).max() == 127 and (np.abs(q.reshape(-1, 32)).max(1)[1:] == 127).all()
+    assert np.all(np.abs(q.reshape(-1, 32) * d[:, None].astype(np.float64) - x.reshape(-1, 32)) <= d[:, None] / 2 * (1 + 1e-6))
+
+
+@pytest.mark.parametrize('name', ALL)
+def test_linear_ref_bounds(name):
+    "linear_ref is the product with the 8-bit input, and err8 bounds its distance from the exact product."
+    t, rng = ALL[name], np.random.default_rng(3)
+    K = 512
+    w, x = cm.random_weight(rng, t, 9, K), rng.standard_normal(K).astype(np.float32)
+    ref, mag, err8 = cm.linear_ref([(w, 9, t)], x)
+    W = dequantize(w, t).reshape(9, K).astype(np.float64)
+    exact = W @ x.astype(np.float64)
+    assert np.all(np.abs(ref - exact) <= err8 + 1e-12 * mag)
+    if t in cm.FLOAT_TYPES: assert np.array_equal(ref, exact) and not err8.any()
+    else: assert np.all(err8 > 0) and np.all(err8 < 0.01 * mag)
+
+
+def test_plan_linear():
+    expr, cfgs, table, tiles, warps = cm.plan_linear([(None, 896, Q5_0), (None, 128, Q5_0), (None, 128, Q8_0)], 896,
+                                                     warps=8, tpr=[32, 32, 16])
+    assert expr == 'matvec_v2_k<8, mv::cfg<mv::tQ5_0, 2>, mv::cfg<mv::tQ8_0, 2>>' and warps == 8
+    assert list(table['tpr']) == [32, 32, 16] and list(table['tile_end']) == [112, 128, 136] and tiles == 136
+    assert list(table['row0']) == [0, 896, 1024] and list(table['slot']) == [0, 0, 1]
+    assert cm.plan_linear([(None, 896, Q4_K)], 4864)[0] == 'matvec_v2_k<16, mv::cfg<mv::tQ4_K, 3>>'
+    with pytest.raises(ValueError, match='tpr=48 is not a power of two'):
+        cm.plan_linear([(None, 8, Q8_0)], 64, tpr=48)
+    with pytest.raises(ValueError, match='tpr=512 is not a power of two <= 256'):
+        cm.plan_linear([(None, 8, Q8_0)], 64, warps=8, tpr=512)
+    for t in cm.V2_TYPES:          # every default plan is valid, and where latency-bound a batch covers a row
+        for rows, K in [(1, 256), (128, 896), (896, 4864), (151936, 1024), (4, 65536)]:
+            w = cm.plan_warps(K)
+            G, U = cm.plan_tpr(t, rows, K, w), cm.plan_unroll(t, K, w, rows)
+            assert G & (G - 1) == 0 and 1 <= G <= 32 * w and 1 <= U <= 4
+            if rows < 151936: assert G * U >= min(K // cm.V2_TYPES[t][1], 4 * 32 * w) or U == 4
+            else: assert U == cm.V2_TYPES[t][2]
+
+
+@needs_gpu
+@pytest.mark.parametrize('name,rows,K', GENERIC + REAL, ids=[f'{n}-{r}x{K}' for n, r, K in GENERIC + REAL])
+def test_v2_matches_reference(name, rows, K):
+    t, rng = ALL[name], np.random.default_rng(rows + K)
+    w, wd = weight(t, rows, K)
+    x = (rng.standard_normal(K) * rng.uniform(0.1, 10, K)).astype(np.float32)    # uneven magnitudes across blocks
+    lin = cm.Linear([(wd, rows, t)], K)
+    got = cp.asnumpy(lin(cp.asarray(x), cp.full(rows, np.nan, np.float32)))
+    err = check_linear(got, [(w, rows, t)], x, what=repr(lin))
+    print(f'{name} {rows}x{K}: max abs err {err[0]:.2e}, max err / |W||x\'| {err[1]:.2e}')
+
+
+@needs_gpu
+@pytest.mark.parametrize('pdl', [False, True], ids=['plain', 'pdl'])
+@pytest.mark.parametrize('name', ALL)
+def test_v2_small_bias_accumulate(name, pdl):
+    "Bias and accumulate (y += W x + b) in the epilogue; small: also run under compute-sanitizer."
+    t, rng = ALL[name], np.random.default_rng(11)
+    rows, K = 37, 512
+    w, wd = weight(t, rows, K)
+    x, b, y0 = (rng.standard_normal(n).astype(np.float32) for n in (K, rows, rows))
+    for bias in (None, b):
+        lin = cm.Linear([(wd, rows, t)], K, bias=None if bias is None else cp.asarray(bias), pdl=pdl)
+        y = cp.asarray(y0)
+        assert lin(cp.asarray(x), y, accumulate=True) is y
+        check_linear(cp.asnumpy(y), [(w, rows, t)], x, bias, y0, what='accumulate')
+        check_linear(cp.asnumpy(lin(cp.asarray(x), cp.asarray(y0))), [(w, rows, t)], x, bias, None, what='overwrite')
+
+
+STACKS = {'qwen-qkv': ([(896, Q5_0), (128, Q5_0), (128, Q8_0)], 896),
+          'qwen-gate-up': ([(4864, Q5_0), (4864, Q5_0)], 896),
+          'gemma-qkv': ([(1024, Q5_0), (256, Q5_0), (256, Q8_0)], 640),
+          'small-mixed-float-and-quant': ([(40, F16), (33, Q8_0), (7, Q4_K), (64, BF16)], 512),
+          'small-all-types': ([(3 + i, t) for i, t in enumerate(cm.V2_TYPES)], 256)}
+
+
+@needs_gpu
+@pytest.mark.parametrize('pdl', [False, True], ids=['plain', 'pdl'])
+@pytest.mark.parametrize('stack', STACKS)
+def test_v2_stacked_parts(stack, pdl):
+    "Parts of different types in one launch; y a slice of a bigger buffer; bias over all rows."
+    spec, K = STACKS[stack]
+    rng = np.random.default_rng(5)
+    parts = [(*weight(t, r, K, seed=i), r, t) for i, (r, t) in enumerate(spec)]
+    rows = sum(r for r, _ in spec)
+    x, b = rng.standard_normal(K).astype(np.float32), rng.standard_normal(rows).astype(np.float32)
+    lin = cm.Linear([(wd, r, t) for _, wd, r, t in parts], K, bias=cp.asarray(b), pdl=pdl)
+    assert lin.rows == rows and lin.nbytes == sum(w.nbytes for w, _, _, _ in parts)
+    assert len(lin.cfgs) == len({t for _, t in spec})
+    buf = cp.full(rows + 100, 7, np.float32)
+    lin(cp.asarray(x), buf[50:50 + rows])
+    got = cp.asnumpy(buf)
+    assert (got[:50] == 7).all() and (got[50 + rows:] == 7).all()
+    check_linear(got[50:50 + rows], [(w, r, t) for w, _, r, t in parts], x, b, what=stack)
+
+
+@needs_gpu
+@pytest.mark.parametrize('name,rows,K', [('Q8_0', 3000, 896), ('Q4_K', 300, 4864), ('Q6_K', 96, 2048),
+                                         ('MXFP4', 700, 2880), ('Q5_0', 129, 640), ('F16', 257, 1536)])
+def test_v2_launch_shapes(name, rows, K):
+    """Every way of splitting the work gives the same result: 1 to 512 threads per row, 1 to 16 warps, batches of 1
+    to 4 chunks, one or two CTAs per SM (the persistent loop over many tiles, next tile's loads in flight)."""
+    t, rng = ALL[name], np.random.default_rng(7)
+    w, wd = weight(t, rows, K)
+    x = rng.standard_normal(K).astype(np.float32)
+    combos = [(warps, u, cps) for warps in (1, 4, 16) for u, cps in ((1, None), (3, 1), (4, 2))]
+    cm.precompile([cm.v2_expr(warps, [(t, u)]) for warps, u, _ in combos])      # one NVRTC call
+    for warps, u, cps in combos:
+        for tpr in (g for g in (1, 4, 32, 64, 512) if g <= 32 * warps):
+            lin = cm.Linear([(wd, rows, t)], K, warps=warps, tpr=tpr, unroll={t: u}, ctas_per_sm=cps)
+            check_linear(cp.asnumpy(lin(cp.asarray(x), cp.empty(rows, np.float32))), [(w, rows, t)], x, what=repr(lin))
+
+
+@needs_gpu
+def test_v2_big_input_needs_more_shared_memory():
+    "K = 16384 with an F32 and a Q8_0 part stages x twice (fp32 and 8-bit): past the 48 KiB default, opted in."
+    rng = np.random.default_rng(2)
+    K = 16384
+    parts = [(*weight(F32, 8, K), 8, F32), (*weight(Q8_0, 8, K), 8, Q8_0)]
+    x = rng.standard_normal(K).astype(np.float32)
+    lin = cm.Linear([(wd, r, t) for _, wd, r, t in parts], K)
+    assert lin._smem > 48 * 1024
+    check_linear(cp.asnumpy(lin(cp.asarray(x), cp.empty(16, np.float32))), [(w, r, t) for w, _, r, t in parts], x)
+
+
+@needs_gpu
+@pytest.mark.parametrize('pdl', [False, True], ids=['plain', 'pdl'])
+def test_v2_graph_capture_and_no_allocation(pdl):
+    "A call allocates nothing and can be captured into a CUDA graph; replays give the same y."
+    rng = np.random.default_rng(4)
+    spec, K = STACKS['qwen-qkv']
+    parts = [(*weight(t, r, K, seed=i), r, t) for i, (r, t) in enumerate(spec)]
+    lin = cm.Linear([(wd, r, t) for _, wd, r, t in parts], K, pdl=pdl)
+    x, y = cp.asarray(rng.standard_normal(K).astype(np.float32)), cp.zeros(lin.rows, np.float32)
+    want = cp.asnumpy(lin(x, cp.empty_like(y)))
+    check_linear(want, [(w, r, t) for w, _, r, t in parts], cp.asnumpy(x))
+    pool = cp.get_default_memory_pool()
+    stream = cp.cuda.Stream(non_blocking=True)
+    with stream:
+        used = pool.used_bytes()
+        lin(x, y)
+        assert pool.used_bytes() == used
+        stream.begin_capture()
+        for _ in range(3): lin(x, y, accumulate=True)
+        graph = stream.end_capture()
+        y.fill(0)
+        graph.launch(stream)
+        graph.launch(stream)
+        stream.synchronize()
+    np.testing.assert_allclose(cp.asnumpy(y), 6 * want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+@needs_gpu
+@pytest.mark.parametrize('pdl', [False, True], ids=['plain', 'pdl'])
+def test_v2_dependent_chain_in_a_graph(pdl):
+    """Each matvec reads the previous one's output, as in a decode step: with programmatic dependent launch the next
+    kernel starts early, loads its weights and must wait for its input. 12 links (an ordinary CuPy kernel after
+    every other one), captured as one graph and replayed: bit for bit the result of plain launches one by one
+    (the kernel is deterministic), whatever the buffers held before."""
+    rng = np.random.default_rng(6)
+    d, f = 896, 4864
+    specs = [(d, Q5_0, d), (f, Q5_0, d), (d, Q4_K, f), (d, Q8_0, d), (f, Q5_0, d), (d, Q6_K, f)] * 2
+    ws = [weight(t, r, K, seed=i)[1] for i, (r, t, K) in enumerate(specs)]
+    x0 = cp.asarray(rng.standard_normal(d).astype(np.float32))
+
+    def chain(lins, bufs):
+        for i, lin in enumerate(lins):
+            lin(bufs[i], bufs[i + 1])
+            if i % 2: cp.multiply(bufs[i + 1], 1 / 1024, out=bufs[i + 1])   # keep magnitudes moderate
+        return bufs[-1]
+
+    def fresh(): return [x0] + [cp.full(r, np.nan, np.float32) for r, _, _ in specs]
+    plain = [cm.Linear([(w, r, t)], K, pdl=False) for w, (r, t, K) in zip(ws, specs)]
+    want = cp.asnumpy(chain(plain, fresh()))
+    assert np.isfinite(want).all() and np.abs(want).max() > 0
+    lins = [cm.Linear([(w, r, t)], K, pdl=pdl) for w, (r, t, K) in zip(ws, specs)]
+    bufs = fresh()
+    stream = cp.cuda.Stream(non_blocking=True)
+    with stream:
+        stream.begin_capture()
+        chain(lins, bufs)
+        graph = stream.end_capture()
+        for fill in (np.nan, 0, 1e30):
+            for b in bufs[1:]: b.fill(fill)
+            graph.launch(stream)
+            stream.synchronize()
+            assert np.array_equal(cp.asnumpy(bufs[-1]), want), fill
+
+
+@needs_gpu
+def test_v2_rejects_bad_arguments():
+    x = cp.zeros(512, np.float32)
+    w = cp.zeros(16 * 34, np.uint8)
+    with pytest.raises(ValueError, match=r'no v2 kernel for ggml type 10; have F32 \(0\)'):
+        cm.Linear([(cp.zeros(84, np.uint8), 1, 10)], 256)          # Q2_K
+    with pytest.raises(ValueError, match=r'Linear: K=288 is not a multiple of 256 \(Q4_K\)'):
+        cm.Linear([(cp.zeros(144, np.uint8), 1, Q4_K)], 288)
+    with pytest.raises(ValueError, match=r'K=48 is not a multiple of 32 \(F16\)'):
+        cm.Linear([(cp.zeros(96, np.uint8), 1, F16)], 48)
+    with pytest.raises(ValueError, match='Linear: w must have 1088 elements, got 544'):
+        cm.Linear([(w, 2, Q8_0)], 512)
+    with pytest.raises(ValueError, match='Linear: w must be 16-byte aligned'):
+        cm.Linear([(cp.zeros(16 * 34 + 2, np.uint8)[2:], 1, Q8_0)], 512)
+    with pytest.raises(ValueError, match='Linear: bias must have 1 elements, got 2'):
+        cm.Linear([(w, 1, Q8_0)], 512, bias=cp.zeros(2, np.float32))
+    lin = cm.Linear([(w, 1, Q8_0)], 512)
+    with pytest.raises(TypeError, match='Linear: x must be float32'):
+        lin(x.astype(np.float16), cp.zeros(1, np.float32))
+    with pytest.raises(ValueError, match='Linear: y must have 1 elements, got 2'):
+        lin(x, cp.zeros(2, np.float32))
+    with pytest.raises(ValueError, match=r'matmul: X must be \(T, 512\)'):
+        lin.matmul(cp.zeros((2, 256), np.float32), cp.zeros((2, 1), np.float32))
+    with pytest.raises(ValueError, match='matmul: mode must be one of'):
+        lin.matmul(cp.zeros((2, 512), np.float32), cp.zeros((2, 1), np.float32), mode='int8')
+
+
+MATMUL_TOL = {'f16': 2**-10, 'tf32': 2**-9, 'f32': 0}   # input rounding (fp16 RNE, TF32 maybe truncating): relative to |X||W|
+
+
+@needs_gpu
+@pytest.mark.parametrize('mode', MATMUL_TOL)
+@pytest.mark.parametrize('T', [1, 7, 512])
+@pytest.mark.parametrize('stack', ['qwen-qkv', 'qwen-down', 'small-all-types'])
+def test_matmul(stack, T, mode):
+    spec, K = STACKS[stack] if stack in STACKS else ([(896, Q4_K)], 4864)
+    rng = np.random.default_rng(T)
+    parts = [(*weight(t, r, K, seed=i), r, t) for i, (r, t) in enumerate(spec)]
+    rows = sum(r for r, _ in spec)
+    b = rng.standard_normal(rows).astype(np.float32)
+    lin = cm.Linear([(wd, r, t) for _, wd, r, t in parts], K, bias=cp.asarray(b))
+    X, Y0 = rng.standard_normal((T, K)).astype(np.float32), rng.standard_normal((T, rows)).astype(np.float32)
+    W = np.concatenate([dequantize(w, t).reshape(r, K) for w, _, r, t in parts]).astype(np.float64)
+    Y = cp.asarray(Y0)
+    assert lin.matmul(cp.asarray(X), Y, accumulate=True, mode=mode) is Y
+    ref, mag = X @ W.T + b + Y0, np.abs(X) @ np.abs(W).T + np.abs(b) + np.abs(Y0)
+    err = np.abs(cp.asnumpy(Y) - ref)
+    assert np.all(err <= (MATMUL_TOL[mode] + K * 2**-23) * mag), f'worst {np.max(err / mag):.2e} of |X||W|'
+    Yn = lin.matmul(cp.asarray(X), cp.empty((T, rows), np.float32), mode=mode)    # no accumulate
+    assert np.all(np.abs(cp.asnumpy(Yn) - (ref - Y0)) <= (MATMUL_TOL[mode] + K * 2**-23) * mag)
+
+
+@needs_gpu
+@pytest.mark.parametrize('name', ALL)
+def test_dequantize_bit_exact(name):
+    t = ALL[name]
+    rows, K = 33, 512
+    w, wd = weight(t, rows, K)
+    ref = dequantize(w, t).reshape(rows, K)
+    got = cp.asnumpy(cm.dequantize(wd, t, rows, K, np.float32))
+    assert np.array_equal(got.view(np.uint32), ref.view(np.uint32))
+    with np.errstate(over='ignore'):
+        assert np.array_equal(cp.asnumpy(cm.dequantize(wd, t, rows, K)).view(np.uint16), ref.astype(np.float16).view(np.uint16))
+    out = cp.empty((rows, K), np.float32)
+    assert cm.dequantize(wd, t, rows, K, np.float32, out=out) is out
+
+
+@needs_gpu
+@pytest.mark.parametrize('name', ALL)
+def test_dequantize_rows_small(name):
+    "Embedding lookup, bit-exact, repeated ids, a scale; an id out of range gives a NaN row."
+    t = ALL[name]
+    rows, K = 50, 256
+    w, wd = weight(t, rows, K)
+    ref = dequantize(w, t).reshape(rows, K)
+    ids = np.array([7, 0, 49, 7, 12], np.int32)
+    for scale in (1.0, 0.125, 26.5):
+        got = cp.asnumpy(cm.dequantize_rows(wd, t, K, cp.asarray(ids), cp.empty((5, K), np.float32), scale))
+        assert np.array_equal(got.view(np.uint32), (np.float32(scale) * ref[ids]).view(np.uint32))
+    bad = cp.asnumpy(cm.dequantize_rows(wd, t, K, cp.asarray(np.array([1, 50, -1], np.int32)), cp.empty((3, K), np.float32)))
+    assert np.isnan(bad[1:]).all() and np.array_equal(bad[0], ref[1])
+
+
+@needs_gpu
+def test_dequantize_rows_real_vocab():
+    "Qwen's 151936 x 896 Q8_0 token embedding: rows from both ends of the table."
+    w, wd = weight(Q8_0, 151936, 896)
+    ids = np.array([0, 151935, 1234, 151935], np.int32)
+    got = cp.asnumpy(cm.dequantize_rows(wd, Q8_0, 896, cp.asarray(ids), cp.empty((4, 896), np.float32)))
+    rb = 896 // 32 * 34
+    for i, r in enumerate(ids):
+        assert np.array_equal(got[i], dequantize(w[r * rb:(r + 1) * rb], Q8_0))

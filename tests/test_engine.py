@@ -11,7 +11,8 @@ from hypothesis import given, settings, strategies as st
 
 from orcd.engine import (CPUBackend, ContextOverflowError, Engine, Sampler, SamplingParams, StopMatcher,
                          TokenEvent, apply_penalties, choose_n_ctx, load_backend, resolve_device,
-                         truncate, Backend, params_from_args, _resident_bytes)
+                         truncate, Backend, params_from_args, cuda_unavailable)
+from orcd.errors import BackendUnavailableError, InvalidRequestError
 
 
 # ---------------------------------------------------------------- straightforward reference of the sampler
@@ -234,6 +235,7 @@ class ScriptedBackend:
         assert pos == len(self.seq) < self.n_ctx, (pos, len(self.seq)); self.seq.append(tok); return self._logits()
     def decode_sample(self, tok, pos, sampler): return sampler.sample(self.decode(tok, pos))
     def reset(self): self.seq = []
+    def status(self): return dict(healthy=True, reason=None, vram_bytes_used=None, vram_bytes_total=None)
     memory_bytes = 0
 
 
@@ -249,13 +251,18 @@ def text(evs): return ''.join(e.text for e in evs)
 
 def test_backend_protocol():
     assert isinstance(ScriptedBackend(), Backend)
+    bare = SimpleNamespace(**{k: getattr(ScriptedBackend(), k) for k in ('n_ctx', 'prefill', 'decode', 'decode_sample', 'reset', 'memory_bytes')})
+    assert not isinstance(bare, Backend)   # status() is part of the protocol
+    bare.status = lambda: {}
+    assert isinstance(bare, Backend)
 
 
 def test_eos_ends_and_is_not_emitted():
     evs, be = run([W['Hello'], W[' world'], TK.eos_id, ord('x')])
     assert text(evs) == 'Hello world' and evs[-1].finish_reason == 'eos' and evs[-1].id == TK.eos_id
     assert [e.index for e in evs] == [0, 1, 2] and all(e.finish_reason is None for e in evs[:-1])
-    assert evs[-1].prompt_tokens == 2 and evs[-1].completion_tokens == 3
+    assert evs[-1].prompt_tokens == 2 and evs[-1].eog and not any(e.eog for e in evs[:-1])
+    assert evs[-1].completion_tokens == 2 == sum(e.counted for e in evs)  # the EOS that ended it is not counted
     evs, _ = run([W['Hello'], 260])  # any id of eot_ids (here the toy '<|im_end|>')
     assert text(evs) == 'Hello' and evs[-1].finish_reason == 'eos'
 
@@ -395,19 +402,23 @@ def test_events_carry_timings_and_info():
 class FakeCache:
     def __init__(self, n_ctx): self.n_ctx, self.k, self.filled = n_ctx, np.zeros((2, n_ctx, 4), np.float32), []
     def reset(self): self.filled = []
+    @property
+    def memory_bytes(self): return self.k.nbytes
 
 
 class FakeAdapter:
     "Logits = one-hot of (sum of all ids in the cache) mod vocab: wrong positions or a lost cache show."
     def __init__(self, vocab=50): self.vocab, self.w, self.calls = vocab, np.ones((vocab, 8), np.float32), []
     def new_cache(self, n_ctx): return FakeCache(n_ctx)
-    def forward(self, ids, positions, cache):
-        self.calls.append((list(ids), list(positions)))
+    @property
+    def memory_bytes(self): return self.w.nbytes
+    def forward(self, ids, positions, cache, all_logits=True):
+        self.calls.append((list(ids), list(positions), all_logits))
         out = np.zeros((len(ids), self.vocab), np.float32)
         for r, (i, p) in enumerate(zip(ids, positions)):
             assert p == len(cache.filled), (p, len(cache.filled)); cache.filled.append(int(i))
             out[r, sum(cache.filled) % self.vocab] = 1.0
-        return out
+        return out if all_logits else out[-1:]
 
 
 def test_cpu_backend_prefills_in_chunks_and_decodes():
@@ -416,28 +427,17 @@ def test_cpu_backend_prefills_in_chunks_and_decodes():
     ids = list(range(1, 11))
     x = be.prefill(ids)
     assert [c[1] for c in ad.calls] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
-    assert int(np.argmax(x)) == sum(ids) % 50 and x.shape == (50,)
+    assert [c[2] for c in ad.calls] == [False, False, False]          # the last row of logits only
+    assert int(np.argmax(x)) == sum(ids) % 50 and x.shape == (50,) and x.dtype == np.float32
     nxt = be.decode_sample(3, 10, Sampler(SamplingParams(temperature=0)))
     assert nxt == (sum(ids) + 3) % 50
     assert be.memory_bytes == ad.w.nbytes + be.cache.k.nbytes
-    with pytest.raises(ValueError, match='outside the cache'): be.decode(1, 16)
-    with pytest.raises(ValueError, match='prefill of 17'): be.prefill(list(range(17)))
+    assert be.status() == {'healthy': True, 'reason': None, 'vram_bytes_used': None, 'vram_bytes_total': None}
+    assert isinstance(be, Backend)
+    with pytest.raises(ContextOverflowError, match='outside the cache'): be.decode(1, 16)
+    with pytest.raises(ContextOverflowError, match='prefill of 17'): be.prefill(list(range(17)))
     be.prefill([1, 2])  # a new prompt resets the cache
-    assert ad.calls[-1] == ([1, 2], [0, 1])
-
-
-class LastRowAdapter(FakeAdapter):
-    def forward(self, ids, positions, cache, all_logits=True):
-        out = super().forward(ids, positions, cache)
-        self.calls[-1] += (all_logits,)
-        return out if all_logits else out[-1:]
-
-
-def test_cpu_backend_asks_for_the_last_row_only():
-    ad = LastRowAdapter()
-    be = CPUBackend(ad, n_ctx=16, prefill_chunk=4)
-    assert int(np.argmax(be.prefill(list(range(6))))) == 15
-    assert [c[2] for c in ad.calls] == [False, False]
+    assert ad.calls[-1][:2] == ([1, 2], [0, 1])
 
 
 def test_engine_on_cpu_backend_uses_consecutive_positions():
@@ -445,35 +445,54 @@ def test_engine_on_cpu_backend_uses_consecutive_positions():
     eng = Engine.from_parts(CPUBackend(ad, n_ctx=32), TK)
     evs = list(eng.generate('abc', SamplingParams(temperature=0, max_tokens=5)))
     assert [c[1] for c in ad.calls] == [[0, 1, 2], [3], [4], [5], [6]]
-    s = sum(b'abc')
-    for e in evs[:-1]: s += e.id
-    assert len(evs) == 5
-
-
-def test_resident_bytes_skips_file_views(tmp_path):
-    f = tmp_path / 'w.bin'; f.write_bytes(b'\0' * 4096)
-    mm = np.memmap(f, np.uint8, 'r')
-    obj = SimpleNamespace(a=np.zeros(100, np.float32), view=mm[:1000], d={'b': np.zeros(10, np.float64)}, l=[np.zeros(3, np.int8)])
-    obj.alias = obj.a[10:]
-    assert _resident_bytes(obj) == 400 + 80 + 3
+    want, s = [], sum(b'abc')              # the fake's logits pick (sum of the cache) mod vocab
+    for _ in range(5): want.append(s % TK.vocab_size); s += want[-1]
+    assert [e.id for e in evs] == want and evs[-1].finish_reason == 'length'
 
 
 # ---------------------------------------------------------------- device, context, CLI args
-def test_device_and_context_choice():
-    assert resolve_device('cpu') == 'cpu' and resolve_device('CUDA:1') == 'cuda:1'
-    assert resolve_device('auto') in ('cpu', 'cuda:0')
-    with pytest.raises(ValueError, match='unknown device'): resolve_device('tpu')
+def test_device_and_context_choice(monkeypatch):
+    import orcd.engine as E
+    assert resolve_device('cpu') == 'cpu'
+    with pytest.raises(InvalidRequestError, match='unknown device') as ei: resolve_device('tpu')
+    assert ei.value.param == 'device'
+    monkeypatch.setattr(E, 'cuda_unavailable', lambda: None)                      # a machine that can run CUDA
+    assert resolve_device('auto') == 'cuda:0' and resolve_device('cuda') == 'cuda:0' and resolve_device('CUDA:1') == 'cuda:1'
+    monkeypatch.setattr(E, 'cuda_unavailable', lambda: 'no CUDA device')           # one that cannot
+    assert resolve_device('auto') == 'cpu'
+    with pytest.raises(BackendUnavailableError, match='--device cuda:1: no CUDA device') as ei: resolve_device('cuda:1')
+    assert ei.value.code == 'BACKEND_UNAVAILABLE' and ei.value.status == 503
     assert choose_n_ctx(32768, None, 'cpu') == 4096 and choose_n_ctx(8192, None, 'cuda') == 8192
     with pytest.raises(ValueError, match='trained for'): choose_n_ctx(2048, 4096)
     with pytest.raises(ValueError, match='at least 2'): choose_n_ctx(2048, 1)
     assert load_backend('cpu').__self__ is CPUBackend
 
 
-def test_missing_backend_is_a_clear_error(monkeypatch):
-    import orcd.engine as E
-    monkeypatch.setitem(E.BACKENDS, 'cuda', 'orcd.engine:NoSuchBackend')
-    with pytest.raises(RuntimeError, match='cuda backend is not available'): load_backend('cuda')
-    assert load_backend('cuda', quiet=True) is None
+def test_cuda_device_refused_before_anything_loads(monkeypatch):
+    import orcd.engine as E, orcd.pull
+    monkeypatch.setattr(E, 'cuda_unavailable', lambda: 'CuPy is not installed')
+    monkeypatch.setattr(orcd.pull, 'resolve_model', lambda *a, **k: pytest.fail('the model was resolved'))
+    with pytest.raises(BackendUnavailableError, match='CuPy is not installed'): Engine('smollm2-135m-instruct', device='cuda')
+
+
+def test_missing_backend_is_a_clear_error(monkeypatch, tmp_path):
+    import orcd.engine as E, orcd.cuda
+    assert E.BACKENDS['cuda'] == 'orcd.cuda_backend:CUDABackend'
+    monkeypatch.setattr(orcd.cuda, 'cuda_device', lambda: (None, 'CuPy is not installed (ModuleNotFoundError)'))
+    assert cuda_unavailable() == 'CuPy is not installed (ModuleNotFoundError)'
+    monkeypatch.setattr(orcd.cuda, 'cuda_device', lambda: (object(), 1))           # CuPy and a device: the backend decides
+    (tmp_path / 'orcd_broken_backend.py').write_text('import orcd_no_such_dependency\n')
+    (tmp_path / 'orcd_empty_backend.py').write_text('')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for target, why in [('orcd.no_such_backend:CUDABackend', 'this orcd has no module orcd.no_such_backend'),
+                        ('orcd_broken_backend:CUDABackend', "orcd_broken_backend failed to import (ModuleNotFoundError: No module named 'orcd_no_such_dependency')"),
+                        ('orcd_empty_backend:CUDABackend', 'orcd_empty_backend has no CUDABackend')]:
+        monkeypatch.setitem(E.BACKENDS, 'cuda', target)
+        with pytest.raises(BackendUnavailableError, match='cuda backend is not available') as ei: load_backend('cuda')
+        assert why in str(ei.value) and why in cuda_unavailable()
+        assert load_backend('cuda', quiet=True) is None and resolve_device('auto') == 'cpu'
+    monkeypatch.setitem(E.BACKENDS, 'cuda', 'orcd.engine:CPUBackend')              # one that imports: auto takes it
+    assert cuda_unavailable() is None and resolve_device('auto') == 'cuda:0'
 
 
 def test_params_from_cli_args():
@@ -507,24 +526,28 @@ def fake_llama_bench(tmp_path):
 def test_bench_backend_counts_tokens():
     from orcd.bench import bench_backend
     be = ScriptedBackend(n_ctx=64)
-    r = bench_backend(be, TK.vocab_size, prompt_tokens=10, gen_tokens=5)
-    assert r['prompt_tokens'] == 10 and r['gen_tokens'] == 5 and r['prefill_tps'] > 0 and r['decode_tps'] > 0
-    assert len(be.seq) == 10 + 5  # prefill, then 5 decode steps at consecutive positions
-    with pytest.raises(ValueError, match='exceed the context'): bench_backend(be, TK.vocab_size, 60, 5)
+    r = bench_backend(be, TK.vocab_size, prompt_tokens=10, gen_tokens=5, reps=2)
+    assert r['prompt_tokens'] == 10 and r['gen_tokens'] == 5 and r['prefill_tps']['n'] == r['decode_tps']['n'] == 2
+    assert 0 < r['prefill_tps']['min'] <= r['prefill_tps']['median'] <= r['prefill_tps']['max'] and r['decode_tps']['median'] > 0
+    assert len(be.seq) == 8 + 5  # the last decode run: a prefill of 8, then 5 decode steps at consecutive positions
+    with pytest.raises(ValueError, match='needs a context of 70'): bench_backend(be, TK.vocab_size, 70, 5)
 
 
 def test_llama_bench_parse_and_run(tmp_path):
     from orcd.bench import parse_llama_bench, run_llama_bench, llama_bench_cmd, format_table
     model = tmp_path / 'm.gguf'; model.write_text('x')
-    assert run_llama_bench(fake_llama_bench(tmp_path), model, 16, 4) == {'prefill_tps': 400.0, 'decode_tps': 20.0}
+    assert run_llama_bench(fake_llama_bench(tmp_path), model, 16, 4) == {'prefill_tps': {'median': 400.0, 'stddev': 0.0},
+                                                                         'decode_tps': {'median': 20.0, 'stddev': 0.0}}
     bad = tmp_path / 'bad.gguf'; bad.write_text('--fail')
     with pytest.raises(RuntimeError, match='llama-bench failed'): run_llama_bench(tmp_path / 'llama-bench', bad)
     with pytest.raises(FileNotFoundError): run_llama_bench(tmp_path / 'nope', model)
     with pytest.raises(RuntimeError, match='JSON'): parse_llama_bench('error: no model')
     with pytest.raises(RuntimeError, match='no pp/tg'): parse_llama_bench('[]')
     assert '-ngl' in llama_bench_cmd('x', model, device='cpu')
-    t = format_table(dict(prompt_tokens=16, gen_tokens=4, prefill_tps=100.0, decode_tps=5.0), {'prefill_tps': 400.0, 'decode_tps': 20.0})
-    assert 'pp16' in t and 'tg4' in t and t.count('0.250') == 2
+    s = lambda v: dict(median=v, min=v, max=v, n=1)
+    t = format_table(dict(prompt_tokens=16, gen_tokens=4, prefill_tps=s(100.0), decode_tps=s(5.0)),
+                     {'prefill_tps': {'median': 400.0}, 'decode_tps': {'median': 20.0}})
+    assert 'pp16' in t and 'tg4' in t and t.count('0.25×') == 2
 
 
 def test_cli_bench_with_fake_engine(tmp_path, monkeypatch, capsys):
@@ -540,4 +563,5 @@ def test_cli_bench_with_fake_engine(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert 'pp8' in out and 'tg3' in out and 'llama.cpp' in out and 'toy' in out
     assert main(['bench', 'toy', '--prompt-tokens', '300']) == 1
-    assert 'exceed the context' in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith('orcd bench: error: ') and 'needs a context of 300' in err

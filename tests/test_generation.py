@@ -152,7 +152,7 @@ def test_cli_bench_real_model(tmp_path, capsys):
     assert main(['bench', path, '--device', 'cpu', '--prompt-tokens', '8', '--gen-tokens', '4',
                  '--llama-bench', str(fake_llama_bench(tmp_path))]) == 0
     out = capsys.readouterr().out
-    assert re.search(r'pp8\s+[\d.]+\s+400\.00', out) and re.search(r'tg4\s+[\d.]+\s+20\.00', out), out
+    assert re.search(r'pp8 \(tok/s\)\s+[\d.]+\s+\S+\s+400\.0\s', out) and re.search(r'tg4 \(tok/s\)\s+[\d.]+\s+\S+\s+20\.0\s', out), out
 
 
 # ---------------------------------------------------------------- Gemma-3-270M

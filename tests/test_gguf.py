@@ -9,12 +9,11 @@ import pytest
 from gguf import GGUFValueType as VT, GGMLQuantizationType as QT
 
 from orcd.gguf import (GGUFFile, GGUFError, GGUFMetadataError, UnsupportedArchitectureError, ModelMetadata,
-                       SUPPORTED_ARCHITECTURES, format_inspect, inspect_dict, _short)
+                       supported_architectures, format_inspect, inspect_dict, _short)
 from orcd.cli import main
-from conftest import real_model
+from conftest import real_model, reference_python
 
 MODELS = ['qwen2.5-coder-0.5b-instruct', 'smollm2-135m-instruct', 'gemma-3-270m']
-REF_PY = os.environ.get('ORCD_LLAMA_CPP_PYTHON', '/work/refvenv/bin/python')
 
 # llama.cpp (through llama-cpp-python's C API) reads each file: its metadata strings and hyper-parameters.
 _REF = r'''
@@ -46,9 +45,10 @@ def paths():
 
 @pytest.fixture(scope='module')
 def llama_cpp_ref(paths):
-    if not Path(REF_PY).exists(): pytest.skip(f'no llama-cpp-python interpreter at {REF_PY}')
-    r = subprocess.run([REF_PY, '-c', _REF, *map(str, paths.values())], capture_output=True, text=True, timeout=120)
-    if r.returncode: pytest.skip(f'llama-cpp-python unavailable: {r.stderr[-300:]}')
+    py, why = reference_python('llama-cpp')
+    if py is None: pytest.skip(why)
+    r = subprocess.run([str(py), '-c', _REF, *map(str, paths.values())], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, f'the llama-cpp reference environment failed: {r.stderr[-500:]}'
     return {Path(k): v for k, v in json.loads(r.stdout).items()}
 
 
@@ -75,7 +75,7 @@ def test_real_file_matches_llama_cpp(paths, llama_cpp_ref, name):
 
 
 def test_qwen_facts(paths):
-    "The facts of shared/models.md and pitfalls.md."
+    "Qwen2.5-Coder-0.5B-Instruct Q4_K_M as llama.cpp reads it: shapes, RoPE, norm, tokenizer, tensor types."
     with GGUFFile(paths['qwen2.5-coder-0.5b-instruct']) as gf:
         m = gf.metadata
         assert (m.architecture, m.n_layers, m.d_model, m.n_heads, m.n_kv_heads, m.head_dim, m.head_dim_v, m.ffn_dim) == \
@@ -281,9 +281,11 @@ def test_metadata_errors(tmp_path, arch, keys, base, match):
 
 def test_unsupported_and_missing_architecture(tmp_path):
     with pytest.raises(UnsupportedArchitectureError) as ei: _meta(tmp_path, 'mamba', RMS)
-    assert all(a in str(ei.value) for a in SUPPORTED_ARCHITECTURES) and 'general.architecture' in str(ei.value)
+    assert all(a in str(ei.value) for a in supported_architectures()) and 'general.architecture' in str(ei.value)
     assert isinstance(ei.value, GGUFError) and ei.value.offset is not None
-    assert SUPPORTED_ARCHITECTURES == ('llama', 'qwen2', 'phi3', 'gemma3', 'gpt-oss', 'gpt2')
+    import orcd.adapters
+    assert supported_architectures() == tuple(orcd.adapters.ARCHITECTURES) == ('llama', 'qwen2', 'phi3', 'gemma3', 'gpt-oss', 'gpt2')
+    assert ei.value.code == 'MODEL_LOAD_FAILED' and isinstance(ei.value, orcd.adapters.UnsupportedArchitecture)
 
 
 def test_value_types_round_trip(tmp_path):

@@ -27,3 +27,31 @@ def test_the_blocker_blocks():
     prog = PROG.replace(f'for m in {CORE!r}', "for m in ['orcd.server']")
     r = subprocess.run([sys.executable, '-c', prog], capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and 'blocked for this test' in r.stderr
+
+
+def test_one_version():
+    "`orcd --version`, `orcd.__version__` and the version in pyproject.toml's [tool.nbdev] agree."
+    import tomllib
+    from pathlib import Path
+    import orcd
+    cfg = tomllib.loads((Path(__file__).resolve().parent.parent / 'pyproject.toml').read_text())
+    assert orcd.__version__ == cfg['tool']['nbdev']['version']
+    r = subprocess.run([sys.executable, '-m', 'orcd.cli', '--version'], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == f'orcd {orcd.__version__}'
+
+
+def test_no_absolute_path_of_this_machine_in_the_repository():
+    "Nothing in the repository names where it was written: this checkout's path, the home directory, the dev machines' roots."
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    files = subprocess.run(['git', 'ls-files', '--cached', '--others', '--exclude-standard', '-z'], cwd=root,
+                           capture_output=True, text=True, check=True).stdout.split('\0')
+    home = str(Path.home())
+    banned = [str(root) + '/', *(f'/{d}/' for d in ('work', 'root'))] + ([home + '/'] if len(home) > 1 else [])
+    hits = []
+    for f in filter(None, files):
+        p = root / f
+        if f == '.gitignore' or not p.is_file() or p.stat().st_size > 4_000_000: continue
+        text = p.read_bytes().decode('utf-8', 'replace')
+        hits += [f'{f}: {b}' for b in banned if b in text]
+    assert not hits, hits

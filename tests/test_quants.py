@@ -1,11 +1,11 @@
 """orcd.quants against independent implementations: gguf.quants (bit for bit, random and edge blocks of
 every type, every tensor of the three real models), and ggml's own C functions (`dequantize_row_*`,
 `quantize_row_*_ref` from llama.cpp's libggml-base, when it can be found)."""
-import ctypes, glob, importlib.util, os
-from pathlib import Path
+import ctypes
 import numpy as np
 import pytest
 import gguf, gguf.quants
+from conftest import ggml_lib, real_model
 from orcd import quants
 from orcd.quants import QUANT_TYPES, QuantError, dequantize, quantize, as_blocks
 
@@ -117,23 +117,15 @@ def test_q4_k_scale_unpacking_by_hand():
 # ---------------------------------------------------------------- ggml's C functions (llama.cpp)
 
 def _ggml_lib():
-    "libggml-base from llama-cpp-python: $ORCD_GGML_LIB, this venv's llama_cpp, or the dev machine's refvenv."
-    cands = [os.environ.get('ORCD_GGML_LIB', '')]
-    spec = importlib.util.find_spec('llama_cpp')
-    if spec and spec.origin:
-        cands.append(str(Path(spec.origin).parent / 'lib' / 'libggml-base.so'))
-    cands += glob.glob('/work/refvenv/lib/python3*/site-packages/llama_cpp/lib/libggml-base.so')
-    for c in cands:
-        if c and Path(c).exists():
-            try:
-                return ctypes.CDLL(c)
-            except OSError:
-                pass
-    return None
+    "libggml-base from llama-cpp-python ($ORCD_GGML_LIB or the llama-cpp reference environment); (CDLL or None, why not)."
+    path, why = ggml_lib()
+    if path is None: return None, why
+    try: return ctypes.CDLL(str(path)), ''
+    except OSError as e: return None, f'{path} does not load ({e})'
 
 
-GGML = _ggml_lib()
-needs_ggml = pytest.mark.skipif(GGML is None, reason='llama.cpp libggml-base not found (set ORCD_GGML_LIB)')
+GGML, _why_no_ggml = _ggml_lib()
+needs_ggml = pytest.mark.skipif(GGML is None, reason=_why_no_ggml)
 _C_NAMES = {T.Q4_0: 'q4_0', T.Q4_1: 'q4_1', T.Q5_0: 'q5_0', T.Q5_1: 'q5_1', T.Q8_0: 'q8_0', T.Q4_K: 'q4_K',
             T.Q5_K: 'q5_K', T.Q6_K: 'q6_K', T.MXFP4: 'mxfp4'}
 
@@ -165,19 +157,8 @@ def test_random_blocks_match_ggml_c(t):
 
 def model_tensors(name):
     "(name, ggml_type, raw bytes) of every tensor, through orcd.gguf when it exists, else gguf.GGUFReader."
-    try:
-        from conftest import real_model
-        path = real_model(name)
-    except ImportError:
-        path = Path('~/.cache/orcd/models').expanduser() / f'{name}.gguf'
-    if not Path(path).exists():
-        pytest.skip(f'{name} not available')
-    try:
-        from orcd.gguf import GGUFFile
-    except ImportError:
-        r = gguf.GGUFReader(path)
-        return [(t.name, int(t.tensor_type), np.asarray(t.data).reshape(-1).view(np.uint8)) for t in r.tensors]
-    gf = GGUFFile(path)
+    from orcd.gguf import GGUFFile
+    gf = GGUFFile(real_model(name))
     return [(n, ti.ggml_type, gf.raw(n)) for n, ti in gf.tensors.items()]
 
 

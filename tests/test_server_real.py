@@ -96,3 +96,13 @@ def test_execute_max_tokens_and_stop_sequence(hc):
     print(f'\ngreedy: {text!r}; stop {stop!r} → {text2!r}')
     assert evs2[-1][0] == 'end' and evs2[-1][1]['stop_reason'] == 'stop_sequence'
     assert text2 == text[:j] and stop not in text2
+
+
+def test_execute_with_chat_messages(hc, oai):
+    "/execute renders `messages` with the model's chat template, as /v1/chat/completions does: same greedy text."
+    msgs = [{'role': 'user', 'content': 'What is the capital of France?'}]
+    _, evs, _ = sse_events(hc, '/execute', {'job_id': 'chat-1', 'messages': msgs, 'max_tokens': 5, 'temperature': 0})
+    toks = [d for k, d in evs if k == 'token']
+    assert evs[-1][0] == 'end' and evs[-1][1]['tokens_out'] == len(toks)
+    r = oai.chat.completions.create(model=MODEL, messages=msgs, max_tokens=5, temperature=0)
+    assert ''.join(d['t'] for d in toks) == r.choices[0].message.content and r.usage.completion_tokens == len(toks)

@@ -372,10 +372,18 @@ def test_cli_tokenize(capsys):
     s = '<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n'
     c = fx['cases'][fx['strings'].index(s)]
     assert main(['tokenize', path, s, '--json']) == 0
-    assert json.loads(capsys.readouterr().out) == {'ids': c['plain']}
+    r = json.loads(capsys.readouterr().out)
+    assert r['ids'] == c['plain'] and ''.join(r['pieces']) == s    # the pieces of the plain ids spell the text
     assert main(['tokenize', 'smollm2-135m-instruct', s, '--json', '--special']) == 0
-    assert json.loads(capsys.readouterr().out) == {'ids': c['special']}
-    assert main(['tokenize', path, s, '--special']) == 0
-    assert capsys.readouterr().out.split() == [str(i) for i in c['special']]
+    r = json.loads(capsys.readouterr().out)
+    assert r['ids'] == c['special'] and r['pieces'][0] == '<|im_start|>' and ''.join(r['pieces']) == s
+    assert main(['tokenize', path, s, '--special']) == 0           # one line per token: id, then the piece's repr
+    lines = capsys.readouterr().out.splitlines()
+    assert [int(l.split()[0]) for l in lines] == c['special'] and lines[0].split(None, 1)[1] == repr('<|im_start|>')
+    assert main(['tokenize', path, 'é', '--json']) == 0              # a character split over byte tokens shows its bytes
+    r = json.loads(capsys.readouterr().out)
+    assert ''.join(r['pieces']).encode('latin-1', 'backslashreplace').decode('unicode_escape').encode('latin-1') == 'é'.encode() \
+        or ''.join(r['pieces']) == 'é'
     assert main(['tokenize', '/no/such/model.gguf', 'x']) == 1
-    assert 'no such file' in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith('orcd tokenize: error: ') and 'no such file' in err

@@ -1,0 +1,218 @@
+// Causal attention of fp32 queries over the fp16 KV cache, for decode (one token, keys split among blocks,
+// flash-decoding) and for prefill (T tokens, each block all the keys its queries see).
+//
+// A block owns one KV head h and up to 8 "rows" (with rows * Dv <= 1024): query vectors of Gb query heads of
+// h's group (GQA: query heads h*G .. h*G+G-1 share KV head h) times BQ tokens, so the K/V tiles it loads serve
+// every row. The next tile's K and V are fetched into registers while the current one is computed. Per tile
+// of 32 keys the block
+//   1. copies K (32 x D) and V (32 x Dv) fp16 into shared memory with 16-byte loads (K rows padded by one
+//      half2 so that lane j reading row j hits bank j),
+//   2. warp r, lane j: score of row r against key j (fp32 dot product, times scale), -inf where the key is
+//      masked (k > position, or position - k >= window); the warp updates its running max m and sum l
+//      (online softmax) and stores p_j = exp(score - m) and the rescale factor exp(m_old - m),
+//   3. every thread: its outputs (row, dv) acc = acc * rescale + sum_j p_j * V[j, dv] (index arithmetic hoisted
+//      out of the loop: a division in it cost more than all the rest).
+// Prefill (max_splits = 0) then divides by l (with the sink logit, if any) and writes out (T, n_heads * Dv).
+// Decode (max_splits > 0, T = 1) splits the visible keys [lo, pos] among blockIdx.z (key_split) and writes
+// each split's m, l and unnormalised acc into the workspace; attention_merge combines them. The position is
+// read on the device, so one captured graph serves every step.
+// Numpy reference: orcd.ops.attention.
+#include "ops_common.cuh"
+
+#define ATT_NT 256     // threads per block: 8 warps, one per row
+#define ATT_MAXR 8     // rows per block
+#define ATT_MAXO 4     // outputs per thread: rows * Dv <= ATT_NT * ATT_MAXO = 1024
+#define ATT_PF 4       // 16-byte pieces of a K (and of a V) tile per thread: 32 keys x 256 dims / 8 / ATT_NT
+
+extern "C" __global__ void __launch_bounds__(256, 2) attention(
+        const float* __restrict__ qkv, int q_stride,          // q of token t, head qh: qkv[t*q_stride + qh*D]
+        const __half* __restrict__ k_cache, const __half* __restrict__ v_cache, int n_ctx,
+        const int* __restrict__ pos_dev, int pos0, int T,     // token t is at pos_dev[0] + t (if given) or pos0 + t
+        int n_heads, int n_kv, int D, int Dv, float scale, int window,
+        int Gb, int BQ,                                       // rows of a block: BQ tokens x Gb query heads
+        const float* __restrict__ sinks,                      // [n_heads] or null
+        float* __restrict__ out,                              // prefill: [T, n_heads * Dv]
+        float* __restrict__ ws, int max_splits, int min_tiles) {  // decode: m, l [n_heads, max_splits], acc [.., Dv]
+    extern __shared__ float smem[];
+    const int G = n_heads / n_kv, nz = gridDim.x / n_kv;      // nz blocks of up to Gb heads per KV head
+    const int h = blockIdx.x / nz, g0 = (blockIdx.x % nz) * Gb, gcount = min(Gb, G - g0);
+    const int t0 = blockIdx.y * BQ, tcount = min(BQ, T - t0), R = Gb * BQ;
+    const int base = pos_dev ? pos_dev[0] : pos0;
+    const int lo = window_lo(base + t0, window), hi = min(n_ctx, base + t0 + tcount);  // (clamped: memory safety)
+    int kb = lo, ke = hi, su = 1;
+    if (max_splits > 0) {
+        key_split(lo, hi, max_splits, min_tiles, blockIdx.z, kb, ke, su);
+        if ((int)blockIdx.z >= su) return;                    // attention_merge reads splits < su only
+    }
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    const int kstride = (D + 2) / 2;                          // K row in shared memory, in half2
+    float* Qs = smem;                                         // [R, D]
+    float* Ps = Qs + R * D;                                   // [ATT_MAXR, ATT_TK]
+    float* fac = Ps + ATT_MAXR * ATT_TK;                      // [ATT_MAXR]
+    __half2* Ks = reinterpret_cast<__half2*>(fac + ATT_MAXR); // [ATT_TK, kstride]
+    __half* Vs = reinterpret_cast<__half*>(Ks + ATT_TK * kstride);  // [ATT_TK, Dv], 16-byte aligned
+
+    // the next tile is fetched into registers while the current one is computed: piece e = tid + i*ATT_NT of a
+    // tile is halves 8e .. 8e+7 of its K (V) rows, contiguous in the cache; ksoff: where it goes in the padded Ks
+    const size_t khead = (size_t)h * n_ctx;
+    uint4 kr[ATT_PF], vr[ATT_PF];
+    int ksoff[ATT_PF];
+#pragma unroll
+    for (int i = 0; i < ATT_PF; ++i) {
+        const int e = tid + i * ATT_NT;
+        ksoff[i] = e < ATT_TK * D / 8 ? e / (D / 8) * kstride + e % (D / 8) * 4 : -1;
+    }
+    auto fetch = [&](int kt) {
+        const int nk = min(ATT_TK, ke - kt);
+        const __half* kg = k_cache + (khead + kt) * D;
+        const __half* vg = v_cache + (khead + kt) * Dv;
+#pragma unroll
+        for (int i = 0; i < ATT_PF; ++i) {
+            const int e8 = (tid + i * ATT_NT) * 8;
+            kr[i] = e8 < nk * D ? *reinterpret_cast<const uint4*>(kg + e8) : make_uint4(0, 0, 0, 0);
+            vr[i] = e8 < nk * Dv ? *reinterpret_cast<const uint4*>(vg + e8)
+                                 : make_uint4(0, 0, 0, 0);    // zero rows past the keys: 0 * V, never 0 * garbage
+        }
+    };
+    fetch(kb);
+    for (int e = tid; e < R * D; e += ATT_NT) {
+        const int r = e / D, d = e % D, qi = r / Gb, gi = r % Gb;
+        Qs[e] = (qi < tcount && gi < gcount) ? qkv[(size_t)(t0 + qi) * q_stride + (h * G + g0 + gi) * D + d] : 0.f;
+    }
+    // warp `warp` owns row `warp`: its token, head, position, running max and (per lane) running sum
+    const int qi = warp / Gb, gi = warp % Gb;
+    const bool row_ok = warp < R && qi < tcount && gi < gcount;
+    const int pr = base + t0 + qi;
+    float m = NEG_INF, l = 0.f;
+    // this thread's outputs o = tid + i*ATT_NT: row prow[i] (-1: none), value dim vcol[i] (divisions hoisted here)
+    float acc[ATT_MAXO];
+    int prow[ATT_MAXO], vcol[ATT_MAXO];
+#pragma unroll
+    for (int i = 0; i < ATT_MAXO; ++i) {
+        const int o = tid + i * ATT_NT;
+        acc[i] = 0.f;
+        prow[i] = o < R * Dv ? o / Dv : -1;
+        vcol[i] = o < R * Dv ? o % Dv : 0;
+    }
+
+    for (int kt = kb; kt < ke; kt += ATT_TK) {
+        const int nk = min(ATT_TK, ke - kt);
+        if (kt != kb) __syncthreads();                        // the previous tile is done with Ks, Vs, Ps
+#pragma unroll
+        for (int i = 0; i < ATT_PF; ++i) {
+            const int e = tid + i * ATT_NT;
+            if (ksoff[i] >= 0) {
+                const __half2* hu = reinterpret_cast<const __half2*>(&kr[i]);
+                __half2* dst = Ks + ksoff[i];
+                dst[0] = hu[0]; dst[1] = hu[1]; dst[2] = hu[2]; dst[3] = hu[3];
+            }
+            if (e * 8 < ATT_TK * Dv) *reinterpret_cast<uint4*>(Vs + e * 8) = vr[i];
+        }
+        __syncthreads();
+        if (kt + ATT_TK < ke) fetch(kt + ATT_TK);
+        if (warp < R) {
+            const int k = kt + lane;
+            float sc = NEG_INF;
+            if (row_ok && lane < nk && k <= pr && (window <= 0 || pr - k < window)) {
+                const float2* q2 = reinterpret_cast<const float2*>(Qs + warp * D);
+                const __half2* k2 = Ks + lane * kstride;
+                float a0 = 0.f, a1 = 0.f;
+#pragma unroll 8
+                for (int d2 = 0; d2 < D / 2; ++d2) {
+                    const float2 kf = __half22float2(k2[d2]), qf = q2[d2];
+                    a0 = fmaf(qf.x, kf.x, a0);
+                    a1 = fmaf(qf.y, kf.y, a1);
+                }
+                sc = (a0 + a1) * scale;
+            }
+            const float mnew = fmaxf(m, warp_max(sc));
+            const float p = sc == NEG_INF ? 0.f : expf(sc - mnew);
+            const float alpha = m == NEG_INF ? 0.f : expf(m - mnew);
+            l = l * alpha + p;                                // this lane's share; summed over the warp at the end
+            m = mnew;
+            Ps[warp * ATT_TK + lane] = p;
+            if (lane == 0) fac[warp] = alpha;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int i = 0; i < ATT_MAXO; ++i)
+            if (prow[i] >= 0) acc[i] *= fac[prow[i]];
+#pragma unroll 4
+        for (int j = 0; j < ATT_TK; ++j) {                    // rows past nk: p = 0 and V = 0
+#pragma unroll
+            for (int i = 0; i < ATT_MAXO; ++i)
+                if (prow[i] >= 0) acc[i] = fmaf(Ps[prow[i] * ATT_TK + j], __half2float(Vs[j * Dv + vcol[i]]), acc[i]);
+        }
+    }
+    // finish: prefill normalises (sink included), decode leaves m, l for the merge
+    if (warp < R) l = warp_sum(l);
+    __syncthreads();
+    if (row_ok && lane == 0) {
+        const int qh = h * G + g0 + gi;
+        if (max_splits > 0) {
+            ws[qh * max_splits + blockIdx.z] = m;
+            ws[(n_heads + qh) * max_splits + blockIdx.z] = l;
+            fac[warp] = 1.f;
+        } else {
+            const float sk = sinks ? sinks[qh] : NEG_INF;
+            const float M = fmaxf(m, sk);
+            const float em = m == NEG_INF ? 0.f : expf(m - M);
+            const float L = l * em + (sinks ? expf(sk - M) : 0.f);
+            fac[warp] = em / L;
+        }
+    }
+    __syncthreads();
+#pragma unroll
+    for (int i = 0; i < ATT_MAXO; ++i) {
+        if (prow[i] >= 0) {
+            const int r = prow[i], dv = vcol[i], ri = r / Gb, rg = r % Gb;
+            if (ri < tcount && rg < gcount) {
+                const int qh = h * G + g0 + rg;
+                if (max_splits > 0) ws[(size_t)2 * n_heads * max_splits + ((size_t)qh * max_splits + blockIdx.z) * Dv + dv] = acc[i];
+                else out[(size_t)(t0 + ri) * n_heads * Dv + qh * Dv + dv] = acc[i] * fac[r];
+            }
+        }
+    }
+}
+
+// Decode: combine the splits of query head blockIdx.x, dims 32*blockIdx.y ..: M = max(m_s, sink),
+// w_s = exp(m_s - M), out = sum_s w_s acc_s / (sum_s w_s l_s + exp(sink - M)). Warp w adds the splits s = w mod 8,
+// so each thread has several independent loads in flight. Dynamic shared memory: max_splits floats.
+extern "C" __global__ void attention_merge(const float* __restrict__ ws, const int* __restrict__ pos_dev,
+                                           int n_heads, int Dv, int n_ctx, int window, int max_splits, int min_tiles,
+                                           const float* __restrict__ sinks, float* __restrict__ out) {
+    extern __shared__ float wgt[];        // [max_splits]
+    __shared__ float red[32], part[8][32];
+    const int qh = blockIdx.x, tid = threadIdx.x, warp = tid / 32, lane = tid % 32, p = pos_dev[0];
+    int kb, ke, su;
+    key_split(window_lo(p, window), min(n_ctx, p + 1), max_splits, min_tiles, 0, kb, ke, su);
+    const float* ms = ws + (size_t)qh * max_splits;
+    const float* ls = ws + (size_t)(n_heads + qh) * max_splits;
+    const float* acc = ws + (size_t)2 * n_heads * max_splits + (size_t)qh * max_splits * Dv;
+    float M = NEG_INF;
+    for (int s = tid; s < su; s += blockDim.x) M = fmaxf(M, ms[s]);
+    M = block_max(M, red);
+    const float sk = sinks ? sinks[qh] : NEG_INF;
+    M = fmaxf(M, sk);
+    float lsum = 0.f;
+    for (int s = tid; s < su; s += blockDim.x) {
+        const float w = expf(ms[s] - M);
+        wgt[s] = w;
+        lsum += w * ls[s];
+    }
+    const float L = block_sum(lsum, red) + (sinks ? expf(sk - M) : 0.f);   // block_sum syncs: wgt is visible
+    const int dv = blockIdx.y * 32 + lane;
+    float a = 0.f;
+    if (dv < Dv) {
+#pragma unroll 8
+        for (int s = warp; s < su; s += 8) a = fmaf(wgt[s], acc[(size_t)s * Dv + dv], a);
+    }
+    part[warp][lane] = a;
+    __syncthreads();
+    if (warp == 0 && dv < Dv) {
+        float t = 0.f;
+#pragma unroll
+        for (int w = 0; w < 8; ++w) t += part[w][lane];
+        out[(size_t)qh * Dv + dv] = t / L;
+    }
+}

@@ -1,0 +1,540 @@
+// matvec v2: y = W x (+ b) (+ y) read straight from GGUF blocks, built for memory bandwidth.
+//
+// One generic kernel body (matvec_v2_body) and, per block type, a small "trait" struct that knows how to
+//   load(row, c)      fetch chunk c of a row (the bytes of CV consecutive values) into registers, with loads of
+//                     4 to 16 bytes: whole words even where the format is only 2- or 1-byte aligned (ld_words);
+//   dot(raw, xs, c)   the dot product of that chunk with the staged input.
+// The staged input: each CTA quantises x once into shared memory as 8-bit blocks of 32 values (int8 codes q,
+// one fp32 scale d per block, and the integer code sums of each 16-value half), so the quantised types reduce
+// to __dp4a integer dot products (4 multiply-adds per instruction) and one float multiply per chunk. The
+// float types (F32/F16/BF16) stage x as fp32 instead. Exactly what the kernel computes, for the quantised
+// types, is dequant(W) . dequant(q8(x)); numpy reference: orcd.cuda_matvec.linear_ref.
+//
+// Work split: the rows of all parts (a Linear may stack q|k|v of different types) form tiles of NT/G rows;
+// G threads share one row (G a power of two: G < 32 packs several rows into a warp when K is short, G > 32
+// splits K across warps when rows are few), each thread taking chunks g, g+G, ... in batches of U. A CTA
+// walks tiles blockIdx.x, blockIdx.x + gridDim.x, ... (a persistent grid sized to fill the GPU once), so x
+// is staged once per CTA, and it loads the next batch while it computes the current one. Its very first
+// loads are issued before the staging, so the weight's DRAM latency overlaps the staging.
+#pragma once
+#include <cuda_fp16.h>
+
+namespace mv {
+
+typedef unsigned int u32;
+typedef unsigned char u8;
+
+// ---------------------------------------------------------------------------------------------------------
+// Loads (read-only path). ld_words: N little-endian words of the bytes at p, for any alignment of p: the
+// aligned 4-byte words covering [p, p + 4N), joined by funnel shifts; when p is misaligned, the bytes past
+// the last whole word come from a 2- (and/or 1-) byte load, so nothing beyond p + 4N is read. A2: p is known
+// to be 2-byte aligned (formats with even block sizes), which leaves one case for that tail.
+__device__ __forceinline__ u32 ld8(const u8* p) { return __ldg(p); }
+__device__ __forceinline__ u32 ld16(const u8* p) { return __ldg(reinterpret_cast<const unsigned short*>(p)); }
+__device__ __forceinline__ u32 ld32(const u8* p) { return __ldg(reinterpret_cast<const unsigned int*>(p)); }
+__device__ __forceinline__ uint2 ld64(const u8* p) { return __ldg(reinterpret_cast<const uint2*>(p)); }
+__device__ __forceinline__ uint4 ld128(const u8* p) { return __ldg(reinterpret_cast<const uint4*>(p)); }
+
+template <int N, bool A2>
+__device__ __forceinline__ void ld_words(const u8* p, u32 (&v)[N]) {
+    const size_t a = reinterpret_cast<size_t>(p);
+    const u8* base = reinterpret_cast<const u8*>(a & ~(size_t)3);
+    const u32 sh = (u32)(a & 3) * 8;
+    u32 w[N + 1];
+#pragma unroll
+    for (int i = 0; i < N; ++i) w[i] = ld32(base + 4 * i);
+    const u8* t = base + 4 * N;   // the tail: sh/8 bytes
+    if (A2) w[N] = sh ? ld16(t) : 0u;
+    else w[N] = sh == 0 ? 0u : sh == 8 ? ld8(t) : sh == 16 ? ld16(t) : (ld16(t) | ld8(t + 2) << 16);
+#pragma unroll
+    for (int i = 0; i < N; ++i) v[i] = __funnelshift_r(w[i], w[i + 1], sh);
+}
+
+__device__ __forceinline__ float h2f(u32 bits) { return __half2float(__ushort_as_half((unsigned short)(bits & 0xffffu))); }
+
+// The 4 fifth bits (bit 0..3 of t) moved to bit 4 of bytes 0..3.
+__device__ __forceinline__ u32 bits_to_bytes4(u32 t) { return (((t & 15u) * 0x00204081u) & 0x01010101u) << 4; }
+
+// The staged input, in shared memory.
+struct XS {
+    const int* q;      // [K/4]  int8 codes, 4 per int; x block b = q[8b .. 8b+8)
+    const float* d;    // [K/32] scale of each 32-value block
+    const int* s16;    // [K/16] sum of the codes of each 16-value half block
+    const float* f;    // [K]    fp32 copy (float weight types)
+};
+
+__device__ __forceinline__ int dot4x4(const u32* a, const int* x, int s) {   // 16 codes . 16 staged codes
+    const int4 v = *reinterpret_cast<const int4*>(x);
+    s = __dp4a((int)a[0], v.x, s); s = __dp4a((int)a[1], v.y, s);
+    s = __dp4a((int)a[2], v.z, s); return __dp4a((int)a[3], v.w, s);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Block types. QK values per block, BYTES per block, CV values per chunk, Q8X: uses the 8-bit staged input.
+
+struct tQ8_0 {    // 34 B: fp16 d, 32 int8 q.                         value = d*q
+    static constexpr int QK = 32, BYTES = 34, CV = 32; static constexpr bool Q8X = true;
+    struct Raw { u32 q[8]; u32 d; };
+    static __device__ __forceinline__ Raw load(const u8* row, int c) {
+        const u8* b = row + c * 34; Raw r; r.d = ld16(b); ld_words<8, true>(b + 2, r.q); return r;
+    }
+    static __device__ __forceinline__ float dot(const Raw& r, const XS& xs, int c) {
+        const int s = dot4x4(r.q + 4, xs.q + 8 * c + 4, dot4x4(r.q, xs.q + 8 * c, 0));
+        return h2f(r.d) * xs.d[c] * (float)s;
+    }
+};
+
+struct tQ4_0 {    // 18 B: fp16 d, 16 B nibbles (low: values 0-15, high: 16-31).   value = d*(q-8)
+    static constexpr int QK = 32, BYTES = 18, CV = 32; static constexpr bool Q8X = true;
+    struct Raw { u32 q[4]; u32 d; };
+    static __device__ __forceinline__ Raw load(const u8* row, int c) {
+        const u8* b = row + c * 18; Raw r; r.d = ld16(b); ld_words<4, true>(b + 2, r.q); return r;
+    }
+    static __device__ __forceinline__ float dot(const Raw& r, const XS& xs, int c) {
+        u32 lo[4], hi[4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            lo[i] = __vsub4(r.q[i] & 0x0f0f0f0fu, 0x08080808u);
+            hi[i] = __vsub4((r.q[i] >> 4) & 0x0f0f0f0fu, 0x08080808u);
+        }
+        const int s = dot4x4(hi, xs.q + 8 * c + 4, dot4x4(lo, xs.q + 8 * c, 0));
+        return h2f(r.d) * xs.d[c] * (float)s;
+    }
+};
+
+struct tQ4_1 {    // 20 B: fp16 d, fp16 m, 16 B nibbles.             value = d*q + m
+    static constexpr int QK = 32, BYTES = 20, CV = 32; static constexpr bool Q8X = true;
+    struct Raw { u32 q[4]; u32 dm; };
+    static __device__ __forceinline__ Raw load(const u8* row, int c) {
+        const u8* b = row + c * 20; Raw r; r.dm = ld32(b);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) r.q[i] = ld32(b + 4 + 4 * i);
+        return r;
+    }
+    static __device__ __forceinline__ float dot(const Raw& r, const XS& xs, int c) {
+        u32 lo[4], hi[4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) { lo[i] = r.q[i] & 0x0f0f0f0fu; hi[i] = (r.q[i] >> 4) & 0x0f0f0f0fu; }
+        const int s = dot4x4(hi, xs.q + 8 * c + 4, dot4x4(lo, xs.q + 8 * c, 0));
+        const int sx = xs.s16[2 * c] + xs.s16[2 * c + 1];
+        return xs.d[c] * (h2f(r.dm) * (float)s + h2f(r.dm >> 16) * (float)sx);
+    }
+};
+
+struct tQ5_0 {    // 22 B: fp16 d, qh (bit j = fifth bit of value j), 16 B nibbles.   value = d*(q-16)
+    static constexpr int QK = 32, BYTES = 22, CV = 32; static constexpr bool Q8X = true;
+    struct Raw { u32 w[5]; u32 d; };   // w[0] = qh, w[1..4] = qs
+    static __device__ __forceinline__ Raw load(const u8* row, int c) {
+        const u8* b = row + c * 22; Raw r; r.d = ld16(b); ld_words<5, true>(b + 2, r.w); return r;
+    }
+    static __device__ __forceinline__ float dot(const Raw& r, const XS& xs, int c) {
+        u32 lo[4], hi[4];
+        const u32 qh = r.w[0];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            lo[i] = __vsub4((r.w[1 + i] & 0x0f0f0f0fu) | bits_to_bytes4(qh >> (4 * i)), 0x10101010u);
+            hi[i] = __vsub4(((r.w[1 + i] >> 4) & 0x0f0f0f0fu) | bits_to_bytes4(qh >> (16 + 4 * i)), 0x10101010u);
+        }
+        const int s = dot4x4(hi, xs.q + 8 * c + 4, dot4x4(lo, xs.q + 8 * c, 0));
+        return h2f(r.d) * xs.d[c] * (float)s;
+    }
+};
+
+struct tQ5_1 {    // 24 B: fp16 d, fp16 m, qh, 16 B nibbles.         value = d*q + m
+    static constexpr int QK = 32, BYTES = 24, CV = 32; static constexpr bool Q8X = true;
+    struct Raw { u32 q[4]; u32 dm, qh; };
+    static __device__ __forceinline__ Raw load(const u8* row, int c) {
+        const u8* b = row + c * 24; Raw r;
+        const uint2 a = ld64(b), q0 = ld64(b + 8), q1 = ld64(b + 16);   // 8-byte aligned: 24 B blocks
+        r.dm = a.x; r.qh = a.y; r.q[0] = q0.x; r.q[1] = q0.y; r.q[2] = q1.x; r.q[3] = q1.y;
+        return r;
+    }
+    static __device__ __forceinline__ float dot(const Raw& r, const XS& xs, int c) {
+        u32 lo[4], hi[4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            lo[i] = (r.q[i] & 0x0f0f0f0fu) | bits_to_bytes4(r.qh >> (4 * i));
+            hi[i] = ((r.q[i] >> 4) & 0x0f0f0f0fu) | bits_to_bytes4(r.qh >> (16 + 4 * i));
+        }
+        const int s = dot4x4(hi, xs.q + 8 * c + 4, dot4x4(lo, xs.q + 8 * c, 0));
+        const int sx = xs.s16[2 * c] + xs.s16[2 * c + 1];
+        return xs.d[c] * (h2f(r.dm) * (float)s + h2f(r.dm >> 16) * (float)sx);
+    }
+};
+
+// MXFP4 code -> int8 value {0,1,2,3,4,6,8,12, 0,-1,-2,-3,-4,-6,-8,-12}, 8 codes (one word) at a time: byte_perm
+// looks up 4 codes (the 4 nibbles of a 16-bit selector) in the positive and the negative half of the table,
+// a third byte_perm keeps, per byte, the half that bit 3 of the code names. The word's nibbles alternate
+// low/high, so the results are de-interleaved into the values of the low nibbles and of the high nibbles.
+__device__ __forceinline__ void mxfp4_lookup(u32 q, u32& lo, u32& hi) {
+    const u32 pos0 = 0x03020100u, pos1 = 0x0c080604u, neg0 = 0xfdfeff00u, neg1 = 0xf4f8fafcu;
+    u32 t[2];
+#pragma unroll
+    for (int k = 0; k < 2; ++k) {
+        const u32 sel = q >> (16 * k);
+        const u32 p = __byte_perm(pos0, pos1, sel), n = __byte_perm(neg0, neg1, sel);
+        t[k] = __byte_perm(p, n, 0x3210u | ((sel & 0x8888u) >> 1));
+    }
+    lo = __byte_perm(t[0], t[1], 0x6420u);
+    hi = __byte_perm(t[0], t[1], 0x7531u);
+}
+
+struct tMXFP4 {   // 17 B: E8M0 exponent e, 16 B E2M1 nibbles.      value = MXFP4_VALUES[q] * 2^(e-128)
+    static constexpr int QK = 32, BYTES = 17, CV = 32; static constexpr bool Q8X = true;
+    struct Raw { u32 q[4]; u32 e; };
+    static __device__ __forceinline__ Raw load(const u8* row, int c) {
+        const u8* b = row + c * 17; Raw r; r.e = ld8(b); ld_words<4, false>(b + 1, r.q); return r;
+    }
+    static __device__ __forceinline__ float dot(const Raw& r, const XS& xs, int c) {
+        u32 lo[4], hi[4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) mxfp4_lookup(r.q[i], lo[i], hi[i]);
+        const int s = dot4x4(hi, xs.q + 8 * c + 4, dot4x4(lo, xs.q + 8 * c, 0));
+        // times 2^(e-128) as two normal powers of two: CuPy compiles with -ftz=true, which would flush the
+        // subnormal 2^(e-128) of e < 2 (and its product with d) to zero.
+        const int k = (int)r.e - 128, k1 = k >> 1;
+        return (float)s * xs.d[c] * __uint_as_float((u32)(k1 + 127) << 23) * __uint_as_float((u32)(k - k1 + 127) << 23);
+    }
+};
+
+// Q4_K/Q5_K: 6-bit scale and min of sub-block s from the 12 packed bytes (words a, b, c).
+__device__ __forceinline__ void k_scale_min(const u32 (&sc)[3], int s, int& d, int& m) {
+    if (s < 4) { d = (sc[0] >> (8 * s)) & 63; m = (sc[1] >> (8 * s)) & 63; }
+    else {
+        const int k = 8 * (s - 4);
+        d = ((sc[2] >> k) & 15) | (((sc[0] >> k) >> 6) & 3) << 4;
+        m = ((sc[2] >> k) >> 4 & 15) | (((sc[1] >> k) >> 6) & 3) << 4;
+    }
+}
+
+// A K-quant chunk: 16 bytes of qs = 16 values of sub-block 2p (low nibbles) and 16 of sub-block 2p+1 (high),
+// chunk c of a row: super-block c/8, p = (c%8)/2, half h = c%2 (values 16h..16h+15 of each sub-block).
+struct tQ4_K {    // 144 B: fp16 d, dmin, 12 B scales, 128 B nibbles.   value = (d*sc)*q - dmin*m
+    static constexpr int QK = 256, BYTES = 144, CV = 32; static constexpr bool Q8X = true;
+    struct Raw { u32 q[4]; u32 dm; u32 sc[3]; };
+    static __device__ __forceinline__ Raw load(const u8* row, int c) {
+        const u8* b = row + (c >> 3) * 144; const int p = (c >> 1) & 3, h = c & 1; Raw r;
+        r.dm = ld32(b); r.sc[0] = ld32(b + 4); r.sc[1] = ld32(b + 8); r.sc[2] = ld32(b + 12);
+        const uint4 v = ld128(b + 16 + 32 * p + 16 * h);   // 16-byte aligned: 144 B blocks
+        r.q[0] = v.x; r.q[1] = v.y; r.q[2] = v.z; r.q[3] = v.w;
+        return r;
+    }
+    static __device__ __forceinline__ float dot(const Raw& r, const XS& xs, int c) {
+        const int p = (c >> 1) & 3, h = c & 1, xb = (c >> 3) * 8 + 2 * p;   // x block of sub-block 2p
+        u32 lo[4], hi[4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) { lo[i] = r.q[i] & 0x0f0f0f0fu; hi[i] = (r.q[i] >> 4) & 0x0f0f0f0fu; }
+        const int s0 = dot4x4(lo, xs.q + 8 * xb + 4 * h, 0), s1 = dot4x4(hi, xs.q + 8 * xb + 8 + 4 * h, 0);
+        int d0, m0, d1, m1; k_scale_min(r.sc, 2 * p, d0, m0); k_scale_min(r.sc, 2 * p + 1, d1, m1);
+        const float d = h2f(r.dm), dmin = h2f(r.dm >> 16);
+        return xs.d[xb] * ((d * d0) * s0 - (dmin * m0) * xs.s16[2 * xb + h])
+             + xs.d[xb + 1] * ((d * d1) * s1 - (dmin * m1) * xs.s16[2 * xb + 2 + h]);
+    }
+};
+
+struct tQ5_K {    // 176 B: fp16 d, dmin, 12 B scales, 32 B qh (bit s of qh[l]: value l of sub-block s), 128 B qs
+    static constexpr int QK = 256, BYTES = 176, CV = 32; static constexpr bool Q8X = true;
+    struct Raw { u32 q[4]; u32 qh[4]; u32 dm; u32 sc[3]; };
+    static __device__ __forceinline__ Raw load(const u8* row, int c) {
+        const u8* b = row + (c >> 3) * 176; const int p = (c >> 1) & 3, h = c & 1; Raw r;
+        r.dm = ld32(b); r.sc[0] = ld32(b + 4); r.sc[1] = ld32(b + 8); r.sc[2] = ld32(b + 12);
+        const uint4 u = ld128(b + 16 + 16 * h), v = ld128(b + 48 + 32 * p + 16 * h);   // 176 B: 16-aligned
+        r.qh[0] = u.x; r.qh[1] = u.y; r.qh[2] = u.z; r.qh[3] = u.w;
+        r.q[0] = v.x; r.q[1] = v.y; r.q[2] = v.z; r.q[3] = v.w;
+        return r;
+    }
+    static __device__ __forceinline__ float dot(const Raw& r, const XS& xs, int c) {
+        const int p = (c >> 1) & 3, h = c & 1, xb = (c >> 3) * 8 + 2 * p;
+        u32 lo[4], hi[4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            lo[i] = (r.q[i] & 0x0f0f0f0fu) | ((r.qh[i] >> (2 * p)) & 0x01010101u) << 4;
+            hi[i] = ((r.q[i] >> 4) & 0x0f0f0f0fu) | ((r.qh[i] >> (2 * p + 1)) & 0x01010101u) << 4;
+        }
+        const int s0 = dot4x4(lo, xs.q + 8 * xb + 4 * h, 0), s1 = dot4x4(hi, xs.q + 8 * xb + 8 + 4 * h, 0);
+        int d0, m0, d1, m1; k_scale_min(r.sc, 2 * p, d0, m0); k_scale_min(r.sc, 2 * p + 1, d1, m1);
+        const float d = h2f(r.dm), dmin = h2f(r.dm >> 16);
+        return xs.d[xb] * ((d * d0) * s0 - (dmin * m0) * xs.s16[2 * xb + h])
+             + xs.d[xb + 1] * ((d * d1) * s1 - (dmin * m1) * xs.s16[2 * xb + 2 + h]);
+    }
+};
+
+// Q6_K chunk c: super-block c/8, j = c%8: half hf = j/4, group pair gp = (j/2)%2, l-half jj = j%2. It covers
+// 16 values of group gp (low nibbles of ql) and 16 of group gp+2 (high nibbles), l in [16jj, 16jj+16).
+struct tQ6_K {    // 210 B: ql 128, qh 64, int8 scales 16, fp16 d.   value = (d*sc)*(q-32)
+    static constexpr int QK = 256, BYTES = 210, CV = 32; static constexpr bool Q8X = true;
+    struct Raw { u32 ql[4]; u32 qh[4]; u32 sd; };   // sd: scale(gp) | scale(gp+2) << 8 | d << 16
+    static __device__ __forceinline__ Raw load(const u8* row, int c) {
+        const u8* b = row + (c >> 3) * 210; const int j = c & 7, hf = j >> 2, gp = (j >> 1) & 1, jj = j & 1;
+        Raw r;
+        ld_words<4, true>(b + 64 * hf + 32 * gp + 16 * jj, r.ql);
+        ld_words<4, true>(b + 128 + 32 * hf + 16 * jj, r.qh);
+        const u8* sc = b + 192 + 8 * hf + 2 * gp + jj;
+        r.sd = ld8(sc) | ld8(sc + 4) << 8 | ld16(b + 208) << 16;
+        return r;
+    }
+    static __device__ __forceinline__ float dot(const Raw& r, const XS& xs, int c) {
+        const int j = c & 7, hf = j >> 2, gp = (j >> 1) & 1, jj = j & 1;
+        const int xb = (c >> 3) * 8 + 4 * hf + gp;   // x block of group gp; group gp+2 is xb + 2
+        u32 lo[4], hi[4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            lo[i] = __vsub4((r.ql[i] & 0x0f0f0f0fu) | ((r.qh[i] >> (2 * gp)) & 0x03030303u) << 4, 0x20202020u);
+            hi[i] = __vsub4(((r.ql[i] >> 4) & 0x0f0f0f0fu) | ((r.qh[i] >> (2 * gp + 4)) & 0x03030303u) << 4, 0x20202020u);
+        }
+        const int s0 = dot4x4(lo, xs.q + 8 * xb + 4 * jj, 0), s1 = dot4x4(hi, xs.q + 8 * xb + 16 + 4 * jj, 0);
+        const float d = h2f(r.sd >> 16);
+        const int sc0 = (int)(signed char)(r.sd & 255), sc1 = (int)(signed char)((r.sd >> 8) & 255);
+        return d * (xs.d[xb] * (float)(sc0 * s0) + xs.d[xb + 2] * (float)(sc1 * s1));
+    }
+};
+
+// Float types: a chunk is 16 bytes of weights (4 F32 or 8 F16/BF16 values), x read as fp32 from shared memory.
+struct tF32 {
+    static constexpr int QK = 1, BYTES = 4, CV = 4; static constexpr bool Q8X = false;
+    struct Raw { uint4 v; };
+    static __device__ __forceinline__ Raw load(const u8* row, int c) { Raw r; r.v = ld128(row + 16 * c); return r; }
+    static __device__ __forceinline__ float dot(const Raw& r, const XS& xs, int c) {
+        const float4 x = *reinterpret_cast<const float4*>(xs.f + 4 * c);
+        return __uint_as_float(r.v.x) * x.x + __uint_as_float(r.v.y) * x.y
+             + __uint_as_float(r.v.z) * x.z + __uint_as_float(r.v.w) * x.w;
+    }
+};
+
+template <bool BF>
+struct tHalfLike {   // F16 (BF = false) or BF16 (BF = true): 8 values per 16-byte chunk
+    static constexpr int QK = 1, BYTES = 2, CV = 8; static constexpr bool Q8X = false;
+    struct Raw { uint4 v; };
+    static __device__ __forceinline__ Raw load(const u8* row, int c) { Raw r; r.v = ld128(row + 16 * c); return r; }
+    static __device__ __forceinline__ float lo(u32 w) { return BF ? __uint_as_float(w << 16) : h2f(w); }
+    static __device__ __forceinline__ float hi(u32 w) { return BF ? __uint_as_float(w & 0xffff0000u) : h2f(w >> 16); }
+    static __device__ __forceinline__ float dot(const Raw& r, const XS& xs, int c) {
+        const float4 a = *reinterpret_cast<const float4*>(xs.f + 8 * c);
+        const float4 b = *reinterpret_cast<const float4*>(xs.f + 8 * c + 4);
+        return lo(r.v.x) * a.x + hi(r.v.x) * a.y + lo(r.v.y) * a.z + hi(r.v.y) * a.w
+             + lo(r.v.z) * b.x + hi(r.v.z) * b.y + lo(r.v.w) * b.z + hi(r.v.w) * b.w;
+    }
+};
+typedef tHalfLike<false> tF16;
+typedef tHalfLike<true> tBF16;
+
+// A block type with its batch size U (chunks a thread loads before computing).
+template <class T, int U> struct cfg { typedef T type; static constexpr int u = U; };
+
+// ---------------------------------------------------------------------------------------------------------
+// Input staging: x (fp32, global, any 4-byte alignment) -> shared memory. Each thread first loads all its
+// float4 groups of a pass (16-byte loads when x is 16-byte aligned), so the pass costs one L2 round trip.
+__device__ __forceinline__ float4 ld_x4(const float* __restrict__ x, int i, bool vec) {
+    return vec ? __ldg(reinterpret_cast<const float4*>(x) + i) : make_float4(x[4 * i], x[4 * i + 1], x[4 * i + 2], x[4 * i + 3]);
+}
+
+template <int NT>
+__device__ __forceinline__ void stage_q8(const float* __restrict__ x, int K, int* q, float* d, int* s16) {
+    constexpr int P = 4;           // float4 groups per thread per pass; 8 consecutive threads share a 32-value block
+    const int n4 = K / 4;
+    const bool vec = (reinterpret_cast<size_t>(x) & 15) == 0;
+    for (int i0 = 0; i0 < n4; i0 += P * NT) {
+        float4 v[P];
+#pragma unroll
+        for (int j = 0; j < P; ++j) {
+            const int i = i0 + j * NT + threadIdx.x;
+            v[j] = i < n4 ? ld_x4(x, i, vec) : make_float4(0.f, 0.f, 0.f, 0.f);
+        }
+#pragma unroll
+        for (int j = 0; j < P; ++j) {
+            if (i0 + j * NT >= n4) break;                      // uniform over the CTA
+            const int i = i0 + j * NT + threadIdx.x;
+            float amax = fmaxf(fmaxf(fabsf(v[j].x), fabsf(v[j].y)), fmaxf(fabsf(v[j].z), fabsf(v[j].w)));
+            amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
+            amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
+            amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 4));
+            const float dd = amax / 127.f;                     // IEEE division, as numpy
+            int q0 = 0, q1 = 0, q2 = 0, q3 = 0;
+            if (dd > 0.f) {                                    // round half to even, as np.rint
+                q0 = __float2int_rn(v[j].x / dd); q1 = __float2int_rn(v[j].y / dd);
+                q2 = __float2int_rn(v[j].z / dd); q3 = __float2int_rn(v[j].w / dd);
+            }
+            int sum = q0 + q1 + q2 + q3;
+            sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+            sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+            if (i < n4) {
+                q[i] = (q0 & 255) | (q1 & 255) << 8 | (q2 & 255) << 16 | (q3 & 255) << 24;
+                if ((i & 3) == 0) s16[i >> 2] = sum;
+                if ((i & 7) == 0) d[i >> 3] = dd;
+            }
+        }
+    }
+}
+
+template <int NT>
+__device__ __forceinline__ void stage_f32(const float* __restrict__ x, int K, float* f) {
+    const bool vec = (reinterpret_cast<size_t>(x) & 15) == 0;
+#pragma unroll 4
+    for (int i = threadIdx.x; i < K / 4; i += NT) reinterpret_cast<float4*>(f)[i] = ld_x4(x, i, vec);
+}
+
+// Shared-memory layout (dynamic): [q: K bytes][d: K/8 bytes][s16: K/4 bytes] then, 16-aligned, [f: 4K bytes].
+// Python mirror: orcd.cuda_matvec._smem_bytes.
+__device__ __forceinline__ XS smem_layout(int4* base, int K, bool q8) {
+    unsigned char* p = reinterpret_cast<unsigned char*>(base);
+    XS xs;
+    xs.q = reinterpret_cast<const int*>(p);
+    xs.d = reinterpret_cast<const float*>(p + K);
+    xs.s16 = reinterpret_cast<const int*>(p + K + K / 8);
+    xs.f = reinterpret_cast<const float*>(p + (q8 ? ((K + K / 8 + K / 4 + 15) & ~15) : 0));
+    return xs;
+}
+
+// One part of a Linear (32 bytes; Python mirror: orcd.cuda_matvec.PART_DTYPE).
+struct Part {
+    const u8* w;     // the part's blocks, (rows, K) row-major
+    int rows;        // its rows
+    int row0;        // where they start in y (and in the bias)
+    int tile_end;    // its tiles are [previous part's tile_end, tile_end)
+    int tpr;         // G: threads per row, a power of two <= NT
+    int slot;        // which cfg of the kernel's list
+    int pad;
+};
+
+// Sum over the G threads of a row group; the result is complete in the group's first thread.
+template <int NW>
+__device__ __forceinline__ float group_sum(float v, int G, float* red) {
+    const int w = G < 32 ? G : 32;
+    for (int o = w >> 1; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    if (NW > 1 && G > 32) {
+        const int warp = threadIdx.x >> 5;
+        if ((threadIdx.x & 31) == 0) red[warp] = v;
+        __syncthreads();
+        if ((threadIdx.x & (G - 1)) == 0) {
+            float s = 0.f;
+            for (int i = 0; i < G / 32; ++i) s += red[warp + i];
+            v = s;
+        }
+        __syncthreads();
+    }
+    return v;
+}
+
+template <class T, int U>
+__device__ __forceinline__ void load_batch(typename T::Raw (&r)[U], const u8* w, size_t row_bytes, int row, int rows,
+                                           int c0, int G, int nchunk) {
+    if (row >= rows) return;
+    const u8* rp = w + (size_t)row * row_bytes;
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+        if (c0 + u * G < nchunk) r[u] = T::load(rp, c0 + u * G);
+}
+
+template <bool SQ8, bool SF32, int NT>
+__device__ __forceinline__ void stage(const float* __restrict__ x, int K, const XS& xs) {
+    if (SQ8) stage_q8<NT>(x, K, const_cast<int*>(xs.q), const_cast<float*>(xs.d), const_cast<int*>(xs.s16));
+    if (SF32) stage_f32<NT>(x, K, const_cast<float*>(xs.f));
+}
+
+struct Args {
+    const float* x; float* y; const float* bias; int K; int accumulate;
+};
+
+// All tiles of one part that this CTA owns.
+template <class C, int NW, bool SQ8, bool SF32>
+__device__ __forceinline__ void run_part(const Part& P, int tile_begin, const Args& a, const XS& xs, float* red,
+                                         bool& staged) {
+    typedef typename C::type T;
+    constexpr int U = C::u, NT = NW * 32;
+    const int G = P.tpr, rpc = NT / G;
+    const int grp = threadIdx.x / G, g = threadIdx.x % G;
+    const int nchunk = a.K / T::CV, step = G * U;
+    const int nbat = (nchunk + step - 1) / step;
+    const size_t row_bytes = (size_t)(a.K / T::QK) * T::BYTES;
+    const int ntiles = P.tile_end - tile_begin;
+    int t = ((int)blockIdx.x - tile_begin) % (int)gridDim.x;
+    if (t < 0) t += gridDim.x;
+    if (t >= ntiles) return;                                  // uniform over the CTA
+    typename T::Raw cur[U], nxt[U];
+    int k = 0;
+    load_batch<T, U>(cur, P.w, row_bytes, t * rpc + grp, P.rows, g, G, nchunk);
+    if (!staged) {
+        // Launched with programmatic stream serialization (Linear(pdl=True)), this CTA may have started while the
+        // previous kernel still runs: only the weights (never written) were read so far. Wait for that kernel to
+        // complete before touching x or y. Without the launch attribute this is a no-op (and before sm_90, absent).
+#if __CUDA_ARCH__ >= 900
+        asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+        stage<SQ8, SF32, NT>(a.x, a.K, xs); __syncthreads(); staged = true;
+    }
+    float acc = 0.f;
+    for (;;) {
+        int nt = t, nk = k + 1;
+        if (nk == nbat) { nk = 0; nt += gridDim.x; }
+        const bool more = nt < ntiles;
+        if (more) load_batch<T, U>(nxt, P.w, row_bytes, nt * rpc + grp, P.rows, nk * step + g, G, nchunk);
+        const int row = t * rpc + grp;
+        if (row < P.rows) {
+#pragma unroll
+            for (int u = 0; u < U; ++u) {
+                const int c = k * step + u * G + g;
+                if (c < nchunk) acc += T::dot(cur[u], xs, c);
+            }
+        }
+        if (nk == 0) {                                        // the tile's last batch: reduce, epilogue
+            acc = group_sum<NW>(acc, G, red);
+            if (g == 0 && row < P.rows) {
+                const int r = P.row0 + row;
+                float v = acc;
+                if (a.bias) v += a.bias[r];
+                if (a.accumulate) v += a.y[r];
+                a.y[r] = v;
+            }
+            acc = 0.f;
+        }
+        if (!more) break;
+        t = nt; k = nk;
+#pragma unroll
+        for (int u = 0; u < U; ++u) cur[u] = nxt[u];
+    }
+}
+
+template <int NW, bool SQ8, bool SF32, int I>
+__device__ __forceinline__ void dispatch(int, const Part&, int, const Args&, const XS&, float*, bool&) {}
+
+template <int NW, bool SQ8, bool SF32, int I, class C, class... Rest>
+__device__ __forceinline__ void dispatch(int slot, const Part& P, int tb, const Args& a, const XS& xs, float* red,
+                                         bool& staged) {
+    if (slot == I) run_part<C, NW, SQ8, SF32>(P, tb, a, xs, red, staged);
+    else dispatch<NW, SQ8, SF32, I + 1, Rest...>(slot, P, tb, a, xs, red, staged);
+}
+
+template <int NW, class... Cs>
+__device__ __forceinline__ void matvec_v2_body(const Part* __restrict__ parts, int nparts, const float* __restrict__ x,
+                                               float* y, const float* __restrict__ bias, int K, int accumulate) {
+    constexpr bool SQ8 = (Cs::type::Q8X || ...);
+    constexpr bool SF32 = (!Cs::type::Q8X || ...);
+    extern __shared__ int4 mv_smem[];
+    __shared__ float red[NW];
+    const XS xs = smem_layout(mv_smem, K, SQ8);
+    const Args a = {x, y, bias, K, accumulate};
+    // Let the next kernel in the stream launch now if it was launched with programmatic stream serialization: it
+    // prefetches its weights, then waits (griddepcontrol.wait) for this whole grid to complete.
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;");
+#endif
+    bool staged = false;
+    int tile_begin = 0;
+    for (int p = 0; p < nparts; ++p) {
+        const Part P = parts[p];
+        dispatch<NW, SQ8, SF32, 0, Cs...>(P.slot, P, tile_begin, a, xs, red, staged);
+        tile_begin = P.tile_end;
+    }
+}
+
+}  // namespace mv
+
+// The kernel the launcher instantiates (orcd.cuda_matvec.precompile compiles this header alone, with NVRTC name
+// expressions such as matvec_v2_k<8, mv::cfg<mv::tQ5_0, 2>, mv::cfg<mv::tQ8_0, 1>>): NW warps per CTA, one
+// cfg per block type present in the Linear's parts.
+template <int NW, class... Cs>
+__global__ void __launch_bounds__(NW * 32) matvec_v2_k(const mv::Part* __restrict__ parts, int nparts,
+                                                      const float* __restrict__ x, float* y,
+                                                      const float* __restrict__ bias, int K, int accumulate) {
+    mv::matvec_v2_body<NW, Cs...>(parts, nparts, x, y, bias, K, accumulate);
+}

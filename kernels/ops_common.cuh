@@ -1,0 +1,57 @@
+// What the non-matvec kernels of orcd share: warp and block reductions, -inf, and the split of a key range
+// among the blocks of a decode attention (used by both attention kernels, so they agree on it).
+// Block reductions assume blockDim.x is a multiple of 32 (at most 1024) and that every thread calls them.
+#pragma once
+#include <cuda_fp16.h>
+
+#define NEG_INF (__int_as_float(0xff800000))
+
+template <typename F> __device__ __forceinline__ F warp_sum(F v) {
+    for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+    for (int off = 16; off > 0; off >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, off));
+    return v;
+}
+
+// Sum over the block; every thread gets the result. `red` is a __shared__ array of 32 values.
+template <typename F> __device__ __forceinline__ F block_sum(F v, F* red) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = warp_sum(v);
+    __syncthreads();                      // `red` may still be read by a previous call
+    if (lane == 0) red[warp] = v;
+    __syncthreads();
+    return warp_sum(lane < nw ? red[lane] : F(0));
+}
+
+__device__ __forceinline__ float block_max(float v, float* red) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = warp_max(v);
+    __syncthreads();
+    if (lane == 0) red[warp] = v;
+    __syncthreads();
+    return warp_max(lane < nw ? red[lane] : NEG_INF);
+}
+
+// Keys per attention tile: one lane of a warp per key.
+#define ATT_TK 32
+
+// Flash-decoding split of the keys [lo, hi) among at most max_splits blocks, each at least min_tiles tiles
+// (when there are that many keys): chunks of a whole number of tiles, `su` of them, all non-empty. Split s covers
+// [kb, ke) (empty when s >= su).
+__device__ __forceinline__ void key_split(int lo, int hi, int max_splits, int min_tiles, int s, int& kb, int& ke,
+                                          int& su) {
+    const int L = hi - lo, min_keys = ATT_TK * max(1, min_tiles);
+    su = min(max_splits, (L + min_keys - 1) / min_keys);
+    if (su < 1) su = 1;
+    int chunk = (L + su - 1) / su;
+    chunk = (chunk + ATT_TK - 1) / ATT_TK * ATT_TK;
+    su = (L + chunk - 1) / chunk;
+    kb = lo + s * chunk;
+    ke = min(hi, kb + chunk);
+}
+
+// The keys a query at position p sees: [lo, p] (window > 0: only keys with p - k < window).
+__device__ __forceinline__ int window_lo(int p, int window) { return window > 0 ? max(0, p - window + 1) : 0; }

@@ -1,0 +1,256 @@
+#!/usr/bin/env python3
+"""Decode matvec benchmark on the GPU: v1 and v2 (orcd.cuda_matvec) on the real models' weight shapes, against the
+card's measured device-to-device copy bandwidth; one Qwen2.5-0.5B decode step's matvecs captured as one CUDA graph;
+the prefill matmul at T = 512. Prints markdown tables (pasted into nbs/06a_cuda_matvec.ipynb).
+
+Timing: every figure is a CUDA graph of many calls replayed several times (so Python's launch cost is out, as in
+the backend, which captures its decode step), timed with CUDA events. Each matvec cycles through enough copies of
+its weight that they do not fit in the 50 MB L2: the bytes come from HBM, as in a real decode step.
+GB/s = weight bytes read per call / time per call.
+
+    python scripts/bench_matvec.py            # shapes, the Qwen step, matmul
+    python scripts/bench_matvec.py --sweep    # also the launch-shape sweep (warps x batch x threads per row)
+"""
+import argparse, datetime, math, sys, time
+import numpy as np
+import cupy as cp
+from orcd import cuda_matvec as cm
+from orcd.quants import F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, MXFP4, QUANT_TYPES
+
+N = {t: QUANT_TYPES[t].name for t in QUANT_TYPES}
+SHAPES = [  # (model, what, type, rows, K)
+    ('Qwen2.5-0.5B', 'attn_q', Q5_0, 896, 896), ('Qwen2.5-0.5B', 'attn_k', Q5_0, 128, 896),
+    ('Qwen2.5-0.5B', 'attn_v', Q8_0, 128, 896), ('Qwen2.5-0.5B', 'ffn_gate/up', Q5_0, 4864, 896),
+    ('Qwen2.5-0.5B', 'ffn_down', Q4_K, 896, 4864), ('Qwen2.5-0.5B', 'ffn_down', Q6_K, 896, 4864),
+    ('Qwen2.5-0.5B', 'output', Q8_0, 151936, 896),
+    ('SmolLM2-135M', 'attn_q/o', Q4_1, 576, 576), ('SmolLM2-135M', 'attn_k/v', Q4_1, 192, 576),
+    ('SmolLM2-135M', 'ffn_gate/up', Q4_1, 1536, 576), ('SmolLM2-135M', 'ffn_down', Q4_1, 576, 1536),
+    ('SmolLM2-135M', 'output', Q8_0, 49152, 576),
+    ('Gemma-3-270M', 'attn_q', Q5_0, 1024, 640), ('Gemma-3-270M', 'attn_k/v', Q5_0, 256, 640),
+    ('Gemma-3-270M', 'attn_output', Q4_K, 640, 1024), ('Gemma-3-270M', 'ffn_gate/up', Q5_0, 2048, 640),
+    ('Gemma-3-270M', 'ffn_down', Q6_K, 640, 2048), ('Gemma-3-270M', 'output', Q8_0, 262144, 640),
+    ('gpt-oss-20b', 'attn_q', Q8_0, 4096, 2880), ('gpt-oss-20b', 'attn_output', Q8_0, 2880, 4096),
+    ('gpt-oss-20b', 'attn_k/v', Q8_0, 512, 2880), ('gpt-oss-20b', 'expert', MXFP4, 2880, 2880),
+    ('Phi-3-mini', 'attn_qkv', Q4_K, 9216, 3072), ('Phi-3-mini', 'attn_output', Q5_K, 3072, 3072),
+    ('Phi-3-mini', 'ffn_down', Q6_K, 3072, 8192), ('Phi-3-mini', 'ffn_up', Q5_K, 16384, 3072),
+    ('Phi-3-mini F16', 'attn_qkv', F16, 9216, 3072), ('Phi-3-mini BF16', 'ffn_down', BF16, 3072, 8192),
+    ('(F32)', '896x896', F32, 896, 896), ('(Q4_0)', 'ffn', Q4_0, 4864, 896), ('(Q5_1)', 'ffn', Q5_1, 4864, 896),
+]
+SWEEP = [(Q4_K, 896, 4864), (Q6_K, 896, 4864), (Q8_0, 151936, 896), (MXFP4, 2880, 2880), (Q5_0, 4864, 896)]
+COLD_BYTES = 200 << 20       # weight copies cycled per measurement (4x the L2)
+
+
+def graph_us(calls, replays=5):
+    "µs per call: `calls` (callables) captured as one CUDA graph, replayed `replays` times."
+    s = cp.cuda.Stream(non_blocking=True)
+    with s:
+        calls[0]()
+        s.begin_capture()
+        for c in calls: c()
+        g = s.end_capture()
+        g.launch(s)
+        s.synchronize()
+        e0, e1 = cp.cuda.Event(), cp.cuda.Event()
+        e0.record(s)
+        for _ in range(replays): g.launch(s)
+        e1.record(s)
+        e1.synchronize()
+    return cp.cuda.get_elapsed_time(e0, e1) * 1e3 / (replays * len(calls))
+
+
+def copy_bandwidth(n=1 << 30, reps=10):
+    "Device-to-device copy: bytes read + written per second."
+    a, b = cp.ones(n, cp.uint8), cp.empty(n, cp.uint8)
+    s = cp.cuda.Stream(non_blocking=True)
+    with s:
+        for i in range(reps + 1):
+            if i == 1: e0 = cp.cuda.Event(); e0.record(s)
+            cp.cuda.runtime.memcpyAsync(b.data.ptr, a.data.ptr, n, cp.cuda.runtime.memcpyDeviceToDevice, s.ptr)
+        e1 = cp.cuda.Event(); e1.record(s); e1.synchronize()
+    t = cp.cuda.get_elapsed_time(e0, e1) / 1e3
+    del a, b
+    return 2 * n * reps / t
+
+
+def launch_floor():
+    "µs per launch of an empty kernel, 200 in a graph: the per-kernel cost no matvec avoids (without PDL)."
+    k = cp.RawKernel('extern "C" __global__ void empty() {}', 'empty')
+    return graph_us([lambda: k((1,), (32,), ())] * 200, replays=10)
+
+
+def copies(wd, n):
+    return [wd] + [wd.copy() for _ in range(n - 1)]
+
+
+def v2_us(wd, rows, t, K, x, y, **kw):
+    n = max(1, min(400, math.ceil(COLD_BYTES / wd.nbytes)))
+    lins = [cm.Linear([(w, rows, t)], K, **kw) for w in copies(wd, n)]
+    reps = max(1, 200 // n)
+    return graph_us([(lambda l=l: l(x, y)) for l in lins] * reps), lins[0]
+
+
+def v1_us(wd, rows, t, K, x, y):
+    if t not in cm.MATVEC_KERNELS: return None
+    n = max(1, min(400, math.ceil(COLD_BYTES / wd.nbytes)))
+    ws = copies(wd, n)
+    return graph_us([(lambda w=w: cm.matvec(w, x, rows, t, y=y)) for w in ws] * max(1, 200 // n))
+
+
+def shapes_table(copy_bw):
+    rng = np.random.default_rng(0)
+    print('\n| model | weight | type | rows x K | MB | v1 µs | v1 GB/s | v2 µs | v2 GB/s | v2 / copy | v2+PDL µs | v2+PDL GB/s '
+          '| max abs err | max err / (|W||x\'|) |')
+    print('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|')
+    for model, what, t, rows, K in SHAPES:
+        w = cm.random_weight(rng, t, rows, K)
+        wd = cp.asarray(w)
+        xh = rng.standard_normal(K).astype(np.float32)
+        x, y = cp.asarray(xh), cp.empty(rows, np.float32)
+        us2, lin = v2_us(wd, rows, t, K, x, y, pdl=False)
+        usp, _ = v2_us(wd, rows, t, K, x, y, pdl=True)
+        if wd.nbytes > 100e6: big_check(lin, wd, t, rows, K, xh)
+        got = cp.asnumpy(lin(x, y))
+        r = min(rows, 4096)
+        ref, mag, _ = cm.linear_ref([(w[:r * (w.size // rows)], r, t)], xh)
+        err = np.abs(got[:r] - ref)
+        us1 = v1_us(wd, rows, t, K, x, y)
+        gb = wd.nbytes / 1e9
+        v1 = f'{us1:.1f} | {gb / us1 * 1e6:.0f}' if us1 else '– | –'
+        print(f'| {model} | {what} | {N[t]} | {rows}x{K} | {wd.nbytes / 1e6:.2f} | {v1} | {us2:.1f} | {gb / us2 * 1e6:.0f} '
+              f'| {gb / us2 * 1e15 / copy_bw:.2f} | {usp:.1f} | {gb / usp * 1e6:.0f} | {err.max():.1e} | {np.max(err / mag):.1e} |',
+              flush=True)
+        del wd, lin
+        cp.get_default_memory_pool().free_all_blocks()
+
+
+def big_check(lin, wd, t, rows, K, xh):
+    "A big weight: every row against dequantise + cuBLAS on the GPU, and one direct call timed with events."
+    q, d = cm.quantize_x_ref(xh)
+    xq = cp.asarray((q.reshape(-1, 32) * d[:, None]).reshape(-1).astype(np.float32))
+    W = cm.dequantize(wd, t, rows, K, np.float32)
+    ref, mag = W @ xq, cp.abs(W) @ cp.abs(xq)
+    del W
+    x, y = cp.asarray(xh), cp.full(rows, np.nan, np.float32)
+    lin(x, y)
+    e0, e1 = cp.cuda.Event(), cp.cuda.Event()
+    e0.record(); lin(x, y); e1.record(); e1.synchronize()
+    err = cp.abs(y - ref) / mag
+    print(f'  ({rows}x{K} {N[t]}: all rows vs dequantise+cuBLAS: max err/(|W||x\'|) {float(err.max()):.1e}, '
+          f'{int(cp.isnan(y).sum())} NaN; one direct call {cp.cuda.get_elapsed_time(e0, e1) * 1e3:.1f} µs)', flush=True)
+
+
+def sweep():
+    "warps x batch U x threads per row G (around the default plan) x CTAs per SM, on a few shapes."
+    print('\n## Launch-shape sweep (µs per call; best first)')
+    for t, rows, K in SWEEP:
+        wd = cp.asarray(cm.random_weight(np.random.default_rng(0), t, rows, K))
+        x, y = cp.asarray(np.random.default_rng(1).standard_normal(K).astype(np.float32)), cp.empty(rows, np.float32)
+        default = v2_us(wd, rows, t, K, x, y, pdl=False)
+        g0 = default[1].tpr[0]
+        combos = [(w, u) for w in (4, 8, 16) for u in (1, 2, 4)]
+        cm.precompile([cm.v2_expr(w, [(t, u)]) for w, u in combos])
+        res = []
+        for w, u in combos:
+            for g in (g0 // 4, g0 // 2, g0, 2 * g0, 4 * g0):
+                if not 1 <= g <= 32 * w: continue
+                for cps in ((None, 1, 2) if rows < 3000 else (None,)):
+                    us, lin = v2_us(wd, rows, t, K, x, y, warps=w, tpr=g, unroll={t: u}, ctas_per_sm=cps, pdl=False)
+                    res.append((us, w, u, g, cps, lin._grid, lin._kernel.num_regs))
+        res.sort(key=lambda r: r[0])
+        gb = wd.nbytes / 1e9
+        print(f'\n{N[t]} {rows}x{K} ({wd.nbytes / 1e6:.2f} MB): default {default[1]!r}: {default[0]:.2f} µs '
+              f'({gb / default[0] * 1e6:.0f} GB/s), regs {default[1]._kernel.num_regs}')
+        for us, w, u, g, cps, grid, regs in res[:8]:
+            print(f'  {us:7.2f} µs {gb / us * 1e6:6.0f} GB/s  warps={w:2d} U={u} G={g:3d} ctas/SM={cps} grid={grid} regs={regs}')
+        worst = res[-1]
+        print(f'  worst: {worst[0]:.2f} µs warps={worst[1]} U={worst[2]} G={worst[3]} ctas/SM={worst[4]}', flush=True)
+        del wd, default
+        cp.get_default_memory_pool().free_all_blocks()
+
+
+QWEN = dict(layers=24, d=896, ffn=4864, kv=128, vocab=151936)
+
+
+def qwen_step():
+    "One Qwen2.5-0.5B Q4_K_M decode step's matvecs (random weights of the real types), v2 and v1, as one graph each."
+    L, d, f, kv, V = QWEN['layers'], QWEN['d'], QWEN['ffn'], QWEN['kv'], QWEN['vocab']
+    def rnd(t, rows, K):   # random bytes: the timing does not depend on the values
+        return cp.random.randint(0, 256, rows * K // QUANT_TYPES[t].block_size * QUANT_TYPES[t].type_size, dtype=np.uint8)
+    x, x2 = cp.ones(d, np.float32), cp.ones(f, np.float32)
+    yqkv, h, ygu, logits = (cp.zeros(n, np.float32) for n in (d + 2 * kv, d, 2 * f, V))
+    layers = []
+    for i in range(L):
+        down_t = Q6_K if (i < L // 8 or i >= 7 * L // 8 or (i - L // 8) % 3 == 2) else Q4_K
+        layers.append(dict(q=rnd(Q5_0, d, d), k=rnd(Q5_0, kv, d), v=rnd(Q8_0, kv, d), o=rnd(Q5_0, d, d),
+                           g=rnd(Q5_0, f, d), u=rnd(Q5_0, f, d), down=(rnd(down_t, d, f), down_t)))
+    out = rnd(Q8_0, V, d)
+    total = sum(sum(w.nbytes for k, w in l.items() if k != 'down') + l['down'][0].nbytes for l in layers) + out.nbytes
+    def v2_calls(pdl):
+        calls = []
+        for l in layers:
+            qkv = cm.Linear([(l['q'], d, Q5_0), (l['k'], kv, Q5_0), (l['v'], kv, Q8_0)], d, pdl=pdl)
+            o, gu = cm.Linear([(l['o'], d, Q5_0)], d, pdl=pdl), cm.Linear([(l['g'], f, Q5_0), (l['u'], f, Q5_0)], d, pdl=pdl)
+            dn = cm.Linear([(l['down'][0], d, l['down'][1])], f, pdl=pdl)
+            calls += [lambda a=qkv: a(x, yqkv), lambda a=o: a(x, h, accumulate=True), lambda a=gu: a(x, ygu),
+                      lambda a=dn: a(x2, h, accumulate=True)]
+        lo = cm.Linear([(out, V, Q8_0)], d, pdl=pdl)
+        return calls + [lambda: lo(x, logits)]
+    v1 = []
+    for l in layers:
+        for key, rows, t, xin in (('q', d, Q5_0, x), ('k', kv, Q5_0, x), ('v', kv, Q8_0, x), ('o', d, Q5_0, x),
+                                  ('g', f, Q5_0, x), ('u', f, Q5_0, x)):
+            v1.append(lambda w=l[key], r=rows, t=t, xi=xin: cm.matvec(w, xi, r, t, y=(ygu[:r] if r == f else h[:r] if r == d else yqkv[:r])))
+        v1.append(lambda w=l['down'][0], t=l['down'][1]: cm.matvec(w, x2, d, t, y=h))
+    v1.append(lambda: cm.matvec(out, x, V, Q8_0, y=logits))
+    v2, v2p = v2_calls(False), v2_calls(True)
+    t2 = graph_us(v2, replays=100) * len(v2)
+    tp = graph_us(v2p, replays=100) * len(v2p)
+    t1 = graph_us(v1, replays=100) * len(v1)
+    print(f'\n## One Qwen2.5-0.5B decode step: {len(v1)} matvecs, {total / 1e6:.1f} MB of weights')
+    print('| kernels | launches | µs per step | GB/s |')
+    print('|---|---|---|---|')
+    print(f'| v1 | {len(v1)} | {t1:.0f} | {total / t1 / 1e3:.0f} |')
+    print(f'| v2 (q\\|k\\|v and gate\\|up stacked) | {len(v2)} | {t2:.0f} | {total / t2 / 1e3:.0f} |')
+    print(f'| v2 + programmatic dependent launch | {len(v2p)} | {tp:.0f} | {total / tp / 1e3:.0f} |', flush=True)
+
+
+def matmul_table():
+    print('\n## Prefill matmul, T = 512 (dequantise + cublasGemmEx)')
+    print('| weight | rows x K | mode | µs | TFLOP/s |')
+    print('|---|---|---|---|---|')
+    rng = np.random.default_rng(0)
+    for what, spec, K in [('q|k|v', [(896, Q5_0), (128, Q5_0), (128, Q8_0)], 896), ('gate|up', [(4864, Q5_0)] * 2, 896),
+                          ('down', [(896, Q4_K)], 4864), ('output', [(151936, Q8_0)], 896)]:
+        lin = cm.Linear([(cp.asarray(cm.random_weight(rng, t, r, K)), r, t) for r, t in spec], K)
+        X = cp.asarray(rng.standard_normal((512, K)).astype(np.float32))
+        Y = cp.empty((512, lin.rows), np.float32)
+        for mode in ('f16', 'tf32', 'f32'):
+            lin.matmul(X, Y, mode=mode)
+            cp.cuda.get_current_stream().synchronize()
+            e0, e1 = cp.cuda.Event(), cp.cuda.Event()
+            e0.record()
+            for _ in range(5): lin.matmul(X, Y, mode=mode)
+            e1.record(); e1.synchronize()
+            us = cp.cuda.get_elapsed_time(e0, e1) * 1e3 / 5
+            print(f'| {what} | {lin.rows}x{K} | {mode} | {us:.0f} | {2 * 512 * lin.rows * K / us / 1e6:.1f} |', flush=True)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap.add_argument('--sweep', action='store_true', help='also sweep launch shapes on a few shapes')
+    ap.add_argument('--only', choices=['shapes', 'qwen', 'matmul', 'sweep'], help='run one section')
+    a = ap.parse_args()
+    dev = cp.cuda.runtime.getDeviceProperties(0)['name'].decode()
+    bw = copy_bandwidth()
+    print(f'# {dev}, {datetime.date.today()}: device-to-device copy {bw / 1e12:.2f} TB/s (read + write); '
+          f'an empty kernel in a CUDA graph: {launch_floor():.2f} µs per launch')
+    t0 = time.time()
+    if a.only in (None, 'shapes'): shapes_table(bw)
+    if a.only in (None, 'qwen'): qwen_step()
+    if a.only in (None, 'matmul'): matmul_table()
+    if a.only in (None, 'sweep') and (a.sweep or a.only == 'sweep'): sweep()
+    print(f'\n({time.time() - t0:.0f} s)', file=sys.stderr)
+
+
+if __name__ == '__main__':
+    main()

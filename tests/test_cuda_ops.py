@@ -1,0 +1,427 @@
+"""The non-matvec CUDA ops (norms, RoPE + KV write, attention, activations, argmax, sampler) against their numpy
+references over the shapes of the real models (GPU tests skipped without a GPU); the CPU-side references checked
+against the engine where they are ours."""
+import os, re
+import numpy as np, pytest
+from orcd import cuda, ops, cuda_ops as co
+from orcd.engine import Sampler, SamplingParams
+
+cp, why = cuda.cuda_device()
+needs_gpu = pytest.mark.skipif(cp is None, reason=f'GPU test: {why}')
+if cp is not None and os.environ.get('ORCD_NO_POOL'):
+    cp.cuda.set_allocator(None)          # under compute-sanitizer: every array its own allocation
+
+EPS32 = 2.0 ** -24                       # fp32 unit roundoff
+# name: d_model, heads, kv heads, head dim, ffn, rope ('neox' | 'normal' | None), rope_dim, window, sinks, act
+MODELS = {
+    'qwen2.5-0.5b': dict(d=896, nh=14, nkv=2, D=64, ffn=4864, rope='neox', rope_dim=64, window=0, sinks=False, act='swiglu'),
+    'smollm2-135m': dict(d=576, nh=9, nkv=3, D=64, ffn=1536, rope='normal', rope_dim=64, window=0, sinks=False, act='swiglu'),
+    'gemma3-270m': dict(d=640, nh=4, nkv=1, D=256, ffn=2048, rope='neox', rope_dim=256, window=512, sinks=False, act='geglu'),
+    'gpt-oss': dict(d=2880, nh=64, nkv=8, D=64, ffn=2880, rope='neox', rope_dim=64, window=128, sinks=True, act='swiglu_oai'),
+    'phi3': dict(d=3072, nh=32, nkv=32, D=96, ffn=8192, rope='neox', rope_dim=96, window=0, sinks=False, act='swiglu'),
+    'gpt2': dict(d=768, nh=12, nkv=12, D=64, ffn=3072, rope=None, rope_dim=0, window=0, sinks=False, act='gelu'),
+}
+
+
+def report(name, got, ref):
+    err = np.abs(got.astype(np.float64) - ref)
+    print(f'{name}: max abs {err.max():.2e}, max rel {(err / np.maximum(np.abs(ref), 1e-30)).max():.2e}')
+
+
+def assert_close(got, ref, rtol, atol, name=''):
+    assert np.isfinite(got).all(), name
+    bad = np.abs(got.astype(np.float64) - ref) > atol + rtol * np.abs(ref)
+    assert not bad.any(), f'{name}: {bad.sum()} values off, first at {np.argwhere(bad)[0]}: {got[bad][0]} vs {ref[bad][0]}'
+
+
+# -- CPU: the references and the launchers' argument checks ------------------------------------------------------
+
+def test_kernel_sources():
+    for f, names in {'norm_rows': ['norm_rows', 'head_rms_norm'], 'rope_kv': ['rope_kv'],
+                     'attention': ['attention', 'attention_merge'], 'elementwise': ['elementwise', 'act'],
+                     'sample': ['sample', 'sample_logits', 'sample_penalties', 'argmax_blocks_f32', 'argmax_final_f32',
+                                'argmax_blocks_f64', 'argmax_final_f64']}.items():
+        src = cuda.kernel_source(f)
+        for n in names: assert re.search(rf'extern "C" __global__ void (__launch_bounds__\(.*?\) )?{n}\(', src), (f, n)
+
+
+@pytest.mark.parametrize('seed', range(40))
+def test_sample_token_ref_is_the_sampler(seed):
+    "The CPU helper (Sampler.distribution + the cumulative rule at a given u) draws what Sampler.sample draws."
+    rng = np.random.default_rng(seed)
+    logits = (rng.standard_normal(500) * rng.uniform(0.5, 4)).astype(np.float32)
+    params = [SamplingParams(temperature=0), SamplingParams(temperature=0.7, top_k=40, top_p=0.95, min_p=0.05),
+              SamplingParams(temperature=1.3, repetition_penalty=1.3, presence_penalty=0.5, frequency_penalty=0.2),
+              SamplingParams(temperature=0.5, top_p=0.5)][seed % 4]
+    history = rng.integers(0, 500, 30)
+    s = Sampler(params, banned=range(480, 500), history=history, seed=seed)
+    allowed = np.ones(500, np.uint8); allowed[480:] = 0
+    u = np.random.default_rng(seed).random() if params.temperature else 0.0
+    ids, counts = zip(*s.counts.items())
+    assert co.sample_token_ref(logits, allowed, params, u, ids, counts) == s.sample(logits)
+
+
+def test_attention_ref_is_ops_attention():
+    rng = np.random.default_rng(0)
+    kc = rng.standard_normal((2, 16, 8)).astype(np.float16); vc = rng.standard_normal((2, 16, 8)).astype(np.float16)
+    qkv = rng.standard_normal((3, (4 + 4) * 8)).astype(np.float32)
+    got = co.attention_ref(qkv, kc, vc, [4, 5, 6], 0.3, 4, 2, 8, 8, window=3)
+    q = qkv[:, :32].reshape(3, 4, 8)
+    k = kc[:, :7].astype(np.float32); v = vc[:, :7].astype(np.float32)
+    for t, p in enumerate([4, 5, 6]):            # one query at a time, keys p-2..p only
+        for h in range(4):
+            a = q[t, h] @ k[h // 2, p - 2:p + 1].T * np.float32(0.3)
+            e = np.exp(a - a.max()); want = (e / e.sum()) @ v[h // 2, p - 2:p + 1]
+            np.testing.assert_allclose(got[t, h * 8:(h + 1) * 8], want, rtol=1e-5, atol=1e-6)
+
+
+def test_act_rejects_unknown_kind():
+    with pytest.raises(ValueError, match="act: unknown kind 'relu'; have swiglu, geglu, swiglu_oai, gelu"):
+        co.act('relu', None, None, 4, 1)
+
+
+# -- GPU: norms --------------------------------------------------------------------------------------------------
+
+NORM_TOL = dict(rtol=2 ** -19, atol=0)      # ~16 eps: sums of d squares in another order, sqrt, divide, multiply
+
+
+@needs_gpu
+@pytest.mark.parametrize('model', MODELS)
+@pytest.mark.parametrize('T', [1, 7])
+def test_norms(model, T):
+    d, rng = MODELS[model]['d'], np.random.default_rng(T)
+    x = (rng.standard_normal((T, d)) * 3 + 0.5).astype(np.float32)
+    r, w, b = rng.standard_normal((T, d)).astype(np.float32), rng.standard_normal(d).astype(np.float32), rng.standard_normal(d).astype(np.float32)
+    for layer in (False, True):
+        for res in (None, r):
+            for wt in (w, None):
+                X, out = cp.asarray(x), cp.empty((T, d), np.float32)
+                xr = x + r if res is not None else x
+                if layer:
+                    co.layer_norm(X, None if wt is None else cp.asarray(wt), cp.asarray(b), out, 1e-5,
+                                  None if res is None else cp.asarray(res))
+                    ref = ops.layer_norm(xr, wt if wt is not None else np.float32(1), b, 1e-5)
+                else:
+                    co.rms_norm(X, None if wt is None else cp.asarray(wt), out, 1e-6, None if res is None else cp.asarray(res))
+                    ref = ops.rms_norm(xr, wt, 1e-6)
+                np.testing.assert_array_equal(cp.asnumpy(X), xr)      # the fused residual add, exact
+                # LayerNorm's centring: an error of a few eps * |mean| in absolute terms
+                assert_close(cp.asnumpy(out), ref, NORM_TOL['rtol'], 2 ** -19 * np.abs(ref).max() if layer else 0,
+                             f'{model} layer={layer} res={res is not None} w={wt is not None}')
+    X = cp.asarray(x)
+    co.rms_norm(X, cp.asarray(w), X, 1e-6)                                      # out is x
+    assert_close(cp.asnumpy(X), ops.rms_norm(x, w, 1e-6), **NORM_TOL)
+    report(f'rms_norm {model} T={T}', cp.asnumpy(X), ops.rms_norm(x, w, 1e-6))
+
+
+@needs_gpu
+@pytest.mark.parametrize('T', [1, 5])
+@pytest.mark.parametrize('nh,nkv,D', [(4, 1, 256), (16, 8, 128), (14, 2, 64)], ids=['gemma3-270m', 'qwen3-like', 'qwen-shaped'])
+def test_head_rms_norm(T, nh, nkv, D):
+    rng = np.random.default_rng(D)
+    row = (nh + 2 * nkv) * D
+    qkv = (rng.standard_normal((T, row)) * 2).astype(np.float32)
+    wq, wk = rng.standard_normal(D).astype(np.float32), rng.standard_normal(D).astype(np.float32)
+    buf = cp.asarray(qkv)
+    co.head_rms_norm(buf, cp.asarray(wq), nh, D, 1e-6, 0, row, T)
+    co.head_rms_norm(buf, cp.asarray(wk), nkv, D, 1e-6, nh * D, row, T)
+    want = qkv.copy()
+    want[:, :nh * D] = ops.rms_norm(qkv[:, :nh * D].reshape(T, nh, D), wq, 1e-6).reshape(T, -1)
+    want[:, nh * D:(nh + nkv) * D] = ops.rms_norm(qkv[:, nh * D:(nh + nkv) * D].reshape(T, nkv, D), wk, 1e-6).reshape(T, -1)
+    got = cp.asnumpy(buf)
+    np.testing.assert_array_equal(got[:, (nh + nkv) * D:], qkv[:, (nh + nkv) * D:])   # v untouched
+    assert_close(got, want, **NORM_TOL)
+    report(f'head_rms_norm {nh}+{nkv}x{D} T={T}', got, want)
+
+
+# -- GPU: RoPE + KV cache ------------------------------------------------------------------------------------------
+
+ROPE_CASES = [(m, T) for m in MODELS for T in (1, 5)] + [('partial-neox', 3), ('partial-normal', 3)]
+
+
+@needs_gpu
+@pytest.mark.parametrize('model,T', ROPE_CASES, ids=[f'{m}-T{T}' for m, T in ROPE_CASES])
+def test_rope_kv_bit_exact(model, T):
+    "q, k rotated and both caches written bit for bit as numpy does (the products rounded before the sum)."
+    if model.startswith('partial'):
+        c = dict(nh=6, nkv=2, D=64, rope_dim=32, rope='neox' if model.endswith('neox') else 'normal')
+    else: c = MODELS[model]
+    nh, nkv, D, rd, n_ctx = c['nh'], c['nkv'], c['D'], c['rope_dim'], 1000
+    rng = np.random.default_rng(T + D)
+    qkv = (rng.standard_normal((T, (nh + 2 * nkv) * D)) * 4).astype(np.float32)
+    pos = rng.choice(n_ctx, T, replace=False).astype(np.int32)
+    cos, sin = ops.rope_cos_sin(np.arange(n_ctx), rd, 10000.0) if c['rope'] else (None, None)
+    kc = rng.standard_normal((nkv, n_ctx, D)).astype(np.float16); vc = rng.standard_normal((nkv, n_ctx, D)).astype(np.float16)
+    Q, K, V = cp.asarray(qkv), cp.asarray(kc), cp.asarray(vc)
+    co.rope_kv(Q, cp.asarray(pos), None if cos is None else cp.asarray(cos), None if sin is None else cp.asarray(sin),
+               K, V, nh, nkv, D, D, rd, c['rope'] == 'neox', T)
+    want = co.rope_kv_ref(qkv, pos, cos, sin, kc, vc, nh, nkv, D, D, rd, c['rope'] == 'neox')
+    for got, w, n in zip((Q, K, V), want, ('qkv', 'k_cache', 'v_cache')):
+        np.testing.assert_array_equal(cp.asnumpy(got), w, err_msg=n)
+    # and the fp16 cache is within fp16's half-step of the fp32 rotated k
+    k32 = want[0][:, nh * D:(nh + nkv) * D].reshape(T, nkv, D).transpose(1, 0, 2)
+    got_k = cp.asnumpy(K)[:, pos].astype(np.float32)
+    assert np.all(np.abs(got_k - k32) <= 2 ** -11 * np.abs(k32) + 2 ** -25)
+
+
+# -- GPU: attention ------------------------------------------------------------------------------------------------
+
+# fp32 accumulation of up to 256 products per score and of the weighted values; on N(0, 1) data
+ATT_TOL = dict(rtol=2 ** -16, atol=2 ** -16)
+
+
+def att_data(rng, T, nh, nkv, D, n_ctx, sinks):
+    qkv = rng.standard_normal((T, (nh + 2 * nkv) * D)).astype(np.float32)
+    kc = rng.standard_normal((nkv, n_ctx, D)).astype(np.float16)
+    vc = rng.standard_normal((nkv, n_ctx, D)).astype(np.float16)
+    sk = rng.standard_normal(nh).astype(np.float32) * 2 if sinks else None
+    return qkv, kc, vc, sk
+
+
+DECODE = [(m, S, w) for m in MODELS for S in (1, 7, 100, 4096) for w in sorted({0, MODELS[m]['window']})]
+DECODE += [('g16', 300, 0), ('g16', 300, 50)]          # 16 query heads per KV head: two blocks per KV head
+DECODE += [('g8d256', 100, 0), ('g8d256', 1000, 0)]    # 8 heads of 256 per KV head: 4 rows per block (1024 outputs)
+
+
+def heads(model):
+    if model == 'g16': return dict(nh=16, nkv=1, D=64, sinks=True)
+    if model == 'g8d256': return dict(nh=16, nkv=2, D=256, sinks=False)
+    return MODELS[model]
+
+
+@needs_gpu
+@pytest.mark.parametrize('model,S,window', DECODE, ids=[f'{m}-S{S}' + (f'-w{w}' if w else '') for m, S, w in DECODE])
+def test_decode_attention(model, S, window):
+    c = heads(model); nh, nkv, D = c['nh'], c['nkv'], c['D']
+    rng, n_ctx = np.random.default_rng(S + nh), S + 4
+    qkv, kc, vc, sk = att_data(rng, 1, nh, nkv, D, n_ctx, c['sinks'])
+    att = co.DecodeAttention(nh, nkv, D, D, n_ctx, D ** -0.5)
+    out = cp.full(nh * D, np.nan, np.float32)
+    att(cp.asarray(qkv), cp.asarray(kc), cp.asarray(vc), cp.asarray([S - 1], np.int32), out, window,
+        None if sk is None else cp.asarray(sk))
+    ref = co.attention_ref(qkv, kc, vc, [S - 1], D ** -0.5, nh, nkv, D, D, window, sk)[0]
+    got = cp.asnumpy(out)
+    report(f'decode {model} S={S} window={window}', got, ref)
+    assert_close(got, ref, **ATT_TOL, name=model)
+
+
+@needs_gpu
+@pytest.mark.parametrize('max_splits', [1, 3, 64])
+@pytest.mark.parametrize('min_tiles', [1, 3])
+def test_decode_attention_split_counts(max_splits, min_tiles):
+    "Any split gives the same result (1: a single block per KV head; 3: uneven chunks; tiles per block 1 or more)."
+    rng, nh, nkv, D = np.random.default_rng(max_splits), 14, 2, 64
+    qkv, kc, vc, _ = att_data(rng, 1, nh, nkv, D, 1000, False)
+    att = co.DecodeAttention(nh, nkv, D, D, 1000, 0.125, max_splits=max_splits, min_tiles=min_tiles)
+    for S in (1, 33, 200, 1000):
+        out = cp.empty(nh * D, np.float32)
+        att(cp.asarray(qkv), cp.asarray(kc), cp.asarray(vc), cp.asarray([S - 1], np.int32), out)
+        assert_close(cp.asnumpy(out), co.attention_ref(qkv, kc, vc, [S - 1], 0.125, nh, nkv, D, D)[0], **ATT_TOL)
+
+
+@needs_gpu
+def test_decode_attention_in_a_captured_graph():
+    "One captured graph, the position changed in device memory between replays: every step matches."
+    rng, nh, nkv, D, n_ctx = np.random.default_rng(3), 64, 8, 64, 2048        # gpt-oss heads
+    qkv, kc, vc, sk = att_data(rng, 1, nh, nkv, D, n_ctx, True)
+    att = co.DecodeAttention(nh, nkv, D, D, n_ctx, 0.125)
+    Q, K, V, SK = cp.asarray(qkv), cp.asarray(kc), cp.asarray(vc), cp.asarray(sk)
+    pos, out = cp.zeros(1, np.int32), cp.empty(nh * D, np.float32)
+    s = cp.cuda.Stream(non_blocking=True)
+    with s:
+        att(Q, K, V, pos, out, 128, SK)                                       # compile outside the capture
+        s.begin_capture(); att(Q, K, V, pos, out, 128, SK); g = s.end_capture()
+        for p in (0, 5, 127, 128, 129, 1000, 2047):
+            pos[...] = p
+            g.launch(s); s.synchronize()
+            ref = co.attention_ref(qkv, kc, vc, [p], 0.125, nh, nkv, D, D, 128, sk)[0]
+            assert_close(cp.asnumpy(out), ref, **ATT_TOL, name=f'pos {p}')
+
+
+PREFILL = [(m, T, p0) for m in ('qwen2.5-0.5b', 'gemma3-270m', 'gpt-oss', 'phi3', 'gpt2', 'smollm2-135m')
+           for T, p0 in ((1, 0), (5, 0), (64, 0), (300, 0), (5, 37), (64, 1000), (300, 200))]
+PREFILL += [('g16', 70, 10), ('g8d256', 5, 37), ('g8d256', 40, 0)]
+
+
+@needs_gpu
+@pytest.mark.parametrize('model,T,pos0', PREFILL, ids=[f'{m}-T{T}-p{p}' for m, T, p in PREFILL])
+def test_attention_prefill(model, T, pos0):
+    c = heads(model); nh, nkv, D = c['nh'], c['nkv'], c['D']
+    window = MODELS.get(model, {}).get('window', 0) or (50 if model == 'g16' else 0)
+    if model == 'gemma3-270m' and T > 64: window = 100                         # a window the queries straddle
+    rng, n_ctx = np.random.default_rng(T + pos0), pos0 + T + 3
+    qkv, kc, vc, sk = att_data(rng, T, nh, nkv, D, n_ctx, c['sinks'])
+    out = cp.full((T, nh * D), np.nan, np.float32)
+    co.attention_prefill(cp.asarray(qkv), cp.asarray(kc), cp.asarray(vc), pos0, T, out, D ** -0.5, nh, nkv, D, D,
+                         window, None if sk is None else cp.asarray(sk))
+    ref = co.attention_ref(qkv, kc, vc, np.arange(pos0, pos0 + T), D ** -0.5, nh, nkv, D, D, window, sk)
+    got = cp.asnumpy(out)
+    report(f'prefill {model} T={T} pos0={pos0} window={window}', got, ref)
+    assert_close(got, ref, **ATT_TOL, name=model)
+
+
+@needs_gpu
+def test_rope_then_attention_vs_fp32_chain():
+    "rope_kv + DecodeAttention against the CPU's all-fp32 chain: the only extra error is the fp16 cache."
+    rng, nh, nkv, D, n_ctx, S = np.random.default_rng(9), 14, 2, 64, 512, 300
+    cos, sin = ops.rope_cos_sin(np.arange(n_ctx), D, 1e6)
+    qkv = rng.standard_normal((S, (nh + 2 * nkv) * D)).astype(np.float32)
+    K, V = cp.zeros((nkv, n_ctx, D), np.float16), cp.zeros((nkv, n_ctx, D), np.float16)
+    Q = cp.asarray(qkv)
+    co.rope_kv(Q, cp.arange(S, dtype=np.int32), cp.asarray(cos), cp.asarray(sin), K, V, nh, nkv, D, D, D, True, S)
+    out = cp.empty(nh * D, np.float32)
+    co.DecodeAttention(nh, nkv, D, D, n_ctx, D ** -0.5)(Q[S - 1:], K, V, cp.asarray([S - 1], np.int32), out)
+    c, s = cos[:S], sin[:S]                                   # the CPU chain in fp32
+    q = ops.rope(qkv[:, :nh * D].reshape(S, nh, D), c, s, True)
+    k = ops.rope(qkv[:, nh * D:(nh + nkv) * D].reshape(S, nkv, D), c, s, True).transpose(1, 0, 2)
+    v = qkv[:, (nh + nkv) * D:].reshape(S, nkv, D).transpose(1, 0, 2)
+    ref = ops.attention(q[S - 1:], k, v, [S - 1], np.arange(S), D ** -0.5)[0].reshape(-1)
+    # fp16 rounding of k moves each score by at most delta = 2^-11 * scale * max sum |q k|; the weights then move by a
+    # factor within e^(±2 delta) and the values by 2^-11 relative: |error| <= max|v| (2^-11 + e^(2 delta) - 1)
+    delta = 2 ** -11 * D ** -0.5 * np.max(np.abs(q[S - 1]) @ np.abs(k).max(axis=1).T)
+    bound = np.abs(v).max() * (2 ** -11 + np.expm1(2 * delta)) + 2 ** -16
+    got = cp.asnumpy(out)
+    report('rope_kv + attention vs fp32', got, ref)
+    assert np.abs(got - ref).max() <= bound, (np.abs(got - ref).max(), bound)
+
+
+# -- GPU: elementwise ----------------------------------------------------------------------------------------------
+
+@needs_gpu
+@pytest.mark.parametrize('model', MODELS)
+@pytest.mark.parametrize('T', [1, 5])
+def test_act(model, T):
+    kind, n = MODELS[model]['act'], MODELS[model]['ffn']
+    rng = np.random.default_rng(n + T)
+    gu = (rng.standard_normal((T, n if kind == 'gelu' else 2 * n)) * 4).astype(np.float32)
+    out = cp.full((T, n), np.nan, np.float32)
+    co.act(kind, cp.asarray(gu), out, n, T)
+    ref = co.act_ref(kind, gu, n).astype(np.float64)
+    # a few ulps from expf/tanhf and the products; gelu's 1 + tanh(.) cancels, so its error is absolute in |gate|·|up|
+    g = np.abs(gu if kind == 'gelu' else gu[:, :n]); u = 1 if kind == 'gelu' else np.abs(gu[:, n:]) + 1
+    got = cp.asnumpy(out)
+    report(f'act {kind} {model} T={T}', got, ref)
+    assert_close(got, ref, 2 ** -20, 2 ** -21 * g * u, kind)
+
+
+@needs_gpu
+def test_add_scale_softcap():
+    rng = np.random.default_rng(1)
+    for n in (1, 896, 151936, 262144):
+        x, y = (rng.standard_normal(n) * 40).astype(np.float32), rng.standard_normal(n).astype(np.float32)
+        X = cp.asarray(x)
+        co.add(X, cp.asarray(y)); np.testing.assert_array_equal(cp.asnumpy(X), x + y)          # exact
+        co.scale_(X, 0.37); np.testing.assert_array_equal(cp.asnumpy(X), (x + y) * np.float32(0.37))
+        co.softcap(X, 30.0)
+        ref = np.tanh((x + y) * np.float32(0.37) / np.float32(30)) * np.float32(30)
+        assert_close(cp.asnumpy(X), ref.astype(np.float64), 2 ** -20, 2 ** -30, f'softcap n={n}')
+
+
+@needs_gpu
+def test_launchers_reject_bad_arguments():
+    x = cp.zeros((2, 8), np.float32)
+    with pytest.raises(TypeError, match='rms_norm: w must be float32'):
+        co.rms_norm(x, cp.zeros(8, np.float16), x, 1e-6)
+    with pytest.raises(ValueError, match='rms_norm: residual must have 16 elements, got 8'):
+        co.rms_norm(x, None, x, 1e-6, residual=cp.zeros(8, np.float32))
+    with pytest.raises(ValueError, match=r'DecodeAttention: head_dim=100 must be a multiple of 8 in \[8, 256\]'):
+        co.DecodeAttention(4, 1, 100, 100, 16, 0.1)
+    with pytest.raises(ValueError, match='DecodeAttention: 6 query heads do not split into 4 KV heads'):
+        co.DecodeAttention(6, 4, 64, 64, 16, 0.1)
+    with pytest.raises(ValueError, match=r'attention_prefill: positions 10..14 outside the cache of 12'):
+        co.attention_prefill(cp.zeros((5, 3 * 64), np.float32), cp.zeros((1, 12, 64), np.float16),
+                             cp.zeros((1, 12, 64), np.float16), 10, 5, cp.zeros((5, 64), np.float32), 0.1, 1, 1, 64, 64)
+    with pytest.raises(TypeError, match='rope_kv: k_cache must be float16'):
+        co.rope_kv(cp.zeros(3 * 64, np.float32), cp.zeros(1, np.int32), None, None, cp.zeros((1, 4, 64), np.float32),
+                   cp.zeros((1, 4, 64), np.float16), 1, 1, 64, 64, 0, True, 1)
+    with pytest.raises(ValueError, match='Argmax: allowed must have 10 elements, got 9'):
+        co.Argmax(10)(cp.zeros(10, np.float32), cp.zeros(9, np.uint8), cp.zeros(1, np.int32))
+
+
+# -- GPU: argmax and sampling --------------------------------------------------------------------------------------
+
+@needs_gpu
+@pytest.mark.parametrize('vocab', [1, 5, 1000, 49152, 151936, 262144])
+def test_argmax(vocab):
+    rng = np.random.default_rng(vocab)
+    am, out = co.Argmax(vocab), cp.empty(1, np.int32)
+    for trial in range(6):
+        logits = rng.standard_normal(vocab).astype(np.float32)
+        allowed = (rng.random(vocab) > 0.1).astype(np.uint8); allowed[rng.integers(vocab)] = 1
+        if trial % 2 and vocab > 3:                                            # exact ties, some of them masked
+            top = rng.choice(vocab, 3, replace=False); logits[top] = logits.max() + 1
+        am(cp.asarray(logits), cp.asarray(allowed), out)
+        masked = np.where(allowed == 1, logits, -np.inf)
+        assert int(out[0]) == int(np.argmax(masked))
+    am(cp.asarray(logits), cp.zeros(vocab, np.uint8), out)
+    assert int(out[0]) == -1                                                    # nothing allowed
+
+
+@needs_gpu
+def test_argmax_in_a_captured_graph():
+    vocab, rng = 151936, np.random.default_rng(2)
+    am, L, A, out = co.Argmax(vocab), cp.zeros(vocab, np.float32), cp.ones(vocab, np.uint8), cp.empty(1, np.int32)
+    s = cp.cuda.Stream(non_blocking=True)
+    with s:
+        am(L, A, out)
+        s.begin_capture(); am(L, A, out); g = s.end_capture()
+        for _ in range(5):
+            logits = rng.standard_normal(vocab).astype(np.float32); allowed = (rng.random(vocab) > 0.3).astype(np.uint8)
+            L.set(logits); A.set(allowed)
+            g.launch(s); s.synchronize()
+            eager = cp.empty(1, np.int32); am(L, A, eager); s.synchronize()
+            assert int(out[0]) == int(eager[0]) == int(np.argmax(np.where(allowed == 1, logits, -np.inf)))
+
+
+SAMPLING = [SamplingParams(temperature=0), SamplingParams(temperature=0.7, top_k=40, top_p=0.95, min_p=0.05),
+            SamplingParams(temperature=0.7, top_k=40), SamplingParams(temperature=0.7, top_p=0.95),
+            SamplingParams(temperature=0.7, min_p=0.05), SamplingParams(temperature=1.0),
+            SamplingParams(temperature=0.8, top_p=0.9, repetition_penalty=1.3, presence_penalty=0.4, frequency_penalty=0.3),
+            SamplingParams(temperature=0, repetition_penalty=1.5, frequency_penalty=1.0)]
+
+
+def explained_by_near_tie(logits, allowed, params, u, ids, counts, got):
+    "A mismatch that a float64 rounding could cause: the GPU's id is drawn by the CPU with u, top_p or min_p nudged."
+    from dataclasses import replace
+    for du in (-1e-9, 1e-9):
+        if co.sample_token_ref(logits, allowed, params, min(max(u + du, 0), 1 - 1e-16), ids, counts) == got: return True
+        p2 = replace(params, top_p=min(1.0, params.top_p * (1 + du)), min_p=params.min_p * (1 + du))
+        if co.sample_token_ref(logits, allowed, p2, u, ids, counts) == got: return True
+    return False
+
+
+@needs_gpu
+@pytest.mark.parametrize('vocab', [32000, 151936])
+def test_sample_token_matches_the_cpu_sampler(vocab):
+    rng = np.random.default_rng(vocab)
+    trials, mismatches = 0, []
+    for i in range(40 if vocab > 100000 else 120):
+        params = SAMPLING[i % len(SAMPLING)]
+        logits = (rng.standard_normal(vocab) * rng.uniform(1, 6)).astype(np.float32)
+        if i % 5 == 0: logits[rng.choice(vocab, 8, replace=False)] = logits.max()          # exact ties at the top
+        allowed = np.ones(vocab, np.uint8); allowed[vocab - 100:] = 0; allowed[rng.choice(vocab, 50)] = 0
+        hist = rng.choice(np.argsort(-logits)[:60], 40)                                   # penalise likely ids
+        ids, counts = np.unique(hist, return_counts=True)
+        u = float(rng.random())
+        got = co.sample_token(cp.asarray(logits), cp.asarray(allowed), params, u, ids, counts)
+        want = co.sample_token_ref(logits, allowed, params, u, ids, counts)
+        trials += 1
+        if got != want:
+            assert explained_by_near_tie(logits, allowed, params, u, ids, counts, got), (i, params, u, got, want)
+            mismatches.append((i, got, want))
+    print(f'sample_token vocab {vocab}: {trials} draws, {len(mismatches)} near-tie differences {mismatches}')
+    assert len(mismatches) <= trials // 20
+
+
+@needs_gpu
+def test_sample_token_edge_cases():
+    vocab, rng = 1000, np.random.default_rng(4)
+    logits = rng.standard_normal(vocab).astype(np.float32)
+    allowed = np.zeros(vocab, np.uint8); allowed[[3, 500]] = 1                           # two candidates
+    for params in SAMPLING:
+        for u in (0.0, 0.3, 0.999999):
+            got = co.sample_token(cp.asarray(logits), cp.asarray(allowed), params, u)
+            assert got == co.sample_token_ref(logits, allowed, params, u) and got in (3, 500)
+    big = SamplingParams(temperature=0.7, top_k=5000)                                     # top_k > vocab
+    assert co.sample_token(cp.asarray(logits), cp.ones(vocab, np.uint8), big, 0.5) == co.sample_token_ref(
+        logits, np.ones(vocab, np.uint8), big, 0.5)

@@ -4,11 +4,13 @@
 //   load(row, c)      fetch chunk c of a row (the bytes of CV consecutive values) into registers, with loads of
 //                     4 to 16 bytes: whole words even where the format is only 2- or 1-byte aligned (ld_words);
 //   dot(raw, xs, c)   the dot product of that chunk with the staged input.
-// The staged input: each CTA quantises x once into shared memory as 8-bit blocks of 32 values (int8 codes q,
-// one fp32 scale d per block, and the integer code sums of each 16-value half), so the quantised types reduce
-// to __dp4a integer dot products (4 multiply-adds per instruction) and one float multiply per chunk. The
+// The staged input: each CTA quantises x once into shared memory as integer blocks of 32 values (XB-bit codes
+// q, XB = 16 by default or 8, one fp32 scale d per block, and the integer code sums of each 16-value half), so the
+// quantised types reduce to integer dot products (__dp4a with 8-bit codes, 4 multiply-adds per instruction, as
+// llama.cpp's mmvq; __dp2a with 16-bit codes, 2 per instruction) and one float multiply per chunk. 8-bit codes
+// move the logits of a whole model by ~1e-2 of their largest value; 16-bit codes are 256 times finer. The
 // float types (F32/F16/BF16) stage x as fp32 instead. Exactly what the kernel computes, for the quantised
-// types, is dequant(W) . dequant(q8(x)); numpy reference: orcd.cuda_matvec.linear_ref.
+// types, is dequant(W) . dequant(qXB(x)); numpy reference: orcd.cuda_matvec.linear_ref.
 //
 // Work split: the rows of all parts (a Linear may stack q|k|v of different types) form tiles of NT/G rows;
 // G threads share one row (G a power of two: G < 32 packs several rows into a warp when K is short, G > 32
@@ -55,18 +57,38 @@ __device__ __forceinline__ float h2f(u32 bits) { return __half2float(__ushort_as
 // The 4 fifth bits (bit 0..3 of t) moved to bit 4 of bytes 0..3.
 __device__ __forceinline__ u32 bits_to_bytes4(u32 t) { return (((t & 15u) * 0x00204081u) & 0x01010101u) << 4; }
 
-// The staged input, in shared memory.
+// The staged input, in shared memory: XB-bit codes (XB = 8 or 16) of each 32-value block, its fp32 scale, and the
+// code sums of each 16-value half block. Codes of 4 consecutive values ("group" j) are one int (XB = 8) or two.
+template <int XB>
 struct XS {
-    const int* q;      // [K/4]  int8 codes, 4 per int; x block b = q[8b .. 8b+8)
+    const int* q;      // [K*XB/32] codes, packed; group j at q[j] (XB = 8), or in 16-byte slot swz16(j/2) (XB = 16)
     const float* d;    // [K/32] scale of each 32-value block
     const int* s16;    // [K/16] sum of the codes of each 16-value half block
     const float* f;    // [K]    fp32 copy (float weight types)
 };
 
-__device__ __forceinline__ int dot4x4(const u32* a, const int* x, int s) {   // 16 codes . 16 staged codes
-    const int4 v = *reinterpret_cast<const int4*>(x);
+// 16 weight codes (4 words of int8, values 4j..4j+15) . the staged codes of groups j..j+3 (j a multiple of 4).
+// XB = 8: four __dp4a (4 multiply-adds each). XB = 16: eight __dp2a, each 2 int16 x 2 int8 multiply-adds (lo: bytes
+// 0-1 of the weight word, hi: bytes 2-3): twice the instructions and shared-memory reads, 256 times finer input.
+__device__ __forceinline__ int dot4x4(const u32* a, const XS<8>& xs, int j, int s) {
+    const int4 v = *reinterpret_cast<const int4*>(xs.q + j);
     s = __dp4a((int)a[0], v.x, s); s = __dp4a((int)a[1], v.y, s);
     s = __dp4a((int)a[2], v.z, s); return __dp4a((int)a[3], v.w, s);
+}
+// 16-bit codes: 16-byte slot s (8 codes, groups 2s and 2s+1) lives at slot swz16(s). Without the swizzle, the 8
+// threads of a quarter warp reading neighbouring chunks (64 bytes apart, or 128 in the K-quants) hit the same 4
+// of the 32 banks: a 4-way conflict that made shared memory, not HBM, the limit (151936 x 896 Q8_0: 2.4 against
+// 3.4 TB/s). XOR-ing bits 0-2 of s with a function of bits 3-4 ({0, 1, 7, 6}, found by exhaustive search over the
+// access patterns of the 32-value types, Q4_K/Q5_K and Q6_K) makes every such load conflict-free.
+__device__ __forceinline__ int swz16(int s) { return s ^ ((0x6710 >> (4 * ((s >> 3) & 3))) & 7); }
+
+__device__ __forceinline__ int dot4x4(const u32* a, const XS<16>& xs, int j, int s) {
+    const int4 v = *reinterpret_cast<const int4*>(xs.q + 4 * swz16(j >> 1)),
+               w = *reinterpret_cast<const int4*>(xs.q + 4 * swz16((j >> 1) + 1));
+    s = __dp2a_lo(v.x, (int)a[0], s); s = __dp2a_hi(v.y, (int)a[0], s);
+    s = __dp2a_lo(v.z, (int)a[1], s); s = __dp2a_hi(v.w, (int)a[1], s);
+    s = __dp2a_lo(w.x, (int)a[2], s); s = __dp2a_hi(w.y, (int)a[2], s);
+    s = __dp2a_lo(w.z, (int)a[3], s); return __dp2a_hi(w.w, (int)a[3], s);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -78,8 +100,8 @@ struct tQ8_0 {    // 34 B: fp16 d, 32 int8 q.                         value = d*
     static __device__ __forceinline__ Raw load(const u8* row, int c) {
         const u8* b = row + c * 34; Raw r; r.d = ld16(b); ld_words<8, true>(b + 2, r.q); return r;
     }
-    static __device__ __forceinline__ float dot(const Raw& r, const XS& xs, int c) {
-        const int s = dot4x4(r.q + 4, xs.q + 8 * c + 4, dot4x4(r.q, xs.q + 8 * c, 0));
+    template <class X> static __device__ __forceinline__ float dot(const Raw& r, const X& xs, int c) {
+        const int s = dot4x4(r.q + 4, xs, 8 * c + 4, dot4x4(r.q, xs, 8 * c, 0));
         return h2f(r.d) * xs.d[c] * (float)s;
     }
 };
@@ -90,14 +112,14 @@ struct tQ4_0 {    // 18 B: fp16 d, 16 B nibbles (low: values 0-15, high: 16-31).
     static __device__ __forceinline__ Raw load(const u8* row, int c) {
         const u8* b = row + c * 18; Raw r; r.d = ld16(b); ld_words<4, true>(b + 2, r.q); return r;
     }
-    static __device__ __forceinline__ float dot(const Raw& r, const XS& xs, int c) {
+    template <class X> static __device__ __forceinline__ float dot(const Raw& r, const X& xs, int c) {
         u32 lo[4], hi[4];
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
             lo[i] = __vsub4(r.q[i] & 0x0f0f0f0fu, 0x08080808u);
             hi[i] = __vsub4((r.q[i] >> 4) & 0x0f0f0f0fu, 0x08080808u);
         }
-        const int s = dot4x4(hi, xs.q + 8 * c + 4, dot4x4(lo, xs.q + 8 * c, 0));
+        const int s = dot4x4(hi, xs, 8 * c + 4, dot4x4(lo, xs, 8 * c, 0));
         return h2f(r.d) * xs.d[c] * (float)s;
     }
 };
@@ -111,11 +133,11 @@ struct tQ4_1 {    // 20 B: fp16 d, fp16 m, 16 B nibbles.             value = d*q
         for (int i = 0; i < 4; ++i) r.q[i] = ld32(b + 4 + 4 * i);
         return r;
     }
-    static __device__ __forceinline__ float dot(const Raw& r, const XS& xs, int c) {
+    template <class X> static __device__ __forceinline__ float dot(const Raw& r, const X& xs, int c) {
         u32 lo[4], hi[4];
 #pragma unroll
         for (int i = 0; i < 4; ++i) { lo[i] = r.q[i] & 0x0f0f0f0fu; hi[i] = (r.q[i] >> 4) & 0x0f0f0f0fu; }
-        const int s = dot4x4(hi, xs.q + 8 * c + 4, dot4x4(lo, xs.q + 8 * c, 0));
+        const int s = dot4x4(hi, xs, 8 * c + 4, dot4x4(lo, xs, 8 * c, 0));
         const int sx = xs.s16[2 * c] + xs.s16[2 * c + 1];
         return xs.d[c] * (h2f(r.dm) * (float)s + h2f(r.dm >> 16) * (float)sx);
     }
@@ -127,7 +149,7 @@ struct tQ5_0 {    // 22 B: fp16 d, qh (bit j = fifth bit of value j), 16 B nibbl
     static __device__ __forceinline__ Raw load(const u8* row, int c) {
         const u8* b = row + c * 22; Raw r; r.d = ld16(b); ld_words<5, true>(b + 2, r.w); return r;
     }
-    static __device__ __forceinline__ float dot(const Raw& r, const XS& xs, int c) {
+    template <class X> static __device__ __forceinline__ float dot(const Raw& r, const X& xs, int c) {
         u32 lo[4], hi[4];
         const u32 qh = r.w[0];
 #pragma unroll
@@ -135,7 +157,7 @@ struct tQ5_0 {    // 22 B: fp16 d, qh (bit j = fifth bit of value j), 16 B nibbl
             lo[i] = __vsub4((r.w[1 + i] & 0x0f0f0f0fu) | bits_to_bytes4(qh >> (4 * i)), 0x10101010u);
             hi[i] = __vsub4(((r.w[1 + i] >> 4) & 0x0f0f0f0fu) | bits_to_bytes4(qh >> (16 + 4 * i)), 0x10101010u);
         }
-        const int s = dot4x4(hi, xs.q + 8 * c + 4, dot4x4(lo, xs.q + 8 * c, 0));
+        const int s = dot4x4(hi, xs, 8 * c + 4, dot4x4(lo, xs, 8 * c, 0));
         return h2f(r.d) * xs.d[c] * (float)s;
     }
 };
@@ -149,14 +171,14 @@ struct tQ5_1 {    // 24 B: fp16 d, fp16 m, qh, 16 B nibbles.         value = d*q
         r.dm = a.x; r.qh = a.y; r.q[0] = q0.x; r.q[1] = q0.y; r.q[2] = q1.x; r.q[3] = q1.y;
         return r;
     }
-    static __device__ __forceinline__ float dot(const Raw& r, const XS& xs, int c) {
+    template <class X> static __device__ __forceinline__ float dot(const Raw& r, const X& xs, int c) {
         u32 lo[4], hi[4];
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
             lo[i] = (r.q[i] & 0x0f0f0f0fu) | bits_to_bytes4(r.qh >> (4 * i));
             hi[i] = ((r.q[i] >> 4) & 0x0f0f0f0fu) | bits_to_bytes4(r.qh >> (16 + 4 * i));
         }
-        const int s = dot4x4(hi, xs.q + 8 * c + 4, dot4x4(lo, xs.q + 8 * c, 0));
+        const int s = dot4x4(hi, xs, 8 * c + 4, dot4x4(lo, xs, 8 * c, 0));
         const int sx = xs.s16[2 * c] + xs.s16[2 * c + 1];
         return xs.d[c] * (h2f(r.dm) * (float)s + h2f(r.dm >> 16) * (float)sx);
     }
@@ -185,11 +207,11 @@ struct tMXFP4 {   // 17 B: E8M0 exponent e, 16 B E2M1 nibbles.      value = MXFP
     static __device__ __forceinline__ Raw load(const u8* row, int c) {
         const u8* b = row + c * 17; Raw r; r.e = ld8(b); ld_words<4, false>(b + 1, r.q); return r;
     }
-    static __device__ __forceinline__ float dot(const Raw& r, const XS& xs, int c) {
+    template <class X> static __device__ __forceinline__ float dot(const Raw& r, const X& xs, int c) {
         u32 lo[4], hi[4];
 #pragma unroll
         for (int i = 0; i < 4; ++i) mxfp4_lookup(r.q[i], lo[i], hi[i]);
-        const int s = dot4x4(hi, xs.q + 8 * c + 4, dot4x4(lo, xs.q + 8 * c, 0));
+        const int s = dot4x4(hi, xs, 8 * c + 4, dot4x4(lo, xs, 8 * c, 0));
         // times 2^(e-128) as two normal powers of two: CuPy compiles with -ftz=true, which would flush the
         // subnormal 2^(e-128) of e < 2 (and its product with d) to zero.
         const int k = (int)r.e - 128, k1 = k >> 1;
@@ -219,12 +241,12 @@ struct tQ4_K {    // 144 B: fp16 d, dmin, 12 B scales, 128 B nibbles.   value = 
         r.q[0] = v.x; r.q[1] = v.y; r.q[2] = v.z; r.q[3] = v.w;
         return r;
     }
-    static __device__ __forceinline__ float dot(const Raw& r, const XS& xs, int c) {
+    template <class X> static __device__ __forceinline__ float dot(const Raw& r, const X& xs, int c) {
         const int p = (c >> 1) & 3, h = c & 1, xb = (c >> 3) * 8 + 2 * p;   // x block of sub-block 2p
         u32 lo[4], hi[4];
 #pragma unroll
         for (int i = 0; i < 4; ++i) { lo[i] = r.q[i] & 0x0f0f0f0fu; hi[i] = (r.q[i] >> 4) & 0x0f0f0f0fu; }
-        const int s0 = dot4x4(lo, xs.q + 8 * xb + 4 * h, 0), s1 = dot4x4(hi, xs.q + 8 * xb + 8 + 4 * h, 0);
+        const int s0 = dot4x4(lo, xs, 8 * xb + 4 * h, 0), s1 = dot4x4(hi, xs, 8 * xb + 8 + 4 * h, 0);
         int d0, m0, d1, m1; k_scale_min(r.sc, 2 * p, d0, m0); k_scale_min(r.sc, 2 * p + 1, d1, m1);
         const float d = h2f(r.dm), dmin = h2f(r.dm >> 16);
         return xs.d[xb] * ((d * d0) * s0 - (dmin * m0) * xs.s16[2 * xb + h])
@@ -243,7 +265,7 @@ struct tQ5_K {    // 176 B: fp16 d, dmin, 12 B scales, 32 B qh (bit s of qh[l]: 
         r.q[0] = v.x; r.q[1] = v.y; r.q[2] = v.z; r.q[3] = v.w;
         return r;
     }
-    static __device__ __forceinline__ float dot(const Raw& r, const XS& xs, int c) {
+    template <class X> static __device__ __forceinline__ float dot(const Raw& r, const X& xs, int c) {
         const int p = (c >> 1) & 3, h = c & 1, xb = (c >> 3) * 8 + 2 * p;
         u32 lo[4], hi[4];
 #pragma unroll
@@ -251,7 +273,7 @@ struct tQ5_K {    // 176 B: fp16 d, dmin, 12 B scales, 32 B qh (bit s of qh[l]: 
             lo[i] = (r.q[i] & 0x0f0f0f0fu) | ((r.qh[i] >> (2 * p)) & 0x01010101u) << 4;
             hi[i] = ((r.q[i] >> 4) & 0x0f0f0f0fu) | ((r.qh[i] >> (2 * p + 1)) & 0x01010101u) << 4;
         }
-        const int s0 = dot4x4(lo, xs.q + 8 * xb + 4 * h, 0), s1 = dot4x4(hi, xs.q + 8 * xb + 8 + 4 * h, 0);
+        const int s0 = dot4x4(lo, xs, 8 * xb + 4 * h, 0), s1 = dot4x4(hi, xs, 8 * xb + 8 + 4 * h, 0);
         int d0, m0, d1, m1; k_scale_min(r.sc, 2 * p, d0, m0); k_scale_min(r.sc, 2 * p + 1, d1, m1);
         const float d = h2f(r.dm), dmin = h2f(r.dm >> 16);
         return xs.d[xb] * ((d * d0) * s0 - (dmin * m0) * xs.s16[2 * xb + h])
@@ -273,7 +295,7 @@ struct tQ6_K {    // 210 B: ql 128, qh 64, int8 scales 16, fp16 d.   value = (d*
         r.sd = ld8(sc) | ld8(sc + 4) << 8 | ld16(b + 208) << 16;
         return r;
     }
-    static __device__ __forceinline__ float dot(const Raw& r, const XS& xs, int c) {
+    template <class X> static __device__ __forceinline__ float dot(const Raw& r, const X& xs, int c) {
         const int j = c & 7, hf = j >> 2, gp = (j >> 1) & 1, jj = j & 1;
         const int xb = (c >> 3) * 8 + 4 * hf + gp;   // x block of group gp; group gp+2 is xb + 2
         u32 lo[4], hi[4];
@@ -282,10 +304,10 @@ struct tQ6_K {    // 210 B: ql 128, qh 64, int8 scales 16, fp16 d.   value = (d*
             lo[i] = __vsub4((r.ql[i] & 0x0f0f0f0fu) | ((r.qh[i] >> (2 * gp)) & 0x03030303u) << 4, 0x20202020u);
             hi[i] = __vsub4(((r.ql[i] >> 4) & 0x0f0f0f0fu) | ((r.qh[i] >> (2 * gp + 4)) & 0x03030303u) << 4, 0x20202020u);
         }
-        const int s0 = dot4x4(lo, xs.q + 8 * xb + 4 * jj, 0), s1 = dot4x4(hi, xs.q + 8 * xb + 16 + 4 * jj, 0);
+        const int s0 = dot4x4(lo, xs, 8 * xb + 4 * jj, 0), s1 = dot4x4(hi, xs, 8 * xb + 16 + 4 * jj, 0);
         const float d = h2f(r.sd >> 16);
         const int sc0 = (int)(signed char)(r.sd & 255), sc1 = (int)(signed char)((r.sd >> 8) & 255);
-        return d * (xs.d[xb] * (float)(sc0 * s0) + xs.d[xb + 2] * (float)(sc1 * s1));
+        return d * (xs.d[xb] * ((float)sc0 * (float)s0) + xs.d[xb + 2] * ((float)sc1 * (float)s1));
     }
 };
 
@@ -294,7 +316,7 @@ struct tF32 {
     static constexpr int QK = 1, BYTES = 4, CV = 4; static constexpr bool Q8X = false;
     struct Raw { uint4 v; };
     static __device__ __forceinline__ Raw load(const u8* row, int c) { Raw r; r.v = ld128(row + 16 * c); return r; }
-    static __device__ __forceinline__ float dot(const Raw& r, const XS& xs, int c) {
+    template <class X> static __device__ __forceinline__ float dot(const Raw& r, const X& xs, int c) {
         const float4 x = *reinterpret_cast<const float4*>(xs.f + 4 * c);
         return __uint_as_float(r.v.x) * x.x + __uint_as_float(r.v.y) * x.y
              + __uint_as_float(r.v.z) * x.z + __uint_as_float(r.v.w) * x.w;
@@ -308,7 +330,7 @@ struct tHalfLike {   // F16 (BF = false) or BF16 (BF = true): 8 values per 16-by
     static __device__ __forceinline__ Raw load(const u8* row, int c) { Raw r; r.v = ld128(row + 16 * c); return r; }
     static __device__ __forceinline__ float lo(u32 w) { return BF ? __uint_as_float(w << 16) : h2f(w); }
     static __device__ __forceinline__ float hi(u32 w) { return BF ? __uint_as_float(w & 0xffff0000u) : h2f(w >> 16); }
-    static __device__ __forceinline__ float dot(const Raw& r, const XS& xs, int c) {
+    template <class X> static __device__ __forceinline__ float dot(const Raw& r, const X& xs, int c) {
         const float4 a = *reinterpret_cast<const float4*>(xs.f + 8 * c);
         const float4 b = *reinterpret_cast<const float4*>(xs.f + 8 * c + 4);
         return lo(r.v.x) * a.x + hi(r.v.x) * a.y + lo(r.v.y) * a.z + hi(r.v.y) * a.w
@@ -328,8 +350,9 @@ __device__ __forceinline__ float4 ld_x4(const float* __restrict__ x, int i, bool
     return vec ? __ldg(reinterpret_cast<const float4*>(x) + i) : make_float4(x[4 * i], x[4 * i + 1], x[4 * i + 2], x[4 * i + 3]);
 }
 
-template <int NT>
+template <int NT, int XB>
 __device__ __forceinline__ void stage_q8(const float* __restrict__ x, int K, int* q, float* d, int* s16) {
+    constexpr float QMAX = XB == 8 ? 127.f : 32767.f;
     constexpr int P = 4;           // float4 groups per thread per pass; 8 consecutive threads share a 32-value block
     const int n4 = K / 4;
     const bool vec = (reinterpret_cast<size_t>(x) & 15) == 0;
@@ -348,7 +371,7 @@ __device__ __forceinline__ void stage_q8(const float* __restrict__ x, int K, int
             amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
             amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
             amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 4));
-            const float dd = amax / 127.f;                     // IEEE division, as numpy
+            const float dd = amax / QMAX;                      // IEEE division, as numpy
             int q0 = 0, q1 = 0, q2 = 0, q3 = 0;
             if (dd > 0.f) {                                    // round half to even, as np.rint
                 q0 = __float2int_rn(v[j].x / dd); q1 = __float2int_rn(v[j].y / dd);
@@ -358,7 +381,9 @@ __device__ __forceinline__ void stage_q8(const float* __restrict__ x, int K, int
             sum += __shfl_xor_sync(0xffffffffu, sum, 1);
             sum += __shfl_xor_sync(0xffffffffu, sum, 2);
             if (i < n4) {
-                q[i] = (q0 & 255) | (q1 & 255) << 8 | (q2 & 255) << 16 | (q3 & 255) << 24;
+                if (XB == 8) q[i] = (q0 & 255) | (q1 & 255) << 8 | (q2 & 255) << 16 | (q3 & 255) << 24;
+                else reinterpret_cast<int2*>(q)[2 * swz16(i >> 1) + (i & 1)] = make_int2((int)(((u32)q0 & 0xffffu) | (u32)q1 << 16),
+                                                              (int)(((u32)q2 & 0xffffu) | (u32)q3 << 16));
                 if ((i & 3) == 0) s16[i >> 2] = sum;
                 if ((i & 7) == 0) d[i >> 3] = dd;
             }
@@ -373,15 +398,18 @@ __device__ __forceinline__ void stage_f32(const float* __restrict__ x, int K, fl
     for (int i = threadIdx.x; i < K / 4; i += NT) reinterpret_cast<float4*>(f)[i] = ld_x4(x, i, vec);
 }
 
-// Shared-memory layout (dynamic): [q: K bytes][d: K/8 bytes][s16: K/4 bytes] then, 16-aligned, [f: 4K bytes].
+// Shared-memory layout (dynamic): [q: K bytes, or 2K rounded up to 128][d: K/8 bytes][s16: K/4 bytes] then, 16-aligned,
+// [f: 4K bytes].
 // Python mirror: orcd.cuda_matvec._smem_bytes.
-__device__ __forceinline__ XS smem_layout(int4* base, int K, bool q8) {
+template <int XB>
+__device__ __forceinline__ XS<XB> smem_layout(int4* base, int K, bool q8) {
     unsigned char* p = reinterpret_cast<unsigned char*>(base);
-    XS xs;
+    const int qb = XB == 8 ? K : (2 * K + 127) & ~127;   // 16-bit: whole 8-slot groups, which swz16 permutes
+    XS<XB> xs;
     xs.q = reinterpret_cast<const int*>(p);
-    xs.d = reinterpret_cast<const float*>(p + K);
-    xs.s16 = reinterpret_cast<const int*>(p + K + K / 8);
-    xs.f = reinterpret_cast<const float*>(p + (q8 ? ((K + K / 8 + K / 4 + 15) & ~15) : 0));
+    xs.d = reinterpret_cast<const float*>(p + qb);
+    xs.s16 = reinterpret_cast<const int*>(p + qb + K / 8);
+    xs.f = reinterpret_cast<const float*>(p + (q8 ? ((qb + K / 8 + K / 4 + 15) & ~15) : 0));
     return xs;
 }
 
@@ -425,9 +453,9 @@ __device__ __forceinline__ void load_batch(typename T::Raw (&r)[U], const u8* w,
         if (c0 + u * G < nchunk) r[u] = T::load(rp, c0 + u * G);
 }
 
-template <bool SQ8, bool SF32, int NT>
-__device__ __forceinline__ void stage(const float* __restrict__ x, int K, const XS& xs) {
-    if (SQ8) stage_q8<NT>(x, K, const_cast<int*>(xs.q), const_cast<float*>(xs.d), const_cast<int*>(xs.s16));
+template <bool SQ8, bool SF32, int NT, int XB>
+__device__ __forceinline__ void stage(const float* __restrict__ x, int K, const XS<XB>& xs) {
+    if (SQ8) stage_q8<NT, XB>(x, K, const_cast<int*>(xs.q), const_cast<float*>(xs.d), const_cast<int*>(xs.s16));
     if (SF32) stage_f32<NT>(x, K, const_cast<float*>(xs.f));
 }
 
@@ -436,8 +464,8 @@ struct Args {
 };
 
 // All tiles of one part that this CTA owns.
-template <class C, int NW, bool SQ8, bool SF32>
-__device__ __forceinline__ void run_part(const Part& P, int tile_begin, const Args& a, const XS& xs, float* red,
+template <class C, int NW, bool SQ8, bool SF32, int XB>
+__device__ __forceinline__ void run_part(const Part& P, int tile_begin, const Args& a, const XS<XB>& xs, float* red,
                                          bool& staged) {
     typedef typename C::type T;
     constexpr int U = C::u, NT = NW * 32;
@@ -460,7 +488,7 @@ __device__ __forceinline__ void run_part(const Part& P, int tile_begin, const Ar
 #if __CUDA_ARCH__ >= 900
         asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
-        stage<SQ8, SF32, NT>(a.x, a.K, xs); __syncthreads(); staged = true;
+        stage<SQ8, SF32, NT, XB>(a.x, a.K, xs); __syncthreads(); staged = true;
     }
     float acc = 0.f;
     for (;;) {
@@ -494,24 +522,24 @@ __device__ __forceinline__ void run_part(const Part& P, int tile_begin, const Ar
     }
 }
 
-template <int NW, bool SQ8, bool SF32, int I>
-__device__ __forceinline__ void dispatch(int, const Part&, int, const Args&, const XS&, float*, bool&) {}
+template <int NW, bool SQ8, bool SF32, int I, int XB>
+__device__ __forceinline__ void dispatch(int, const Part&, int, const Args&, const XS<XB>&, float*, bool&) {}
 
-template <int NW, bool SQ8, bool SF32, int I, class C, class... Rest>
-__device__ __forceinline__ void dispatch(int slot, const Part& P, int tb, const Args& a, const XS& xs, float* red,
+template <int NW, bool SQ8, bool SF32, int I, int XB, class C, class... Rest>
+__device__ __forceinline__ void dispatch(int slot, const Part& P, int tb, const Args& a, const XS<XB>& xs, float* red,
                                          bool& staged) {
-    if (slot == I) run_part<C, NW, SQ8, SF32>(P, tb, a, xs, red, staged);
-    else dispatch<NW, SQ8, SF32, I + 1, Rest...>(slot, P, tb, a, xs, red, staged);
+    if (slot == I) run_part<C, NW, SQ8, SF32, XB>(P, tb, a, xs, red, staged);
+    else dispatch<NW, SQ8, SF32, I + 1, XB, Rest...>(slot, P, tb, a, xs, red, staged);
 }
 
-template <int NW, class... Cs>
+template <int NW, int XB, class... Cs>
 __device__ __forceinline__ void matvec_v2_body(const Part* __restrict__ parts, int nparts, const float* __restrict__ x,
                                                float* y, const float* __restrict__ bias, int K, int accumulate) {
     constexpr bool SQ8 = (Cs::type::Q8X || ...);
     constexpr bool SF32 = (!Cs::type::Q8X || ...);
     extern __shared__ int4 mv_smem[];
     __shared__ float red[NW];
-    const XS xs = smem_layout(mv_smem, K, SQ8);
+    const XS<XB> xs = smem_layout<XB>(mv_smem, K, SQ8);
     const Args a = {x, y, bias, K, accumulate};
     // Let the next kernel in the stream launch now if it was launched with programmatic stream serialization: it
     // prefetches its weights, then waits (griddepcontrol.wait) for this whole grid to complete.
@@ -522,7 +550,7 @@ __device__ __forceinline__ void matvec_v2_body(const Part* __restrict__ parts, i
     int tile_begin = 0;
     for (int p = 0; p < nparts; ++p) {
         const Part P = parts[p];
-        dispatch<NW, SQ8, SF32, 0, Cs...>(P.slot, P, tile_begin, a, xs, red, staged);
+        dispatch<NW, SQ8, SF32, 0, XB, Cs...>(P.slot, P, tile_begin, a, xs, red, staged);
         tile_begin = P.tile_end;
     }
 }
@@ -530,11 +558,11 @@ __device__ __forceinline__ void matvec_v2_body(const Part* __restrict__ parts, i
 }  // namespace mv
 
 // The kernel the launcher instantiates (orcd.cuda_matvec.precompile compiles this header alone, with NVRTC name
-// expressions such as matvec_v2_k<8, mv::cfg<mv::tQ5_0, 2>, mv::cfg<mv::tQ8_0, 1>>): NW warps per CTA, one
-// cfg per block type present in the Linear's parts.
-template <int NW, class... Cs>
+// expressions such as matvec_v2_k<8, 16, mv::cfg<mv::tQ5_0, 2>, mv::cfg<mv::tQ8_0, 1>>): NW warps per CTA, XB-bit
+// staged input (8 or 16), one cfg per block type present in the Linear's parts.
+template <int NW, int XB, class... Cs>
 __global__ void __launch_bounds__(NW * 32) matvec_v2_k(const mv::Part* __restrict__ parts, int nparts,
                                                       const float* __restrict__ x, float* y,
                                                       const float* __restrict__ bias, int K, int accumulate) {
-    mv::matvec_v2_body<NW, Cs...>(parts, nparts, x, y, bias, K, accumulate);
+    mv::matvec_v2_body<NW, XB, Cs...>(parts, nparts, x, y, bias, K, accumulate);
 }

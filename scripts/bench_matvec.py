@@ -98,26 +98,26 @@ def v1_us(wd, rows, t, K, x, y):
 
 def shapes_table(copy_bw):
     rng = np.random.default_rng(0)
-    print('\n| model | weight | type | rows x K | MB | v1 µs | v1 GB/s | v2 µs | v2 GB/s | v2 / copy | v2+PDL µs | v2+PDL GB/s '
-          '| max abs err | max err / (|W||x\'|) |')
+    print('\n| model | weight | type | rows x K | MB | v1 µs | v1 GB/s | v2 8-bit x µs | GB/s | v2 16-bit x µs | GB/s '
+          '| 16-bit / copy | max abs err | max err / (|W||x\'|) |')
     print('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|')
     for model, what, t, rows, K in SHAPES:
         w = cm.random_weight(rng, t, rows, K)
         wd = cp.asarray(w)
         xh = rng.standard_normal(K).astype(np.float32)
         x, y = cp.asarray(xh), cp.empty(rows, np.float32)
-        us2, lin = v2_us(wd, rows, t, K, x, y, pdl=False)
-        usp, _ = v2_us(wd, rows, t, K, x, y, pdl=True)
+        us8, _ = v2_us(wd, rows, t, K, x, y, bits=8)
+        us16, lin = v2_us(wd, rows, t, K, x, y, bits=16)
         if wd.nbytes > 100e6: big_check(lin, wd, t, rows, K, xh)
         got = cp.asnumpy(lin(x, y))
         r = min(rows, 4096)
-        ref, mag, _ = cm.linear_ref([(w[:r * (w.size // rows)], r, t)], xh)
+        ref, mag, _ = cm.linear_ref([(w[:r * (w.size // rows)], r, t)], xh, bits=16)
         err = np.abs(got[:r] - ref)
         us1 = v1_us(wd, rows, t, K, x, y)
         gb = wd.nbytes / 1e9
         v1 = f'{us1:.1f} | {gb / us1 * 1e6:.0f}' if us1 else '– | –'
-        print(f'| {model} | {what} | {N[t]} | {rows}x{K} | {wd.nbytes / 1e6:.2f} | {v1} | {us2:.1f} | {gb / us2 * 1e6:.0f} '
-              f'| {gb / us2 * 1e15 / copy_bw:.2f} | {usp:.1f} | {gb / usp * 1e6:.0f} | {err.max():.1e} | {np.max(err / mag):.1e} |',
+        print(f'| {model} | {what} | {N[t]} | {rows}x{K} | {wd.nbytes / 1e6:.2f} | {v1} | {us8:.1f} | {gb / us8 * 1e6:.0f} '
+              f'| {us16:.1f} | {gb / us16 * 1e6:.0f} | {gb / us16 * 1e15 / copy_bw:.2f} | {err.max():.1e} | {np.max(err / mag):.1e} |',
               flush=True)
         del wd, lin
         cp.get_default_memory_pool().free_all_blocks()
@@ -125,7 +125,7 @@ def shapes_table(copy_bw):
 
 def big_check(lin, wd, t, rows, K, xh):
     "A big weight: every row against dequantise + cuBLAS on the GPU, and one direct call timed with events."
-    q, d = cm.quantize_x_ref(xh)
+    q, d = cm.quantize_x_ref(xh, lin.bits)
     xq = cp.asarray((q.reshape(-1, 32) * d[:, None]).reshape(-1).astype(np.float32))
     W = cm.dequantize(wd, t, rows, K, np.float32)
     ref, mag = W @ xq, cp.abs(W) @ cp.abs(xq)
@@ -185,15 +185,15 @@ def qwen_step():
                            g=rnd(Q5_0, f, d), u=rnd(Q5_0, f, d), down=(rnd(down_t, d, f), down_t)))
     out = rnd(Q8_0, V, d)
     total = sum(sum(w.nbytes for k, w in l.items() if k != 'down') + l['down'][0].nbytes for l in layers) + out.nbytes
-    def v2_calls(pdl):
-        calls = []
+    def v2_calls(pdl, bits=16):
+        calls, kw = [], dict(pdl=pdl, bits=bits)
         for l in layers:
-            qkv = cm.Linear([(l['q'], d, Q5_0), (l['k'], kv, Q5_0), (l['v'], kv, Q8_0)], d, pdl=pdl)
-            o, gu = cm.Linear([(l['o'], d, Q5_0)], d, pdl=pdl), cm.Linear([(l['g'], f, Q5_0), (l['u'], f, Q5_0)], d, pdl=pdl)
-            dn = cm.Linear([(l['down'][0], d, l['down'][1])], f, pdl=pdl)
+            qkv = cm.Linear([(l['q'], d, Q5_0), (l['k'], kv, Q5_0), (l['v'], kv, Q8_0)], d, **kw)
+            o, gu = cm.Linear([(l['o'], d, Q5_0)], d, **kw), cm.Linear([(l['g'], f, Q5_0), (l['u'], f, Q5_0)], d, **kw)
+            dn = cm.Linear([(l['down'][0], d, l['down'][1])], f, **kw)
             calls += [lambda a=qkv: a(x, yqkv), lambda a=o: a(x, h, accumulate=True), lambda a=gu: a(x, ygu),
                       lambda a=dn: a(x2, h, accumulate=True)]
-        lo = cm.Linear([(out, V, Q8_0)], d, pdl=pdl)
+        lo = cm.Linear([(out, V, Q8_0)], d, **kw)
         return calls + [lambda: lo(x, logits)]
     v1 = []
     for l in layers:
@@ -202,16 +202,18 @@ def qwen_step():
             v1.append(lambda w=l[key], r=rows, t=t, xi=xin: cm.matvec(w, xi, r, t, y=(ygu[:r] if r == f else h[:r] if r == d else yqkv[:r])))
         v1.append(lambda w=l['down'][0], t=l['down'][1]: cm.matvec(w, x2, d, t, y=h))
     v1.append(lambda: cm.matvec(out, x, V, Q8_0, y=logits))
-    v2, v2p = v2_calls(False), v2_calls(True)
+    v2, v2p, v28 = v2_calls(False), v2_calls(True), v2_calls(True, bits=8)
     t2 = graph_us(v2, replays=100) * len(v2)
     tp = graph_us(v2p, replays=100) * len(v2p)
+    t8 = graph_us(v28, replays=100) * len(v28)
     t1 = graph_us(v1, replays=100) * len(v1)
     print(f'\n## One Qwen2.5-0.5B decode step: {len(v1)} matvecs, {total / 1e6:.1f} MB of weights')
     print('| kernels | launches | µs per step | GB/s |')
     print('|---|---|---|---|')
     print(f'| v1 | {len(v1)} | {t1:.0f} | {total / t1 / 1e3:.0f} |')
-    print(f'| v2 (q\\|k\\|v and gate\\|up stacked) | {len(v2)} | {t2:.0f} | {total / t2 / 1e3:.0f} |')
-    print(f'| v2 + programmatic dependent launch | {len(v2p)} | {tp:.0f} | {total / tp / 1e3:.0f} |', flush=True)
+    print(f'| v2 (q\\|k\\|v and gate\\|up stacked), 16-bit x | {len(v2)} | {t2:.0f} | {total / t2 / 1e3:.0f} |')
+    print(f'| v2 + programmatic dependent launch, 8-bit x | {len(v28)} | {t8:.0f} | {total / t8 / 1e3:.0f} |')
+    print(f'| v2 + programmatic dependent launch, 16-bit x | {len(v2p)} | {tp:.0f} | {total / tp / 1e3:.0f} |', flush=True)
 
 
 def matmul_table():

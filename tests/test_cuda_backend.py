@@ -92,10 +92,12 @@ def test_residency_fit_and_oom_recovery():
     from orcd.gguf import GGUFFile
     from orcd.cuda_backend import CUDABackend
     from orcd.errors import InsufficientVRAMError, VRAMOOMError
-    path = MODELS[-1]
+    path = max(MODELS, key=lambda p: p.stat().st_size)      # the biggest: its prompt's temporaries are biggest
     gf = GGUFFile(path)
+    import gc; gc.collect()
     pool = cp.get_default_memory_pool()
-    before = pool.used_bytes()
+    pool.free_all_blocks()          # else the backend's buffers may be carved from blocks the earlier tests' backends left
+    before = pool.used_bytes()      # cached, and the prompt's temporaries would fit in their free remainders: no OOM
     with pytest.raises(InsufficientVRAMError) as ei:
         CUDABackend(gf, N_CTX, max_vram=1 << 20)                          # a 1 MiB budget
     assert ei.value.code == 'INSUFFICIENT_VRAM' and ei.value.required > ei.value.available
@@ -123,3 +125,34 @@ def test_engine_generates_on_cuda():
     assert evs[-1].finish_reason in ('length', 'eos', 'stop_sequence') and len(evs) >= 1
     info = eng.info()
     assert info['backend'] == 'CUDABackend'
+
+def _log_softmax(z):
+    z = np.asarray(z, np.float64)
+    return z - (z.max() + np.log(np.exp(z - z.max()).sum()))
+
+@pytest.mark.parametrize('path', MODELS[:1] + MODELS[-1:], ids=lambda p: p.stem)
+def test_prompt_cache_and_logprobs(path):
+    """prefill(ids, start) continues a cached prefix and gives the full prefill's logits; top_logprobs is the
+    log-softmax of the step's logits; prompt_logprobs agrees with the CPU backend's logits at every position."""
+    cpu, gpu = _backends(path)
+    ids = _prompt(gpu.hp.vocab_size, n=23, seed=2)
+    full = gpu.prefill(ids)
+    gpu.prefill(ids[:11])
+    part = gpu.prefill(ids, start=11)
+    assert np.abs(part - full).max() <= 1e-4 * np.abs(full).max()
+    with pytest.raises(ValueError): gpu.prefill(ids, start=len(ids))
+    gpu.reset()
+    with pytest.raises(ValueError): gpu.prefill(ids, start=3)                # nothing cached
+    gpu.prefill(ids)
+    lg = gpu.decode(5, len(ids))
+    lp, top_ids, top_lp = gpu.top_logprobs(7, 5)
+    ref = _log_softmax(lg)
+    assert abs(lp - ref[7]) <= 1e-5 * max(1.0, abs(ref[7]))
+    assert list(top_ids) == list(np.argsort(-ref, kind='stable')[:5]) and np.allclose(top_lp, ref[top_ids], atol=1e-5)
+    last, rows = gpu.prompt_logprobs(ids, 3)
+    assert len(rows) == len(ids) - 1 and np.abs(last - full).max() <= 1e-4 * np.abs(full).max()
+    z = cpu.adapter.forward(np.array(ids), np.arange(len(ids)), cpu.adapter.new_cache(N_CTX), all_logits=True)
+    for i, (lp, ti, tl) in enumerate(rows):
+        ref = _log_softmax(z[i])
+        assert abs(lp - ref[ids[i + 1]]) <= 1e-2 * np.abs(z[i]).max(), f'position {i + 1}'
+        assert len(ti) == 3 and np.all(np.diff(tl) <= 0)

@@ -140,7 +140,7 @@ REAL = [('Q5_0', 896, 896), ('Q5_0', 128, 896), ('Q8_0', 128, 896), ('Q5_0', 486
         ('F16', 9216, 3072), ('BF16', 3072, 8192), ('F32', 896, 896), ('F16', 576, 1536)]
 GENERIC = [(n, r, K) for n, t in ALL.items()
            for r, K in ([(1, 256), (37, 512), (300, 1536), (896, 4864), (2048, 3072)] if QUANT_TYPES[t].block_size == 256
-                        else [(1, 32), (5, 64), (37, 512), (300, 1536), (896, 4864), (2880, 2880)])]
+                        else [(1, 32), (5, 64), (7, 96), (37, 512), (300, 1536), (896, 4864), (2880, 2880)])]
 CHECK_ROWS = 4096        # the numpy reference covers at most this many rows at each end of a big matrix
 _W = {}
 
@@ -159,9 +159,10 @@ def row_slices(rows):
     return [(0, rows)] if rows <= 2 * CHECK_ROWS else [(0, CHECK_ROWS), (rows - CHECK_ROWS, rows)]
 
 
-def check_linear(got, parts, x, bias=None, y0=None, what=''):
+def check_linear(got, parts, x, bias=None, y0=None, what='', bits=None):
     """got vs linear_ref: |got - ref| <= 1e-5 |W||x'| (fp32 summation order), and vs the exact fp32 product within
-    the 8-bit input bound err8 on top. Big matrices: the first and last CHECK_ROWS rows. Returns the worst errors."""
+    the staged input's bound errx on top. Big matrices: the first and last CHECK_ROWS rows. Returns the worst errors."""
+    bits = bits or cm.X_BITS
     assert np.isfinite(got).all(), what
     worst, row0 = [0.0, 0.0], 0
     for w, rows, t in parts:
@@ -170,12 +171,12 @@ def check_linear(got, parts, x, bias=None, y0=None, what=''):
             sl = slice(row0 + a, row0 + b)
             bs, ys = (None if v is None else v[sl] for v in (bias, y0))
             sub = [(w[a * rb:b * rb], b - a, t)]
-            ref, mag, err8 = cm.linear_ref(sub, x, bs, ys)
+            ref, mag, errx = cm.linear_ref(sub, x, bs, ys, bits=bits)
             exact = dequantize(sub[0][0], t).reshape(b - a, -1).astype(np.float64) @ x.astype(np.float64)
             exact += (0 if bs is None else bs) + (0 if ys is None else ys)
             e = np.abs(got[sl] - ref)
             assert np.all(e <= 1e-5 * mag), f'{what} {QUANT_TYPES[t].name} rows {a}:{b}: worst {np.max(e / mag):.2e} of |W||x\'|'
-            assert np.all(np.abs(got[sl] - exact) <= err8 + 1e-5 * mag), f'{what}: beyond the 8-bit input bound'
+            assert np.all(np.abs(got[sl] - exact) <= errx + 1e-5 * mag), f'{what}: beyond the {bits}-bit input bound'
             worst = [max(worst[0], e.max()), max(worst[1], np.max(e / mag))]
         row0 += rows
     return worst
@@ -192,38 +193,46 @@ def test_v2_covers_every_block_type():
     assert 'extern "C" __global__ void dequant(' in cuda.kernel_source('dequant')
 
 
-def test_quantize_x_ref():
+@pytest.mark.parametrize('bits', [8, 16])
+def test_quantize_x_ref(bits):
     rng = np.random.default_rng(0)
     x = (rng.standard_normal(4096) * rng.uniform(0, 100, 4096)).astype(np.float32)
     x[:32] = 0
-    q, d = cm.quantize_x_ref(x)
-    assert q.dtype == np.int8 and d.dtype == np.float32 and q.shape == (4096,) and d.shape == (128,)
+    q, d = cm.quantize_x_ref(x, bits)
+    qmax = 2 ** (bits - 1) - 1
+    assert q.dtype == (np.int8 if bits == 8 else np.int16) and d.dtype == np.float32 and q.shape == (4096,) and d.shape == (128,)
     assert (q[:32] == 0).all() and d[0] == 0
-    assert np.abs(q).max() == 127 and (np.abs(q.reshape(-1, 32)).max(1)[1:] == 127).all()
-    assert np.all(np.abs(q.reshape(-1, 32) * d[:, None].astype(np.float64) - x.reshape(-1, 32)) <= d[:, None] / 2 * (1 + 1e-6))
+    assert np.abs(q).max() == qmax and (np.abs(q.reshape(-1, 32)).max(1)[1:] == qmax).all()
+    # half a code, plus the fp32 rounding of x/d and of d (a few ulps of |x|: 2e-3 of a code at 16 bits)
+    xb = x.reshape(-1, 32).astype(np.float64)
+    assert np.all(np.abs(q.reshape(-1, 32) * d[:, None].astype(np.float64) - xb) <= d[:, None] / 2 + 2**-21 * np.abs(xb))
 
 
+@pytest.mark.parametrize('bits', [8, 16])
 @pytest.mark.parametrize('name', ALL)
-def test_linear_ref_bounds(name):
-    "linear_ref is the product with the 8-bit input, and err8 bounds its distance from the exact product."
+def test_linear_ref_bounds(name, bits):
+    "linear_ref is the product with the staged input, and errx bounds its distance from the exact product."
     t, rng = ALL[name], np.random.default_rng(3)
     K = 512
     w, x = cm.random_weight(rng, t, 9, K), rng.standard_normal(K).astype(np.float32)
-    ref, mag, err8 = cm.linear_ref([(w, 9, t)], x)
+    ref, mag, errx = cm.linear_ref([(w, 9, t)], x, bits=bits)
     W = dequantize(w, t).reshape(9, K).astype(np.float64)
     exact = W @ x.astype(np.float64)
-    assert np.all(np.abs(ref - exact) <= err8 + 1e-12 * mag)
-    if t in cm.FLOAT_TYPES: assert np.array_equal(ref, exact) and not err8.any()
-    else: assert np.all(err8 > 0) and np.all(err8 < 0.01 * mag)
+    assert np.all(np.abs(ref - exact) <= errx + 1e-12 * mag)
+    if t in cm.FLOAT_TYPES: assert np.array_equal(ref, exact) and not errx.any()
+    else: assert np.all(errx > 0) and np.all(errx < (0.01 if bits == 8 else 4e-5) * mag)
 
 
 def test_plan_linear():
     expr, cfgs, table, tiles, warps = cm.plan_linear([(None, 896, Q5_0), (None, 128, Q5_0), (None, 128, Q8_0)], 896,
                                                      warps=8, tpr=[32, 32, 16])
-    assert expr == 'matvec_v2_k<8, mv::cfg<mv::tQ5_0, 2>, mv::cfg<mv::tQ8_0, 2>>' and warps == 8
+    assert expr == 'matvec_v2_k<8, 16, mv::cfg<mv::tQ5_0, 2>, mv::cfg<mv::tQ8_0, 2>>' and warps == 8
     assert list(table['tpr']) == [32, 32, 16] and list(table['tile_end']) == [112, 128, 136] and tiles == 136
     assert list(table['row0']) == [0, 896, 1024] and list(table['slot']) == [0, 0, 1]
-    assert cm.plan_linear([(None, 896, Q4_K)], 4864)[0] == 'matvec_v2_k<16, mv::cfg<mv::tQ4_K, 3>>'
+    assert cm.plan_linear([(None, 896, Q4_K)], 4864)[0] == 'matvec_v2_k<16, 16, mv::cfg<mv::tQ4_K, 3>>'
+    assert cm.plan_linear([(None, 896, Q4_K)], 4864, bits=8)[0] == 'matvec_v2_k<16, 8, mv::cfg<mv::tQ4_K, 3>>'
+    with pytest.raises(ValueError, match='bits must be 8 or 16'):
+        cm.plan_linear([(None, 8, Q8_0)], 64, bits=12)
     with pytest.raises(ValueError, match='tpr=48 is not a power of two'):
         cm.plan_linear([(None, 8, Q8_0)], 64, tpr=48)
     with pytest.raises(ValueError, match='tpr=512 is not a power of two <= 256'):
@@ -250,20 +259,21 @@ def test_v2_matches_reference(name, rows, K):
 
 
 @needs_gpu
+@pytest.mark.parametrize('bits', [8, 16])
 @pytest.mark.parametrize('pdl', [False, True], ids=['plain', 'pdl'])
 @pytest.mark.parametrize('name', ALL)
-def test_v2_small_bias_accumulate(name, pdl):
-    "Bias and accumulate (y += W x + b) in the epilogue; small: also run under compute-sanitizer."
+def test_v2_small_bias_accumulate(name, pdl, bits):
+    "Bias and accumulate (y += W x + b) in the epilogue, 8- and 16-bit staged input; small: also run under compute-sanitizer."
     t, rng = ALL[name], np.random.default_rng(11)
     rows, K = 37, 512
     w, wd = weight(t, rows, K)
     x, b, y0 = (rng.standard_normal(n).astype(np.float32) for n in (K, rows, rows))
     for bias in (None, b):
-        lin = cm.Linear([(wd, rows, t)], K, bias=None if bias is None else cp.asarray(bias), pdl=pdl)
+        lin = cm.Linear([(wd, rows, t)], K, bias=None if bias is None else cp.asarray(bias), pdl=pdl, bits=bits)
         y = cp.asarray(y0)
         assert lin(cp.asarray(x), y, accumulate=True) is y
-        check_linear(cp.asnumpy(y), [(w, rows, t)], x, bias, y0, what='accumulate')
-        check_linear(cp.asnumpy(lin(cp.asarray(x), cp.asarray(y0))), [(w, rows, t)], x, bias, None, what='overwrite')
+        check_linear(cp.asnumpy(y), [(w, rows, t)], x, bias, y0, what='accumulate', bits=bits)
+        check_linear(cp.asnumpy(lin(cp.asarray(x), cp.asarray(y0))), [(w, rows, t)], x, bias, None, what='overwrite', bits=bits)
 
 
 STACKS = {'qwen-qkv': ([(896, Q5_0), (128, Q5_0), (128, Q8_0)], 896),
@@ -312,7 +322,7 @@ def test_v2_launch_shapes(name, rows, K):
 
 @needs_gpu
 def test_v2_big_input_needs_more_shared_memory():
-    "K = 16384 with an F32 and a Q8_0 part stages x twice (fp32 and 8-bit): past the 48 KiB default, opted in."
+    "K = 16384 with an F32 and a Q8_0 part stages x twice (fp32 and 16-bit): past the 48 KiB default, opted in."
     rng = np.random.default_rng(2)
     K = 16384
     parts = [(*weight(F32, 8, K), 8, F32), (*weight(Q8_0, 8, K), 8, Q8_0)]

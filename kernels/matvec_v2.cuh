@@ -413,7 +413,7 @@ __device__ __forceinline__ XS<XB> smem_layout(int4* base, int K, bool q8) {
     return xs;
 }
 
-// One part of a Linear (32 bytes; Python mirror: orcd.cuda_matvec.PART_DTYPE).
+// One part of a Linear (48 bytes; Python mirror: orcd.cuda_matvec.PART_DTYPE).
 struct Part {
     const u8* w;     // the part's blocks, (rows, K) row-major
     int rows;        // its rows
@@ -421,7 +421,10 @@ struct Part {
     int tile_end;    // its tiles are [previous part's tile_end, tile_end)
     int tpr;         // G: threads per row, a power of two <= NT
     int slot;        // which cfg of the kernel's list
+    int route;       // -1, or j: the blocks are at w + route_ids[j] * stride (expert route_ids[j] of a mixture)
+    int xoff;        // the part reads x + xoff (the parts of one CTA's tiles are staged one after the other)
     int pad;
+    long long stride;
 };
 
 // Sum over the G threads of a row group; the result is complete in the group's first thread.
@@ -460,35 +463,38 @@ __device__ __forceinline__ void stage(const float* __restrict__ x, int K, const 
 }
 
 struct Args {
-    const float* x; float* y; const float* bias; int K; int accumulate;
+    const float* x; float* y; const float* bias; int K; int accumulate; const int* route_ids;
 };
 
 // All tiles of one part that this CTA owns.
 template <class C, int NW, bool SQ8, bool SF32, int XB>
-__device__ __forceinline__ void run_part(const Part& P, int tile_begin, const Args& a, const XS<XB>& xs, float* red,
-                                         bool& staged) {
+__device__ __forceinline__ void run_part(const Part& P0, int tile_begin, const Args& a, const XS<XB>& xs, float* red,
+                                         int& staged) {
     typedef typename C::type T;
     constexpr int U = C::u, NT = NW * 32;
-    const int G = P.tpr, rpc = NT / G;
+    const int G = P0.tpr, rpc = NT / G;
     const int grp = threadIdx.x / G, g = threadIdx.x % G;
     const int nchunk = a.K / T::CV, step = G * U;
     const int nbat = (nchunk + step - 1) / step;
     const size_t row_bytes = (size_t)(a.K / T::QK) * T::BYTES;
-    const int ntiles = P.tile_end - tile_begin;
+    const int ntiles = P0.tile_end - tile_begin;
     int t = ((int)blockIdx.x - tile_begin) % (int)gridDim.x;
     if (t < 0) t += gridDim.x;
     if (t >= ntiles) return;                                  // uniform over the CTA
+    Part P = P0;                                              // a routed part: route_ids were waited for (body)
+    if (P.route >= 0) P.w += (size_t)a.route_ids[P.route] * (size_t)P.stride;
     typename T::Raw cur[U], nxt[U];
     int k = 0;
     load_batch<T, U>(cur, P.w, row_bytes, t * rpc + grp, P.rows, g, G, nchunk);
-    if (!staged) {
+    if (staged != P.xoff) {                                   // uniform: x (+ xoff) is not in shared memory yet
         // Launched with programmatic stream serialization (Linear(pdl=True)), this CTA may have started while the
         // previous kernel still runs: only the weights (never written) were read so far. Wait for that kernel to
         // complete before touching x or y. Without the launch attribute this is a no-op (and before sm_90, absent).
 #if __CUDA_ARCH__ >= 900
         asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
-        stage<SQ8, SF32, NT, XB>(a.x, a.K, xs); __syncthreads(); staged = true;
+        if (staged != -1) __syncthreads();                    // the previous part's x may still be read
+        stage<SQ8, SF32, NT, XB>(a.x + P.xoff, a.K, xs); __syncthreads(); staged = P.xoff;
     }
     float acc = 0.f;
     for (;;) {
@@ -523,30 +529,34 @@ __device__ __forceinline__ void run_part(const Part& P, int tile_begin, const Ar
 }
 
 template <int NW, bool SQ8, bool SF32, int I, int XB>
-__device__ __forceinline__ void dispatch(int, const Part&, int, const Args&, const XS<XB>&, float*, bool&) {}
+__device__ __forceinline__ void dispatch(int, const Part&, int, const Args&, const XS<XB>&, float*, int&) {}
 
 template <int NW, bool SQ8, bool SF32, int I, int XB, class C, class... Rest>
 __device__ __forceinline__ void dispatch(int slot, const Part& P, int tb, const Args& a, const XS<XB>& xs, float* red,
-                                         bool& staged) {
+                                         int& staged) {
     if (slot == I) run_part<C, NW, SQ8, SF32, XB>(P, tb, a, xs, red, staged);
     else dispatch<NW, SQ8, SF32, I + 1, XB, Rest...>(slot, P, tb, a, xs, red, staged);
 }
 
 template <int NW, int XB, class... Cs>
 __device__ __forceinline__ void matvec_v2_body(const Part* __restrict__ parts, int nparts, const float* __restrict__ x,
-                                               float* y, const float* __restrict__ bias, int K, int accumulate) {
+                                               float* y, const float* __restrict__ bias, int K, int accumulate,
+                                               const int* __restrict__ route_ids) {
     constexpr bool SQ8 = (Cs::type::Q8X || ...);
     constexpr bool SF32 = (!Cs::type::Q8X || ...);
     extern __shared__ int4 mv_smem[];
     __shared__ float red[NW];
     const XS<XB> xs = smem_layout<XB>(mv_smem, K, SQ8);
-    const Args a = {x, y, bias, K, accumulate};
+    const Args a = {x, y, bias, K, accumulate, route_ids};
     // Let the next kernel in the stream launch now if it was launched with programmatic stream serialization: it
     // prefetches its weights, then waits (griddepcontrol.wait) for this whole grid to complete.
 #if __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.launch_dependents;");
 #endif
-    bool staged = false;
+#if __CUDA_ARCH__ >= 900
+    if (route_ids) asm volatile("griddepcontrol.wait;" ::: "memory");   // the ids come from the previous kernel
+#endif
+    int staged = -1;                                          // the xoff of the x in shared memory (-1: none)
     int tile_begin = 0;
     for (int p = 0; p < nparts; ++p) {
         const Part P = parts[p];
@@ -563,6 +573,7 @@ __device__ __forceinline__ void matvec_v2_body(const Part* __restrict__ parts, i
 template <int NW, int XB, class... Cs>
 __global__ void __launch_bounds__(NW * 32) matvec_v2_k(const mv::Part* __restrict__ parts, int nparts,
                                                       const float* __restrict__ x, float* y,
-                                                      const float* __restrict__ bias, int K, int accumulate) {
-    mv::matvec_v2_body<NW, XB, Cs...>(parts, nparts, x, y, bias, K, accumulate);
+                                                      const float* __restrict__ bias, int K, int accumulate,
+                                                      const int* __restrict__ route_ids) {
+    mv::matvec_v2_body<NW, XB, Cs...>(parts, nparts, x, y, bias, K, accumulate, route_ids);
 }

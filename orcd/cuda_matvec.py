@@ -7,21 +7,21 @@ prefill matmul and the embedding lookup; each beside its numpy reference."""
 # %% auto #0
 __all__ = ['MATVEC_KERNELS', 'FLOAT_TYPES', 'X_BITS', 'V2_TYPES', 'PART_DTYPE', 'PDL', 'MATMUL_MODE', 'matvec_ref', 'matvec',
            'quantize_x_ref', 'linear_ref', 'random_weight', 'plan_warps', 'plan_unroll', 'plan_tpr', 'v2_expr',
-           'plan_linear', 'precompile', 'Linear', 'dequantize_rows', 'dequantize']
+           'plan_linear', 'precompile', 'Linear', 'expert_linear', 'expert_linear_ref', 'dequantize_rows', 'dequantize']
 
-# %% ../nbs/06a_cuda_matvec.ipynb #0efd1855
+# %% ../nbs/06a_cuda_matvec.ipynb #7c917656
 import functools, math
 import numpy as np
 from .cuda import load_kernel, _check, cuda_device, kernel_source
 from .quants import (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, MXFP4, QUANT_TYPES,
                          quantize, dequantize as np_dequantize)   # `dequantize` here is the device one, below
 
-# %% ../nbs/06a_cuda_matvec.ipynb #babb81ef
+# %% ../nbs/06a_cuda_matvec.ipynb #c39b3474
 def matvec_ref(w: np.ndarray, x: np.ndarray, rows: int, ggml_type: int) -> np.ndarray:
     "numpy reference: `W @ x` with `W` given as the raw `ggml_type` bytes of a `(rows, K)` weight."
     return np_dequantize(np.asarray(w, np.uint8).reshape(-1), ggml_type).reshape(rows, -1) @ x.astype(np.float32)
 
-# %% ../nbs/06a_cuda_matvec.ipynb #cdfba990
+# %% ../nbs/06a_cuda_matvec.ipynb #2b57528b
 MATVEC_KERNELS = {Q8_0: 'matvec_q8_0', Q4_K: 'matvec_q4_k', Q6_K: 'matvec_q6_k', Q5_0: 'matvec_q5_0',
                   MXFP4: 'matvec_mxfp4'}
 
@@ -42,7 +42,7 @@ def matvec(w, x, rows: int, ggml_type: int, y=None, warps_per_block: int = 4):
     load_kernel(name, name)(grid, (32 * warps_per_block,), (w, x, y, np.int32(rows), np.int32(K)))
     return y
 
-# %% ../nbs/06a_cuda_matvec.ipynb #930972d5
+# %% ../nbs/06a_cuda_matvec.ipynb #b646e2c0
 FLOAT_TYPES = (F32, F16, BF16)
 X_BITS = 16     # default width of the staged input's codes (8: llama.cpp's q8_1, faster, 256 times coarser)
 
@@ -72,7 +72,7 @@ def linear_ref(parts, x, bias=None, y=None, bits: int = X_BITS):
         if extra is not None: ref, mag = ref + extra, mag + np.abs(extra)
     return ref, mag, errx
 
-# %% ../nbs/06a_cuda_matvec.ipynb #8227d157
+# %% ../nbs/06a_cuda_matvec.ipynb #d3ca0489
 _SCALE = {Q4_0: .2, Q4_1: .1, Q5_0: .1, Q5_1: .05, Q8_0: .01, Q4_K: .004, Q5_K: .002, Q6_K: .001}
 
 def random_weight(rng, ggml_type, rows, K):
@@ -87,13 +87,13 @@ def random_weight(rng, ggml_type, rows, K):
     if ggml_type == MXFP4: blocks['e'] = rng.choice(np.r_[0:3, 120:130], blocks.size)   # subnormal and normal
     return b
 
-# %% ../nbs/06a_cuda_matvec.ipynb #63184f9f
+# %% ../nbs/06a_cuda_matvec.ipynb #5f758c6b
 # ggml type -> (trait in kernels/matvec_v2.cuh, values per chunk, default batch U)
 V2_TYPES = {F32: ('tF32', 4, 2), F16: ('tF16', 8, 2), BF16: ('tBF16', 8, 2), Q4_0: ('tQ4_0', 32, 2),
             Q4_1: ('tQ4_1', 32, 2), Q5_0: ('tQ5_0', 32, 2), Q5_1: ('tQ5_1', 32, 2), Q8_0: ('tQ8_0', 32, 1),
             Q4_K: ('tQ4_K', 32, 2), Q5_K: ('tQ5_K', 32, 2), Q6_K: ('tQ6_K', 32, 1), MXFP4: ('tMXFP4', 32, 2)}
 PART_DTYPE = np.dtype([('w', '<u8'), ('rows', '<i4'), ('row0', '<i4'), ('tile_end', '<i4'), ('tpr', '<i4'),
-                       ('slot', '<i4'), ('pad', '<i4')])
+                       ('slot', '<i4'), ('route', '<i4'), ('xoff', '<i4'), ('pad', '<i4'), ('stride', '<i8')])
 
 def plan_warps(K):
     "Warps per CTA: 16 for long inputs (the input is staged once per CTA), else 8."
@@ -132,7 +132,7 @@ def plan_linear(parts, K, warps=None, tpr=None, unroll=None, nsm=132, bits: int 
         G = (tpr[i] if isinstance(tpr, (list, tuple)) else tpr) or plan_tpr(t, rows, K, warps, nsm)
         if G & (G - 1) or not 1 <= G <= 32 * warps: raise ValueError(f'Linear: tpr={G} is not a power of two <= {32 * warps}')
         tiles += -(-rows // (32 * warps // G))
-        table[i] = (0 if w is None else w.data.ptr, rows, row0, tiles, G, types.index(t), 0)
+        table[i] = (0 if w is None else w.data.ptr, rows, row0, tiles, G, types.index(t), -1, 0, 0, 0)
         row0 += rows
     return v2_expr(warps, cfgs, bits), cfgs, table, tiles, warps
 
@@ -141,7 +141,7 @@ def _smem_bytes(K, q8, f32, bits: int = X_BITS):
     qb = K if bits == 8 else (2 * K + 127) // 128 * 128
     return ((qb + K // 8 + K // 4 + 15) // 16 * 16 if q8 else 0) + (4 * K if f32 else 0)
 
-# %% ../nbs/06a_cuda_matvec.ipynb #258ca0b3
+# %% ../nbs/06a_cuda_matvec.ipynb #b3fc1ffb
 _V2_FUNCS = {}
 
 def precompile(exprs):
@@ -171,7 +171,7 @@ def _ctas_per_sm(kernel, threads, smem):
     by_smem = smem_sm // (smem + kernel.shared_size_bytes + 1024)
     return max(1, min(32, threads_sm // threads, by_regs, by_smem))
 
-# %% ../nbs/06a_cuda_matvec.ipynb #402fe9e6
+# %% ../nbs/06a_cuda_matvec.ipynb #d1a618e3
 import ctypes
 
 class _LaunchAttr(ctypes.Structure):          # CUlaunchAttribute
@@ -205,7 +205,7 @@ class _PdlLaunch:
         r = _cu_launch_kernel_ex()(ctypes.byref(self.cfg), self.fn, params, None)
         if r: raise RuntimeError(f'cuLaunchKernelEx failed (CUresult {r})')
 
-# %% ../nbs/06a_cuda_matvec.ipynb #b3f9fdda
+# %% ../nbs/06a_cuda_matvec.ipynb #c248878b
 def _check_parts(parts, K):
     for w, rows, t in parts:
         if t not in V2_TYPES:
@@ -225,7 +225,7 @@ def _has_pdl():
     import cupy
     return int(cupy.cuda.Device().compute_capability) >= 90
 
-# %% ../nbs/06a_cuda_matvec.ipynb #5f108cac
+# %% ../nbs/06a_cuda_matvec.ipynb #43c3c0f3
 class Linear:
     "y = W x (+ b) (+ y when accumulate); W = `parts` stacked along rows, all reading the same input x (K,)."
     def __init__(self, parts, K: int, bias=None, *, warps=None, tpr=None, unroll=None, ctas_per_sm=None, pdl=None,
@@ -251,18 +251,20 @@ class Linear:
         pdl = PDL if pdl is None else pdl
         self.pdl = _has_pdl() if pdl is None else bool(pdl) and _has_pdl()
         if self.pdl: self._pdl = _PdlLaunch(self._kernel, self._grid, 32 * self.warps, self._smem)
+        self.ids, self._xsize = None, self.K          # see expert_linear
 
     def __call__(self, x, y, accumulate=False):
         "Decode: y = W x (+ b) (+ y); x cupy f32 (K,), y cupy f32 (rows,). One kernel launch. Returns y."
-        _check('Linear', x, 'x', np.float32, self.K)
+        _check('Linear', x, 'x', np.float32, self._xsize)
         _check('Linear', y, 'y', np.float32, self.rows)
         if self.pdl:
             p, i = ctypes.c_void_p, ctypes.c_int
             self._pdl(p(self._table.data.ptr), i(len(self.parts)), p(x.data.ptr), p(y.data.ptr),
-                      p(0 if self.bias is None else self.bias.data.ptr), i(self.K), i(bool(accumulate)))
+                      p(0 if self.bias is None else self.bias.data.ptr), i(self.K), i(bool(accumulate)),
+                      p(0 if self.ids is None else self.ids.data.ptr))
         else:
-            self._kernel((self._grid,), (32 * self.warps,), (*self._head, x, y, *self._tail, _I32[bool(accumulate)]),
-                         shared_mem=self._smem)
+            self._kernel((self._grid,), (32 * self.warps,), (*self._head, x, y, *self._tail, _I32[bool(accumulate)],
+                                                           _NULL if self.ids is None else self.ids), shared_mem=self._smem)
         return y
 
     def matmul(self, X, Y, accumulate=False, mode=None):
@@ -273,7 +275,35 @@ class Linear:
         return (f'Linear({self.rows}x{self.K}, {" | ".join(f"{r} {QUANT_TYPES[t].name}" for _, r, t in self.parts)}; '
                 f'{self.expr}, G={self.tpr}, grid={self._grid}{", pdl" if self.pdl else ""})')
 
-# %% ../nbs/06a_cuda_matvec.ipynb #9208513a
+# %% ../nbs/06a_cuda_matvec.ipynb #d9e178c7
+def expert_linear(experts, K: int, ids, per_expert_x: bool = False, **kw) -> Linear:
+    """y (k·Σrows) = for j < k, for each (w, E, rows, ggml_type) of `experts`: W[ids[j]] x_j, W the (E, rows, K)
+    blocks w (cupy uint8), ids (k,) int32 on the device, read when the kernel runs; x_j = x, or x[jK:(j+1)K]."""
+    import cupy
+    _check('expert_linear', ids, 'ids', np.int32, ids.size)
+    parts, routes = [], []
+    for j in range(ids.size):
+        for w, E, rows, t in experts:
+            stride = w.nbytes // E
+            if stride * E != w.nbytes or stride % 16: raise ValueError(f'expert_linear: {w.nbytes} bytes are not {E} 16-byte aligned experts')
+            parts.append((w[:stride], rows, t)); routes.append((j, stride, j * K if per_expert_x else 0))
+    lin = Linear(parts, K, **kw)
+    table = cupy.asnumpy(lin._table).view(PART_DTYPE)
+    table['route'], table['stride'], table['xoff'] = zip(*routes)
+    lin._table, lin.ids, lin._xsize = cupy.asarray(table.view(np.uint8)), ids, K * (ids.size if per_expert_x else 1)
+    return lin
+
+def expert_linear_ref(experts, K, ids, x, per_expert_x=False):
+    "numpy reference of `expert_linear` (experts: (numpy bytes, E, rows, ggml_type)): `(ref, mag, errx)` as `linear_ref`."
+    out = []
+    for j, e in enumerate(np.asarray(ids)):
+        xj = x[j * K:(j + 1) * K] if per_expert_x else x
+        for w, E, rows, t in experts:
+            n = w.size // E
+            out.append(linear_ref([(w[e * n:(e + 1) * n], rows, t)], xj))
+    return tuple(np.concatenate(c) for c in zip(*out))
+
+# %% ../nbs/06a_cuda_matvec.ipynb #749e332a
 def _row_bytes(ggml_type, K, name):
     qt = QUANT_TYPES[ggml_type]
     if K <= 0 or K % qt.block_size: raise ValueError(f'{name}: K={K} is not a multiple of the {qt.name} block ({qt.block_size})')
@@ -304,7 +334,7 @@ def dequantize(w, ggml_type: int, rows: int, K: int, dtype=np.float16, out=None)
                                                                  _NULL, np.int32(rows), out, np.float32(1)))
     return out
 
-# %% ../nbs/06a_cuda_matvec.ipynb #9e713da3
+# %% ../nbs/06a_cuda_matvec.ipynb #8e47de49
 MATMUL_MODE = 'tf32'
 _CUDA_R_32F, _CUDA_R_16F, _OP_N, _OP_T = 0, 2, 0, 1
 _COMPUTE = {'f16': 68, 'f32': 68, 'tf32': 77}      # CUBLAS_COMPUTE_32F, CUBLAS_COMPUTE_32F_FAST_TF32

@@ -12,6 +12,8 @@
 #   matvec    scripts/bench_matvec.py (per-shape GB/s, one Qwen step's matvecs)
 #   peer      build llama.cpp's llama-bench (in the background, from .carry/llamacpp-src.tgz)
 #   bench     orcd bench on the Qwen and SmolLM2 layouts, with llama-bench when peer was built
+#   gptoss    gpt-oss-20b's layout: a 2-layer file with synthetic values for the tests (start it before `tests`),
+#             the full 11.27 GiB file of random blocks: scripts/gpu_gptoss.py and orcd bench (with llama-bench)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/orcd-gpu}; mkdir -p "$OUT"
@@ -20,10 +22,19 @@ has() { [[ "$ARGS" == *" $1 "* ]]; }
 tools/gpu-setup || exit 1
 export PYTHONUNBUFFERED=1 ORCD_SHAPED_DIR=/tmp/shaped
 mkdir -p $ORCD_SHAPED_DIR; t=$(date +%s)
-for n in qwen2.5-coder-0.5b-instruct smollm2-135m-instruct gemma-3-270m; do
+for n in ${SHAPED:-qwen2.5-coder-0.5b-instruct smollm2-135m-instruct gemma-3-270m}; do
   python3 scripts/make_shaped_model.py .carry/skel/$n $ORCD_SHAPED_DIR/$n.gguf --workers 5 > "$OUT/shaped-$n.log" 2>&1 &
 done; wait
 echo "shaped models in $(( $(date +%s) - t )) s:"; ls -la $ORCD_SHAPED_DIR; tail -n1 "$OUT"/shaped-*.log
+if has gptoss; then       # gpt-oss-20b's layout: 2 layers with synthetic values (tests), all 24 of random blocks (speed)
+  V=$ORCD_SHAPED_DIR/smollm2-135m-instruct.gguf; mkdir -p /tmp/goss /tmp/goss2
+  (python3 .carry/gguf-gptoss-header $V /tmp/goss/l2 2 && python3 scripts/make_shaped_model.py /tmp/goss/l2 \
+     /tmp/goss2/gpt-oss-2l.gguf --workers 8) > "$OUT/gptoss-2l.log" 2>&1 &
+  GOSS2=$!
+  (python3 .carry/gguf-gptoss-header $V /tmp/goss/full && python3 .carry/gguf-skeleton fill /tmp/goss/full \
+     /tmp/goss/gpt-oss-20b.gguf) > "$OUT/gptoss-full.log" 2>&1 &
+  GOSSF=$!
+fi
 if has peer; then
   (bash .carry/llamacpp-peer build .carry/llamacpp-src.tgz > "$OUT/peer-build.log" 2>&1; echo "exit $?" >> "$OUT/peer-build.log") &
   PEER=$!
@@ -47,6 +58,17 @@ if has matvec; then
 fi
 LB=
 if has peer; then wait $PEER; tail -n 3 "$OUT/peer-build.log"; LB=/tmp/llamacpp-peer/build/bin/llama-bench; fi
+if has gptoss; then
+  wait $GOSSF; tail -n 2 "$OUT/gptoss-full.log"; ls -la /tmp/goss
+  G=/tmp/goss/gpt-oss-20b.gguf
+  timeout 150 python3 scripts/gpu_gptoss.py $G 2>&1 | tee "$OUT/gptoss.log"
+  timeout 200 python3 -m orcd.cli bench $G --device cuda ${LB:+--llama-bench $LB} 2>&1 | tee -a "$OUT/bench.log" \
+    || { [ -n "$LB" ] && timeout 120 $LB -m $G -ngl 99 -fa 1 -p 512 -n 128 -r 3 -o md 2>&1 | tee -a "$OUT/bench.log"; }
+  if kill -0 $GOSS2 2>/dev/null; then echo "gpt-oss 2-layer file not ready: its GPU-vs-CPU test skipped"; else
+    tail -n 2 "$OUT/gptoss-2l.log"
+    ORCD_SHAPED_DIR=/tmp/goss2 timeout 150 $PT tests/test_cuda_backend.py -s -x -k "gpu_matches_cpu and gpt-oss-2l" 2>&1 | tee "$OUT/gptoss-2l-test.log" | tail -5
+  fi
+fi
 if has bench; then
   for n in qwen2.5-coder-0.5b-instruct smollm2-135m-instruct; do
     M=$ORCD_SHAPED_DIR/$n.gguf

@@ -13,7 +13,7 @@ cp, why = cuda_device()
 pytestmark = pytest.mark.skipif(cp is None, reason=f'GPU test: {why}')
 
 def _models():
-    out = [FIX / 'synthetic' / f'{a}.gguf' for a in ('phi3', 'gpt2')]
+    out = [FIX / 'synthetic' / f'{a}.gguf' for a in ('phi3', 'gpt2', 'gpt-oss')]
     d = os.environ.get('ORCD_SHAPED_DIR')
     if d: out += sorted(Path(d).glob('*.gguf'))
     from orcd.pull import orcd_home

@@ -48,7 +48,7 @@ if has sanitize; then
     -k "small or sample or norm or rope or act or argmax or add_scale or attention_prefill" -x 2>&1 | tee "$OUT/sanitize.log" | tail -4; echo "sanitizer exit ${PIPESTATUS[0]}"
 fi
 if has tests; then
-  timeout 240 $PT tests/test_cuda_backend.py -s -x 2>&1 | tee "$OUT/tests.log" | grep -v '^\s*$' | tail -70
+  timeout 240 $PT tests/test_cuda_backend.py -s -x ${TESTK:+-k "$TESTK"} 2>&1 | tee "$OUT/tests.log" | grep -v '^\s*$' | tail -70
 fi
 if has serve; then
   timeout 200 $PT tests/test_cuda_server.py -x 2>&1 | tee "$OUT/serve.log" | tail -4
@@ -56,17 +56,22 @@ fi
 if has matvec; then
   timeout 240 python3 scripts/bench_matvec.py 2>&1 | tee "$OUT/matvec.log" | tail -60
 fi
+if has gptoss; then       # the 2-layer file against the CPU backend, while the peer builds (if the file is ready in time)
+  for i in $(seq 1 ${GOSS2_WAIT:-120}); do kill -0 $GOSS2 2>/dev/null || break; sleep 1; done
+  if kill -0 $GOSS2 2>/dev/null; then echo "gpt-oss 2-layer file not ready: its GPU-vs-CPU test skipped"; else
+    tail -n 2 "$OUT/gptoss-2l.log"
+    ORCD_SHAPED_DIR=/tmp/goss2 timeout 150 $PT tests/test_cuda_backend.py -s -x -k "gpu_matches_cpu and gpt-oss-2l" 2>&1 | tee "$OUT/gptoss-2l-test.log" | tail -5
+  fi
+fi
 LB=
 if has peer; then wait $PEER; tail -n 3 "$OUT/peer-build.log"; LB=/tmp/llamacpp-peer/build/bin/llama-bench; fi
 if has gptoss; then
   wait $GOSSF; tail -n 2 "$OUT/gptoss-full.log"; ls -la /tmp/goss
   G=/tmp/goss/gpt-oss-20b.gguf
-  timeout 150 python3 scripts/gpu_gptoss.py $G 2>&1 | tee "$OUT/gptoss.log"
-  timeout 200 python3 -m orcd.cli bench $G --device cuda ${LB:+--llama-bench $LB} 2>&1 | tee -a "$OUT/bench.log" \
-    || { [ -n "$LB" ] && timeout 120 $LB -m $G -ngl 99 -fa 1 -p 512 -n 128 -r 3 -o md 2>&1 | tee -a "$OUT/bench.log"; }
-  if kill -0 $GOSS2 2>/dev/null; then echo "gpt-oss 2-layer file not ready: its GPU-vs-CPU test skipped"; else
-    tail -n 2 "$OUT/gptoss-2l.log"
-    ORCD_SHAPED_DIR=/tmp/goss2 timeout 150 $PT tests/test_cuda_backend.py -s -x -k "gpu_matches_cpu and gpt-oss-2l" 2>&1 | tee "$OUT/gptoss-2l-test.log" | tail -5
+  timeout 100 python3 scripts/gpu_gptoss.py $G 2>&1 | tee "$OUT/gptoss.log"
+  if [ -n "$LB" ]; then                                   # the bench only with its peer
+    timeout 160 python3 -m orcd.cli bench $G --device cuda --llama-bench $LB 2>&1 | tee -a "$OUT/bench.log" \
+      || timeout 120 $LB -m $G -ngl 99 -fa 1 -p 512 -n 128 -r 3 -o md 2>&1 | tee -a "$OUT/bench.log"
   fi
 fi
 if has bench; then

@@ -11,7 +11,7 @@ from hypothesis import given, settings, strategies as st
 
 from orcd.engine import (CPUBackend, ContextOverflowError, Engine, Sampler, SamplingParams, StopMatcher,
                          TokenEvent, apply_penalties, choose_n_ctx, load_backend, resolve_device,
-                         truncate, Backend, params_from_args, cuda_unavailable)
+                         truncate, Backend, params_from_args, cuda_unavailable, logprobs_of, log_softmax)
 from orcd.errors import BackendUnavailableError, InvalidRequestError
 
 
@@ -229,11 +229,19 @@ class ScriptedBackend:
             for j, i in enumerate(want): x[i] = 20.0 - j
         else: x += np.random.default_rng(len(self.seq)).normal(size=self.n_vocab).astype(np.float32)
         return x
-    def prefill(self, ids):
-        self.calls.append('prefill'); self.seq, self.n_prompt = list(ids), len(ids); return self._logits()
+    def prefill(self, ids, start=0):
+        assert 0 <= start < len(ids) and list(ids[:start]) == self.seq[:start]   # the engine's prompt cache is right
+        self.calls.append(('prefill', start)); self.seq, self.n_prompt = list(ids), len(ids)
+        self.last = self._logits(); return self.last
     def decode(self, tok, pos):
-        assert pos == len(self.seq) < self.n_ctx, (pos, len(self.seq)); self.seq.append(tok); return self._logits()
+        assert pos == len(self.seq) < self.n_ctx, (pos, len(self.seq)); self.seq.append(tok)
+        self.last = self._logits(); return self.last
     def decode_sample(self, tok, pos, sampler): return sampler.sample(self.decode(tok, pos))
+    def top_logprobs(self, token, n): return logprobs_of(self.last, token, n)
+    def prompt_logprobs(self, ids, n):
+        rows = [np.random.default_rng(k).normal(size=self.n_vocab) for k in range(len(ids) - 1)]
+        self.seq, self.n_prompt = list(ids), len(ids); self.last = self._logits(); self.rows = rows
+        return self.last, [logprobs_of(r, ids[k + 1], n) for k, r in enumerate(rows)]
     def reset(self): self.seq = []
     def status(self): return dict(healthy=True, reason=None, vram_bytes_used=None, vram_bytes_total=None)
     memory_bytes = 0
@@ -251,7 +259,8 @@ def text(evs): return ''.join(e.text for e in evs)
 
 def test_backend_protocol():
     assert isinstance(ScriptedBackend(), Backend)
-    bare = SimpleNamespace(**{k: getattr(ScriptedBackend(), k) for k in ('n_ctx', 'prefill', 'decode', 'decode_sample', 'reset', 'memory_bytes')})
+    bare = SimpleNamespace(**{k: getattr(ScriptedBackend(), k) for k in ('n_ctx', 'prefill', 'decode', 'decode_sample', 'top_logprobs',
+                                                                   'prompt_logprobs', 'reset', 'memory_bytes')})
     assert not isinstance(bare, Backend)   # status() is part of the protocol
     bare.status = lambda: {}
     assert isinstance(bare, Backend)
@@ -402,6 +411,7 @@ def test_events_carry_timings_and_info():
 class FakeCache:
     def __init__(self, n_ctx): self.n_ctx, self.k, self.filled = n_ctx, np.zeros((2, n_ctx, 4), np.float32), []
     def reset(self): self.filled = []
+    n_filled = property(lambda c: len(c.filled), lambda c, n: c.filled.__delitem__(slice(n, None)))  # KVCache's contract
     @property
     def memory_bytes(self): return self.k.nbytes
 
@@ -417,7 +427,7 @@ class FakeAdapter:
         out = np.zeros((len(ids), self.vocab), np.float32)
         for r, (i, p) in enumerate(zip(ids, positions)):
             assert p == len(cache.filled), (p, len(cache.filled)); cache.filled.append(int(i))
-            out[r, sum(cache.filled) % self.vocab] = 1.0
+            out[r, sum(cache.filled) % self.vocab] = 1.0 + (sum(cache.filled) % 7) / 10
         return out if all_logits else out[-1:]
 
 
@@ -449,6 +459,127 @@ def test_engine_on_cpu_backend_uses_consecutive_positions():
     for _ in range(5): want.append(s % TK.vocab_size); s += want[-1]
     assert [e.id for e in evs] == want and evs[-1].finish_reason == 'length'
 
+
+
+# ---------------------------------------------------------------- prompt cache and log-probabilities
+def test_cpu_backend_prefill_from_start_continues_the_cache():
+    ad = FakeAdapter()
+    be = CPUBackend(ad, n_ctx=32, prefill_chunk=4)
+    a, b = [1, 2, 3, 4, 5, 6], [1, 2, 3, 9, 9]
+    be.prefill(a)
+    x = be.prefill(b, 3)                                   # ids[:3] are in the cache: compute 3.. only
+    assert ad.calls[-1][1] == [3, 4] and be.cache.filled == b
+    fresh = CPUBackend(FakeAdapter(), n_ctx=32).prefill(b)
+    np.testing.assert_array_equal(x, fresh)
+    with pytest.raises(ValueError): be.prefill([1, 2], 2)        # at least one token is computed
+    be.reset()
+    with pytest.raises(ValueError): be.prefill(b, 3)             # nothing cached: cannot start at 3
+
+
+def test_cpu_backend_logprobs_are_log_softmax_of_the_logits():
+    ad = FakeAdapter()
+    be = CPUBackend(ad, n_ctx=32, prefill_chunk=3)
+    ids = [4, 8, 15, 16, 23, 42, 7]
+    last, rows = be.prompt_logprobs(ids, 3)
+    assert len(rows) == len(ids) - 1 and be.cache.filled == ids
+    ref = CPUBackend(FakeAdapter(), n_ctx=32)
+    for i in range(1, len(ids)):
+        x = ref.prefill(ids[:i]).astype(np.float64)
+        lse = np.log(np.exp(x - x.max()).sum()) + x.max()       # independent log-sum-exp
+        lp, top, tlp = rows[i - 1]
+        assert math.isclose(lp, x[ids[i]] - lse, abs_tol=1e-5)
+        order = sorted(range(len(x)), key=lambda j: (-x[j], j))[:3]
+        assert list(top) == order and np.allclose(tlp, x[order] - lse, atol=1e-6) and top.dtype == np.int64
+        if ids[i] in top: assert lp == float(tlp[list(top).index(ids[i])])   # exactly: clients compare with ==
+    np.testing.assert_array_equal(last, ref.prefill(ids))
+    lp, top, tlp = be.top_logprobs(5, 0)                         # n = 0: the token's own only
+    assert len(top) == 0 and tlp.dtype == np.float32 and lp == float(np.float32(log_softmax(last)[5]))
+
+
+def _toy_engine(cache=True):
+    ad = FakeAdapter(vocab=TK.vocab_size)
+    eng = Engine.from_parts(CPUBackend(ad, n_ctx=64), TK)
+    eng.prompt_cache = cache
+    return eng, ad
+
+
+def test_prompt_cache_reuses_the_shared_prefix():
+    eng, ad = _toy_engine()
+    p = SamplingParams(temperature=0, max_tokens=4)
+    first = list(eng.generate('hello world', p))
+    assert first[-1].cached_tokens == 0
+    n0 = len(ad.calls)
+    second = list(eng.generate('hello there', p))
+    assert ad.calls[n0][1][0] == len('hello ') and second[-1].cached_tokens == len('hello ')
+    ref, _ = _toy_engine(cache=False)
+    assert [e.id for e in second] == [e.id for e in ref.generate('hello there', p)]     # same result as from scratch
+    # the same prompt again: all but the last token are reused (one is always computed for its logits)
+    third = list(eng.generate('hello there', p))
+    assert third[-1].cached_tokens == len('hello there') - 1 and [e.id for e in third] == [e.id for e in second]
+    # a continuation of prompt + completion reuses the generated tokens too (they are in the cache)
+    ids = list(b'hello there') + [e.id for e in third[:-1]]
+    fourth = list(eng.generate(ids + [33], p))
+    assert fourth[-1].cached_tokens == len(ids)
+
+
+def test_prompt_cache_is_forgotten_after_an_error():
+    eng, ad = _toy_engine()
+    list(eng.generate('hello world', SamplingParams(temperature=0, max_tokens=2)))
+    boom = ad.forward
+    def failing(*a, **k): raise RuntimeError('device lost')
+    ad.forward = failing
+    with pytest.raises(RuntimeError): list(eng.generate('hello world!', SamplingParams(temperature=0, max_tokens=2)))
+    assert eng._kv == []
+    ad.forward = boom
+    evs = list(eng.generate('hello world!', SamplingParams(temperature=0, max_tokens=2)))
+    assert evs[-1].cached_tokens == 0
+
+
+def test_backend_without_start_gets_no_prompt_cache():
+    class Old(ScriptedBackend):
+        def prefill(self, ids): return super().prefill(ids)
+    eng = Engine.from_parts(Old(None), TK)
+    assert not eng.prompt_cache
+    for _ in range(2): assert list(eng.generate('hi', SamplingParams(max_tokens=2, seed=1)))[-1].cached_tokens == 0
+
+
+def test_backend_without_logprob_calls_refuses_logprobs_up_front():
+    class Old(ScriptedBackend):
+        top_logprobs = prompt_logprobs = None
+    eng = Engine.from_parts(Old(None), TK)
+    for field in ('logprobs', 'prompt_logprobs'):
+        with pytest.raises(InvalidRequestError) as e: eng.generate('hi', SamplingParams(**{field: 1}))
+        assert e.value.param == field
+    assert list(eng.generate('hi', SamplingParams(max_tokens=2, seed=1)))
+
+def test_token_events_carry_logprobs_of_the_raw_logits():
+    be = ScriptedBackend(None)
+    eng = Engine.from_parts(be, TK)
+    seen = []
+    orig = be._logits
+    be._logits = lambda: seen.append(orig()) or seen[-1]
+    # penalties and temperature change the draw, not the reported distribution
+    p = SamplingParams(temperature=0.7, repetition_penalty=1.3, seed=5, max_tokens=6, logprobs=3)
+    evs = list(eng.generate('abc', p))
+    for e, x in zip(evs, seen):
+        x = np.asarray(x, np.float64); lse = np.log(np.exp(x - x.max()).sum()) + x.max()
+        assert math.isclose(e.logprob, x[e.id] - lse, abs_tol=1e-6)
+        assert [i for i, _ in e.top_logprobs] == sorted(range(len(x)), key=lambda j: (-x[j], j))[:3]
+        assert all(math.isclose(v, x[i] - lse, abs_tol=1e-5) for i, v in e.top_logprobs)
+    assert all(e.logprob is None for e in eng.generate('abc', SamplingParams(max_tokens=2)))
+
+
+def test_prompt_logprobs_on_the_first_event():
+    be = ScriptedBackend(None)
+    eng = Engine.from_parts(be, TK)
+    evs = list(eng.generate('abcd', SamplingParams(max_tokens=3, seed=2, prompt_logprobs=2)))
+    plp = evs[0].prompt_logprobs
+    assert len(plp) == 3 and all(e.prompt_logprobs is None for e in evs[1:])
+    for k, (lp, top) in enumerate(plp):
+        want = log_softmax(be.rows[k])
+        assert math.isclose(lp, want[b'abcd'[k + 1]], abs_tol=1e-6) and len(top) == 2
+        assert top[0][0] == int(np.argmax(want))
+    assert evs[-1].cached_tokens == 0
 
 # ---------------------------------------------------------------- device, context, CLI args
 def test_device_and_context_choice(monkeypatch):

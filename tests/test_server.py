@@ -40,11 +40,11 @@ def test_event_order_and_fields(srv, client):
     assert all(set(d) == {'t', 'i'} for d in toks)        # one per generated token; `t` may be '' (half a character)
     assert [d['i'] for d in toks] == list(range(150))
     end = evs[-1][1]
-    assert set(end) == {'tokens_out', 'decode_time_ms', 'stop_reason'}
+    assert set(end) == {'tokens_out', 'decode_time_ms', 'stop_reason', 'cached_tokens'}
     assert end['stop_reason'] == 'max_tokens' and end['tokens_out'] == 150 == len(toks) and end['decode_time_ms'] > 0
     # 150 tokens at 5 ms take >= 0.75 s: at least one metrics event, with its fields
     mets = [d for k, d in evs if k == 'metrics']
-    assert mets and set(mets[0]) == {'tokens_out', 'decode_time_ms', 'tokens_per_s', 'vram_bytes'}
+    assert mets and set(mets[0]) == {'tokens_out', 'decode_time_ms', 'tokens_per_s', 'vram_bytes', 'cached_tokens'}
     assert 0 < mets[0]['tokens_out'] < 150
     # the fake's output is a function of (prompt, seed): same request, same text (and the text is the words it draws)
     text = ''.join(d['t'] for d in toks)
@@ -352,7 +352,7 @@ def test_openai_shapes_on_fake(client):
     assert r.status_code == 200 and j['object'] == 'chat.completion' and j['choices'][0]['finish_reason'] == 'length'
     assert j['usage']['completion_tokens'] == 5 and j['usage']['prompt_tokens'] > 0
     for body, param in (({'n': 2}, 'n'), ({'tools': [{'type': 'function', 'function': {'name': 'f'}}]}, 'tools'),
-                        ({'logprobs': True}, 'logprobs'), ({'temperature': 9}, 'temperature'),
+                        ({'logprobs': True, 'top_logprobs': 21}, 'top_logprobs'), ({'temperature': 9}, 'temperature'),
                         ({'messages': [{'role': 'user', 'content': [{'type': 'image_url', 'image_url': {'url': 'x'}}]}]},
                          'messages[0].content[0]')):
         b = {'messages': [{'role': 'user', 'content': 'hi'}], **body}

@@ -133,7 +133,8 @@ def test_tokens_out_equals_the_token_events(tc, body):
     assert evs[-1][0] == 'end' and evs[-1][1]['tokens_out'] == len(toks) > 0
     assert [d['i'] for d in toks] == list(range(len(toks)))
     with TestClient(create_app(FakeEngine(eos_after=4))) as c:     # the EOS ends the stream and is not counted
-        evs = [(k, json.loads(d)) for k, d in parse(c.post('/execute', json={'job_id': 'e', **body}).text)]
+        eos_body = {k: v for k, v in body.items() if k != 'stop'}   # (a stop string could come first: the seed is random)
+        evs = [(k, json.loads(d)) for k, d in parse(c.post('/execute', json={'job_id': 'e', **eos_body}).text)]
         assert evs[-1][1]['stop_reason'] == 'eos' and evs[-1][1]['tokens_out'] == sum(k == 'token' for k, _ in evs) == 4
         r = c.post('/v1/completions', json={'prompt': 'x', 'max_tokens': 40}).json()
         assert r['usage']['completion_tokens'] == 4
@@ -199,7 +200,8 @@ def test_backend_reporting_unhealthy_makes_health_503():
 def test_openai_in_process(tc):
     r = tc.post('/v1/completions', json={'prompt': 'abc', 'max_tokens': 5, 'seed': 3, 'stop': 'qq'})
     j = r.json()
-    assert j['object'] == 'text_completion' and j['usage'] == {'prompt_tokens': 3, 'completion_tokens': 5, 'total_tokens': 8}
+    assert j['object'] == 'text_completion' and j['usage'] == {'prompt_tokens': 3, 'completion_tokens': 5, 'total_tokens': 8,
+                                                               'prompt_tokens_details': {'cached_tokens': 0}}
     r2 = tc.post('/v1/completions', json={'prompt': [[97, 98, 99]], 'max_tokens': 5, 'seed': 3, 'stop': 'qq'})
     assert r2.json()['choices'][0]['text'] == j['choices'][0]['text']  # token-id prompt == the same text
     s = tc.post('/v1/completions', json={'prompt': 'abc', 'max_tokens': 5, 'seed': 3, 'stream': True})
@@ -212,14 +214,19 @@ def test_openai_in_process(tc):
     chunks = [json.loads(d) for _, d in parse(s.text)[:-1]]
     assert chunks[0]['choices'][0]['delta']['role'] == 'assistant' and chunks[-1]['usage']['completion_tokens'] == 4
     assert chunks[-2]['choices'][0]['finish_reason'] == 'length'
-    for body, param in (({'prompt': 'x', 'echo': True}, 'echo'), ({'prompt': 'x', 'best_of': 2}, 'best_of'),
-                        ({'prompt': 'x', 'logprobs': 2}, 'logprobs'), ({'prompt': 'x', 'suffix': 'y'}, 'suffix'),
+    for body, param in (({'prompt': 'x', 'logprobs': 21}, 'logprobs'), ({'prompt': 'x', 'best_of': 2}, 'best_of'),
+                        ({'prompt': 'x', 'logprobs': -1}, 'logprobs'), ({'prompt': 'x', 'suffix': 'y'}, 'suffix'),
                         ({'prompt': ['a', 'b']}, 'prompt'), ({'prompt': [99999]}, 'prompt'),
                         ({'prompt': 'x', 'stop': ['a', 'b', 'c', 'd', 'e']}, 'stop')):
         r = tc.post('/v1/completions', json=body)
         assert r.status_code == 400 and r.json()['error']['param'] == param, (body, r.json())
-    for body, param in (({'tool_choice': 'auto'}, 'tool_choice'), ({'response_format': {'type': 'json_object'}}, 'response_format'),
-                        ({'top_logprobs': 2}, 'top_logprobs'), ({'functions': [{'name': 'f'}]}, 'functions')):
+    tool = {'type': 'function', 'function': {'name': 'f'}}
+    for body, param in (({'tool_choice': {'type': 'function', 'function': {'name': 'g'}}, 'tools': [tool]}, 'tool_choice'),
+                        ({'tool_choice': 'sometimes', 'tools': [tool]}, 'tool_choice'), ({'tools': [{'type': 'web'}]}, 'tools[0]'),
+                        ({'tools': [tool]}, 'tools'),          # the fake's template has no tool syntax: refused, not ignored
+                        ({'response_format': {'type': 'xml'}}, 'response_format'),
+                        ({'response_format': {'type': 'json_schema'}}, 'response_format'),
+                        ({'logprobs': True, 'top_logprobs': 21}, 'top_logprobs'), ({'functions': [{'name': 'f'}]}, 'functions')):
         r = tc.post('/v1/chat/completions', json={'messages': [{'role': 'user', 'content': 'x'}], **body})
         assert r.status_code == 400 and r.json()['error']['param'] == param, (body, r.json())
 

@@ -6,13 +6,13 @@ clamped SwiGLU and the weighted sum, with the choice kept in device memory so on
 # %% auto #0
 __all__ = ['moe_topk_ref', 'moe_topk', 'moe_act_ref', 'moe_act', 'moe_combine_ref', 'moe_combine', 'MoE']
 
-# %% ../nbs/06d_cuda_moe.ipynb #ce410905
+# %% ../nbs/06d_cuda_moe.ipynb #085b7950
 import numpy as np
 from . import ops
 from .cuda import load_kernel, _check, cuda_device
 from .errors import BackendUnavailableError
 
-# %% ../nbs/06d_cuda_moe.ipynb #21cf9c06
+# %% ../nbs/06d_cuda_moe.ipynb #c1f5335e
 def moe_topk_ref(logits, k: int):
     "numpy reference: `(ids (T, k) int32, weights (T, k) float32)` of router logits (T, E)."
     ids, wts = ops.moe_route(np.asarray(logits, np.float32), k)
@@ -28,7 +28,7 @@ def moe_topk(logits, k: int, ids, wts):
     load_kernel('moe', 'moe_topk')((-(-T // 4),), (128,), (logits, np.int32(T), np.int32(E), np.int32(k), ids, wts))
     return ids, wts
 
-# %% ../nbs/06d_cuda_moe.ipynb #2be65038
+# %% ../nbs/06d_cuda_moe.ipynb #6d231d08
 def moe_act_ref(gu, ids, bg, bu, n: int):
     "numpy reference: a (k, n) = swiglu_oai(gate + bg[ids], up + bu[ids]) of gu (k, 2n)."
     gu = np.asarray(gu, np.float32).reshape(len(ids), 2 * n)
@@ -61,7 +61,7 @@ def moe_combine(y, ids, wts, bd, d: int, out):
 _NULL = np.uint64(0)
 def _p(a): return _NULL if a is None else a
 
-# %% ../nbs/06d_cuda_moe.ipynb #d8f34a3c
+# %% ../nbs/06d_cuda_moe.ipynb #ca6b70eb
 class MoE:
     "One layer's mixture of experts on the device (weights: the layer's handles; views: their blocks in VRAM)."
     def __init__(self, w: dict, views: dict, k: int, act: str):
@@ -90,7 +90,7 @@ class MoE:
         self.down(self.a, self.y)
         return moe_combine(self.y, self.ids, self.wts, self.bd, self.d, out)
 
-# %% ../nbs/06d_cuda_moe.ipynb #3563027d
+# %% ../nbs/06d_cuda_moe.ipynb #7b279652
 def _expert(self, key: str, e: int, rows: int, K: int):
     "Expert e's (rows, K) matrix `key`, dequantised to float32 on the device."
     from orcd.cuda_matvec import dequantize

@@ -108,10 +108,14 @@ def test_residency_fit_and_oom_recovery():
     ids = _prompt(be.hp.vocab_size, n=2000)
     pool.free_all_blocks()                                                 # the limit counts cached blocks too
     pool.set_limit(size=pool.total_bytes() + (1 << 20))                    # no room for a prompt's temporaries
+    balloon = []                    # and none left inside the pool's blocks either: fill their free remainders
+    try:
+        while True: balloon.append(cp.empty(1 << 20, np.uint8))
+    except cp.cuda.memory.OutOfMemoryError: pass
     try:
         with pytest.raises(VRAMOOMError) as ei: be.prefill(ids)
         assert ei.value.code == 'VRAM_OOM'
-    finally: pool.set_limit(size=0)
+    finally: del balloon; pool.set_limit(size=0)
     assert be.status()['healthy']
     lg = be.prefill(ids[:10])                                              # the next request runs
     assert np.isfinite(lg).all()

@@ -65,6 +65,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                             'orcd.bench.format_table': ('bench.html#format_table', 'orcd/bench.py'),
                             'orcd.bench.llama_bench_cmd': ('bench.html#llama_bench_cmd', 'orcd/bench.py'),
                             'orcd.bench.parse_llama_bench': ('bench.html#parse_llama_bench', 'orcd/bench.py'),
+                            'orcd.bench.plot_decode': ('bench.html#plot_decode', 'orcd/bench.py'),
                             'orcd.bench.run_llama_bench': ('bench.html#run_llama_bench', 'orcd/bench.py')},
             'orcd.cli': { 'orcd.cli.ChatSession': ('cli.html#chatsession', 'orcd/cli.py'),
                           'orcd.cli.ChatSession.__init__': ('cli.html#chatsession.__init__', 'orcd/cli.py'),

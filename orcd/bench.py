@@ -4,14 +4,14 @@
 
 # %% auto #0
 __all__ = ['bench_backend', 'llama_bench_cmd', 'parse_llama_bench', 'run_llama_bench', 'format_table', 'backend_facts',
-           'cli_bench']
+           'cli_bench', 'plot_decode']
 
-# %% ../nbs/09_bench.ipynb #f2e63fe3
+# %% ../nbs/09_bench.ipynb #d03b97d4
 import json, os, shutil, subprocess, sys, time
 import numpy as np
 from .engine import Engine, Sampler, SamplingParams
 
-# %% ../nbs/09_bench.ipynb #81613c86
+# %% ../nbs/09_bench.ipynb #db10400e
 def _stats(xs) -> dict:
     xs = sorted(xs)
     return dict(median=float(np.median(xs)), min=float(xs[0]), max=float(xs[-1]), n=len(xs))
@@ -42,7 +42,7 @@ def bench_backend(backend, n_vocab, prompt_tokens=512, gen_tokens=128, depth=0, 
     if depth: r['decode_depth_tps'] = _stats(tgd)
     return r
 
-# %% ../nbs/09_bench.ipynb #901999c7
+# %% ../nbs/09_bench.ipynb #cef6cc06
 def llama_bench_cmd(exe, model_path, prompt_tokens=512, gen_tokens=128, device='cpu', reps=3, depth=0):
     "The `llama-bench` command line for the same tests as `bench_backend`."
     cmd = [str(exe), '-m', str(model_path), '-p', str(prompt_tokens), '-n', str(gen_tokens), '-r', str(reps), '-o', 'json']
@@ -74,7 +74,7 @@ def run_llama_bench(exe, model_path, prompt_tokens=512, gen_tokens=128, device='
     if p.returncode != 0: raise RuntimeError(f'llama-bench failed (exit {p.returncode}): {p.stderr.strip()[-500:]}')
     return parse_llama_bench(p.stdout)
 
-# %% ../nbs/09_bench.ipynb #3ee2aca2
+# %% ../nbs/09_bench.ipynb #aa7e1ad7
 _ROWS = (('prefill_tps', 'pp{p}', 'tok/s'), ('ttft_s', 'ttft pp{p}', 'ms'), ('decode_tps', 'tg{g}', 'tok/s'),
          ('decode_depth_tps', 'tg{g} @ d{d}', 'tok/s'))
 
@@ -99,7 +99,7 @@ def format_table(ours: dict, ref: dict | None = None, title='', extra: dict | No
     lines = ([title] if title else []) + [fmt(head)] + [fmt(r) for r in rows]
     return '\n'.join(lines + [f'{k}: {v}' for k, v in (extra or {}).items()])
 
-# %% ../nbs/09_bench.ipynb #a74016b3
+# %% ../nbs/09_bench.ipynb #ec3ee602
 def backend_facts(be) -> dict:
     "Load time and rate, memory in use, and (GPU) the decode step's matrix products alone."
     f = {}
@@ -113,7 +113,7 @@ def backend_facts(be) -> dict:
         f['matvec set'] = f'{t * 1e6:.0f} µs per decode step ({nbytes / t / 1e12:.2f} TB/s over {nbytes / 1e6:.0f} MB)'
     return f
 
-# %% ../nbs/09_bench.ipynb #207d6c46
+# %% ../nbs/09_bench.ipynb #bc81450b
 def cli_bench(args):
     "`orcd bench MODEL [--device D] [--llama-bench PATH] [--prompt-tokens N] [--gen-tokens M] [--depth D] [--reps R]`."
     p, g = getattr(args, 'prompt_tokens', None) or 512, getattr(args, 'gen_tokens', None) or 128
@@ -131,3 +131,26 @@ def cli_bench(args):
                                   f'{getattr(m, "file_type_name", "?")} · {eng.device}', facts))
     if getattr(args, 'json', False): print(json.dumps(dict(orcd=ours, llama_cpp=ref, facts=facts)))
     return 0
+
+# %% ../nbs/09_bench.ipynb #e3bd3e17
+def plot_decode(rows, path, hbm_tbps: float = 4.8, title: str = ''):
+    """A PNG at `path`: decode tok/s of orcd and llama.cpp side by side, and the share of the HBM limit each uses.
+    rows: (label, orcd tok/s, llama.cpp tok/s, weight bytes read per token)."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    labels = [r[0] for r in rows]
+    x, w = np.arange(len(rows)), 0.38
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.8))
+    for i, (name, col) in enumerate((('orcd', 1), ('llama.cpp', 2))):
+        vals = [r[col] for r in rows]
+        a.bar(x + (i - 0.5) * w, vals, w, label=name)
+        b.bar(x + (i - 0.5) * w, [100 * v * r[3] / (hbm_tbps * 1e12) for v, r in zip(vals, rows)], w, label=name)
+    for r_i, r in enumerate(rows): a.text(r_i, max(r[1], r[2]) * 1.02, f'{r[1] / r[2]:.2f}×', ha='center')
+    a.set_ylabel('decode tok/s'); b.set_ylabel(f'% of HBM limit ({hbm_tbps} TB/s)')
+    a.set_ylim(0, 1.25 * max(max(r[1], r[2]) for r in rows))
+    for ax in (a, b): ax.set_xticks(x, labels, fontsize=8); ax.legend(fontsize=8, ncol=2, loc='upper left')
+    b.set_ylim(0, 1.25 * b.get_ylim()[1])
+    if title: fig.suptitle(title, fontsize=10)
+    fig.tight_layout(); fig.savefig(path, dpi=110); plt.close(fig)
+    return path

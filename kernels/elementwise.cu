@@ -15,8 +15,6 @@ extern "C" __global__ void elementwise(float* __restrict__ x, const float* __res
     else x[i] = tanhf(x[i] / s) * s;
 }
 
-__device__ __forceinline__ float sigmoidf(float x) { return 1.f / (1.f + expf(-x)); }
-
 __device__ __forceinline__ float gelu_tanh(float x) {
     const float c = 0.7978845608028654f;                      // sqrt(2 / pi)
     return 0.5f * x * (1.f + tanhf(c * (x + 0.044715f * x * x * x)));
@@ -31,9 +29,6 @@ extern "C" __global__ void act(const float* __restrict__ gu, float* __restrict__
     float y;
     if (kind == 0) y = g * sigmoidf(g) * u;
     else if (kind == 1) y = gelu_tanh(g) * u;
-    else {
-        const float gc = fminf(g, 7.f), uc = fminf(fmaxf(u, -7.f), 7.f);
-        y = gc * sigmoidf(1.702f * gc) * (uc + 1.f);
-    }
+    else y = swiglu_oai(g, u);
     out[i] = y;
 }

@@ -39,11 +39,6 @@ extern "C" __global__ void moe_topk(const float* __restrict__ logits, int T, int
     }
 }
 
-__device__ __forceinline__ float swiglu_oai(float g, float u) {
-    const float gc = fminf(g, 7.f), uc = fminf(fmaxf(u, -7.f), 7.f);
-    return gc * (1.f / (1.f + expf(-1.702f * gc))) * (uc + 1.f);
-}
-
 extern "C" __global__ void moe_act(const float* __restrict__ gu, const int* __restrict__ ids, const float* __restrict__ bg,
                                    const float* __restrict__ bu, int k, int n, float* __restrict__ a) {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;

@@ -35,6 +35,14 @@ __device__ __forceinline__ float block_max(float v, float* red) {
     return warp_max(lane < nw ? red[lane] : NEG_INF);
 }
 
+__device__ __forceinline__ float sigmoidf(float x) { return 1.f / (1.f + expf(-x)); }
+
+// gpt-oss's clamped SwiGLU (numpy: orcd.ops.swiglu_oai): g = min(g, 7), u = clamp(u, -7, 7), g*sigmoid(1.702 g)*(u + 1).
+__device__ __forceinline__ float swiglu_oai(float g, float u) {
+    const float gc = fminf(g, 7.f), uc = fminf(fmaxf(u, -7.f), 7.f);
+    return gc * sigmoidf(1.702f * gc) * (uc + 1.f);
+}
+
 // Keys per attention tile: one lane of a warp per key.
 #define ATT_TK 32
 

@@ -188,7 +188,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'orcd.cuda_moe.MoE.decode': ('cuda_moe.html#moe.decode', 'orcd/cuda_moe.py'),
                                'orcd.cuda_moe._expert': ('cuda_moe.html#_expert', 'orcd/cuda_moe.py'),
                                'orcd.cuda_moe._moe_prefill': ('cuda_moe.html#_moe_prefill', 'orcd/cuda_moe.py'),
-                               'orcd.cuda_moe._p': ('cuda_moe.html#_p', 'orcd/cuda_moe.py'),
                                'orcd.cuda_moe.moe_act': ('cuda_moe.html#moe_act', 'orcd/cuda_moe.py'),
                                'orcd.cuda_moe.moe_act_ref': ('cuda_moe.html#moe_act_ref', 'orcd/cuda_moe.py'),
                                'orcd.cuda_moe.moe_combine': ('cuda_moe.html#moe_combine', 'orcd/cuda_moe.py'),

@@ -6,13 +6,14 @@ clamped SwiGLU and the weighted sum, with the choice kept in device memory so on
 # %% auto #0
 __all__ = ['moe_topk_ref', 'moe_topk', 'moe_act_ref', 'moe_act', 'moe_combine_ref', 'moe_combine', 'MoE']
 
-# %% ../nbs/06d_cuda_moe.ipynb #085b7950
+# %% ../nbs/06d_cuda_moe.ipynb #575d386d
 import numpy as np
 from . import ops
 from .cuda import load_kernel, _check, cuda_device
+from .cuda_ops import _ptr
 from .errors import BackendUnavailableError
 
-# %% ../nbs/06d_cuda_moe.ipynb #c1f5335e
+# %% ../nbs/06d_cuda_moe.ipynb #2c1e5d6e
 def moe_topk_ref(logits, k: int):
     "numpy reference: `(ids (T, k) int32, weights (T, k) float32)` of router logits (T, E)."
     ids, wts = ops.moe_route(np.asarray(logits, np.float32), k)
@@ -28,7 +29,7 @@ def moe_topk(logits, k: int, ids, wts):
     load_kernel('moe', 'moe_topk')((-(-T // 4),), (128,), (logits, np.int32(T), np.int32(E), np.int32(k), ids, wts))
     return ids, wts
 
-# %% ../nbs/06d_cuda_moe.ipynb #6d231d08
+# %% ../nbs/06d_cuda_moe.ipynb #ead1ad68
 def moe_act_ref(gu, ids, bg, bu, n: int):
     "numpy reference: a (k, n) = swiglu_oai(gate + bg[ids], up + bu[ids]) of gu (k, 2n)."
     gu = np.asarray(gu, np.float32).reshape(len(ids), 2 * n)
@@ -41,7 +42,7 @@ def moe_act(gu, ids, bg, bu, n: int, a):
     _check('moe_act', a, 'a', np.float32, k * n)
     for b, nm in ((bg, 'bg'), (bu, 'bu')):
         if b is not None: _check('moe_act', b, nm, np.float32, b.size)
-    load_kernel('moe', 'moe_act')((-(-k * n // 256),), (256,), (gu, ids, _p(bg), _p(bu), np.int32(k), np.int32(n), a))
+    load_kernel('moe', 'moe_act')((-(-k * n // 256),), (256,), (gu, ids, _ptr(bg), _ptr(bu), np.int32(k), np.int32(n), a))
     return a
 
 def moe_combine_ref(y, ids, wts, bd, d: int):
@@ -55,13 +56,10 @@ def moe_combine(y, ids, wts, bd, d: int, out):
     _check('moe_combine', y, 'y', np.float32, k * d)
     _check('moe_combine', wts, 'wts', np.float32, k)
     _check('moe_combine', out, 'out', np.float32, d)
-    load_kernel('moe', 'moe_combine')((-(-d // 256),), (256,), (y, ids, wts, _p(bd), np.int32(k), np.int32(d), out))
+    load_kernel('moe', 'moe_combine')((-(-d // 256),), (256,), (y, ids, wts, _ptr(bd), np.int32(k), np.int32(d), out))
     return out
 
-_NULL = np.uint64(0)
-def _p(a): return _NULL if a is None else a
-
-# %% ../nbs/06d_cuda_moe.ipynb #ca6b70eb
+# %% ../nbs/06d_cuda_moe.ipynb #a249275d
 class MoE:
     "One layer's mixture of experts on the device (weights: the layer's handles; views: their blocks in VRAM)."
     def __init__(self, w: dict, views: dict, k: int, act: str):
@@ -90,7 +88,7 @@ class MoE:
         self.down(self.a, self.y)
         return moe_combine(self.y, self.ids, self.wts, self.bd, self.d, out)
 
-# %% ../nbs/06d_cuda_moe.ipynb #7b279652
+# %% ../nbs/06d_cuda_moe.ipynb #9a595134
 def _expert(self, key: str, e: int, rows: int, K: int):
     "Expert e's (rows, K) matrix `key`, dequantised to float32 on the device."
     from orcd.cuda_matvec import dequantize
@@ -101,6 +99,7 @@ def _expert(self, key: str, e: int, rows: int, K: int):
 def _moe_prefill(self, X, OUT):
     "OUT (T, d) = the block of the T tokens X (T, d). Synchronises with the host once (the ids)."
     import cupy
+    from orcd.cuda_ops import act
     T = X.shape[0]
     logits = cupy.empty((T, self.E), np.float32)
     self.router.matmul(X, logits)
@@ -114,7 +113,6 @@ def _moe_prefill(self, X, OUT):
         G = Xe @ _expert(self, 'gate', e, self.ffn, self.d).T + (0 if self.bg is None else self.bg[e])
         U = Xe @ _expert(self, 'up', e, self.ffn, self.d).T + (0 if self.bu is None else self.bu[e])
         A = cupy.empty_like(G)
-        from orcd.cuda_ops import act
         act('swiglu_oai', cupy.ascontiguousarray(cupy.concatenate([G, U], axis=1)), A, self.ffn, len(rows))
         Y = A @ _expert(self, 'down', e, self.d, self.ffn).T + (0 if self.bd is None else self.bd[e])
         OUT[r] += wts[r, cupy.asarray(slot)][:, None] * Y

@@ -33,8 +33,9 @@ extern "C" __global__ void moe_topk(const float* __restrict__ logits, int T, int
         if (lane == 0) ids[(size_t)row * k + j] = bi;
     }
     if (lane == 0) {
+        const float m = top[0];                                 // the largest (kept: top[0] is overwritten)
         float s = 0.f;
-        for (int j = 0; j < k; ++j) { top[j] = expf(top[j] - top[0]); s += top[j]; }   // top[0] is the largest
+        for (int j = 0; j < k; ++j) { top[j] = expf(top[j] - m); s += top[j]; }
         for (int j = 0; j < k; ++j) wts[(size_t)row * k + j] = top[j] / s;
     }
 }

@@ -4,14 +4,14 @@
 
 # %% auto #0
 __all__ = ['bench_backend', 'llama_bench_cmd', 'parse_llama_bench', 'run_llama_bench', 'format_table', 'backend_facts',
-           'cli_bench', 'plot_decode']
+           'format_breakdown', 'cli_bench', 'plot_decode']
 
-# %% ../nbs/09_bench.ipynb #d03b97d4
+# %% ../nbs/09_bench.ipynb #220195ff
 import json, os, shutil, subprocess, sys, time
 import numpy as np
 from .engine import Engine, Sampler, SamplingParams
 
-# %% ../nbs/09_bench.ipynb #db10400e
+# %% ../nbs/09_bench.ipynb #58c759c1
 def _stats(xs) -> dict:
     xs = sorted(xs)
     return dict(median=float(np.median(xs)), min=float(xs[0]), max=float(xs[-1]), n=len(xs))
@@ -42,7 +42,7 @@ def bench_backend(backend, n_vocab, prompt_tokens=512, gen_tokens=128, depth=0, 
     if depth: r['decode_depth_tps'] = _stats(tgd)
     return r
 
-# %% ../nbs/09_bench.ipynb #cef6cc06
+# %% ../nbs/09_bench.ipynb #b977fa84
 def llama_bench_cmd(exe, model_path, prompt_tokens=512, gen_tokens=128, device='cpu', reps=3, depth=0):
     "The `llama-bench` command line for the same tests as `bench_backend`."
     cmd = [str(exe), '-m', str(model_path), '-p', str(prompt_tokens), '-n', str(gen_tokens), '-r', str(reps), '-o', 'json']
@@ -74,7 +74,7 @@ def run_llama_bench(exe, model_path, prompt_tokens=512, gen_tokens=128, device='
     if p.returncode != 0: raise RuntimeError(f'llama-bench failed (exit {p.returncode}): {p.stderr.strip()[-500:]}')
     return parse_llama_bench(p.stdout)
 
-# %% ../nbs/09_bench.ipynb #aa7e1ad7
+# %% ../nbs/09_bench.ipynb #d19539d2
 _ROWS = (('prefill_tps', 'pp{p}', 'tok/s'), ('ttft_s', 'ttft pp{p}', 'ms'), ('decode_tps', 'tg{g}', 'tok/s'),
          ('decode_depth_tps', 'tg{g} @ d{d}', 'tok/s'))
 
@@ -99,7 +99,7 @@ def format_table(ours: dict, ref: dict | None = None, title='', extra: dict | No
     lines = ([title] if title else []) + [fmt(head)] + [fmt(r) for r in rows]
     return '\n'.join(lines + [f'{k}: {v}' for k, v in (extra or {}).items()])
 
-# %% ../nbs/09_bench.ipynb #ec3ee602
+# %% ../nbs/09_bench.ipynb #59a6feb0
 def backend_facts(be) -> dict:
     "Load time and rate, memory in use, and (GPU) the decode step's matrix products alone."
     f = {}
@@ -111,9 +111,16 @@ def backend_facts(be) -> dict:
     if hasattr(be, 'matvec_set_seconds'):
         t, nbytes = be.matvec_set_seconds()
         f['matvec set'] = f'{t * 1e6:.0f} µs per decode step ({nbytes / t / 1e12:.2f} TB/s over {nbytes / 1e6:.0f} MB)'
+    if hasattr(be, 'decode_breakdown'): f['decode step'] = format_breakdown(be.decode_breakdown())
     return f
 
-# %% ../nbs/09_bench.ipynb #bc81450b
+def format_breakdown(b: dict, top: int = 12) -> str:
+    "One line: the step's µs, then its `top` biggest kinds of launch with their µs and share of the kinds' sum."
+    kinds = sorted(((k, v) for k, v in b.items() if k not in ('sum', 'step')), key=lambda kv: -kv[1])
+    parts = [f'{k} {v:.0f} ({v / b["sum"]:.0%})' for k, v in kinds[:top]]
+    return f'{b["step"]:.0f} µs as one graph; kinds alone add to {b["sum"]:.0f} µs: ' + ', '.join(parts)
+
+# %% ../nbs/09_bench.ipynb #afe5f4ac
 def cli_bench(args):
     "`orcd bench MODEL [--device D] [--llama-bench PATH] [--prompt-tokens N] [--gen-tokens M] [--depth D] [--reps R]`."
     p, g = getattr(args, 'prompt_tokens', None) or 512, getattr(args, 'gen_tokens', None) or 128
@@ -132,7 +139,7 @@ def cli_bench(args):
     if getattr(args, 'json', False): print(json.dumps(dict(orcd=ours, llama_cpp=ref, facts=facts)))
     return 0
 
-# %% ../nbs/09_bench.ipynb #e3bd3e17
+# %% ../nbs/09_bench.ipynb #3bf3d30d
 def plot_decode(rows, path, hbm_tbps: float = 4.8, title: str = ''):
     """A PNG at `path`: decode tok/s of orcd and llama.cpp side by side, and the share of the HBM limit each uses.
     rows: (label, orcd tok/s, llama.cpp tok/s, weight bytes read per token)."""

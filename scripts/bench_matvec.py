@@ -123,6 +123,30 @@ def shapes_table(copy_bw):
         cp.get_default_memory_pool().free_all_blocks()
 
 
+def experts_table(copy_bw):
+    "gpt-oss's decode expert products: 4 of 32 MXFP4 experts chosen by ids in device memory (expert_linear)."
+    rng = np.random.default_rng(1)
+    E, k, d, n = 32, 4, 2880, 2880
+    gh, uh, dh = (cm.random_weight(rng, MXFP4, E * r, K) for r, K in ((n, d), (n, d), (d, n)))
+    g, u, dn = (cp.asarray(h) for h in (gh, uh, dh))
+    xh, ah = rng.standard_normal(d).astype(np.float32), rng.standard_normal(k * n).astype(np.float32)
+    choices = [rng.choice(E, k, replace=False).astype(np.int32) for _ in range(8)]   # 8 choices: beyond the L2
+    print('\n| gpt-oss experts (4 of 32, MXFP4) | rows x K each | MB read | µs | GB/s | / copy | max err / (|W||x\'|) '
+          '| max err / max|ref| |')
+    print('|---|---|---|---|---|---|---|---|')
+    for what, parts, K, xin, pe in (('gate + up', [(gh, E, n), (uh, E, n)], d, xh, False),
+                                    ('down', [(dh, E, d)], n, ah, True)):
+        dev = [(cp.asarray(w), e, r, MXFP4) for w, e, r in parts]
+        lins = [cm.expert_linear(dev, K, cp.asarray(c), per_expert_x=pe) for c in choices]
+        x, out = cp.asarray(xin), cp.empty(lins[0].rows, np.float32)
+        us = graph_us([(lambda l=l: l(x, out)) for l in lins] * 25)
+        got = cp.asnumpy(lins[0](x, out))
+        ref, mag, _ = cm.expert_linear_ref([(w, e, r, MXFP4) for w, e, r in parts], K, choices[0], xin, pe)
+        mb = sum(w.nbytes // e for w, e, r in parts) * k / 1e6
+        print(f'| {what} | {parts[0][2]}x{K} | {mb:.1f} | {us:.1f} | {mb / us * 1e3:.0f} | {mb * 1e12 / us / copy_bw:.2f} '
+              f'| {np.max(np.abs(got - ref) / mag):.1e} | {np.abs(got - ref).max() / np.abs(ref).max():.1e} |', flush=True)
+
+
 def big_check(lin, wd, t, rows, K, xh):
     "A big weight: every row against dequantise + cuBLAS on the GPU, and one direct call timed with events."
     q, d = cm.quantize_x_ref(xh, lin.bits)
@@ -240,7 +264,7 @@ def matmul_table():
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--sweep', action='store_true', help='also sweep launch shapes on a few shapes')
-    ap.add_argument('--only', choices=['shapes', 'qwen', 'matmul', 'sweep'], help='run one section')
+    ap.add_argument('--only', choices=['shapes', 'experts', 'qwen', 'matmul', 'sweep'], help='run one section')
     a = ap.parse_args()
     dev = cp.cuda.runtime.getDeviceProperties(0)['name'].decode()
     bw = copy_bandwidth()
@@ -248,6 +272,7 @@ def main():
           f'an empty kernel in a CUDA graph: {launch_floor():.2f} µs per launch')
     t0 = time.time()
     if a.only in (None, 'shapes'): shapes_table(bw)
+    if a.only in (None, 'experts'): experts_table(bw)
     if a.only in (None, 'qwen'): qwen_step()
     if a.only in (None, 'matmul'): matmul_table()
     if a.only in (None, 'sweep') and (a.sweep or a.only == 'sweep'): sweep()

@@ -123,14 +123,20 @@ def shapes_table(copy_bw):
         cp.get_default_memory_pool().free_all_blocks()
 
 
-def experts_table(copy_bw):
-    "gpt-oss's decode expert products: 4 of 32 MXFP4 experts chosen by ids in device memory (expert_linear)."
+def experts_table(copy_bw, sweep=False, profile=False):
+    """gpt-oss's decode expert products: 4 of 32 MXFP4 experts chosen by ids in device memory (expert_linear).
+    sweep: also warps x U x G for each product; profile: only one direct call of each (for ncu)."""
     rng = np.random.default_rng(1)
     E, k, d, n = 32, 4, 2880, 2880
     gh, uh, dh = (cm.random_weight(rng, MXFP4, E * r, K) for r, K in ((n, d), (n, d), (d, n)))
-    g, u, dn = (cp.asarray(h) for h in (gh, uh, dh))
     xh, ah = rng.standard_normal(d).astype(np.float32), rng.standard_normal(k * n).astype(np.float32)
     choices = [rng.choice(E, k, replace=False).astype(np.int32) for _ in range(8)]   # 8 choices: beyond the L2
+    if profile:
+        for parts, K, xin, pe in (([gh, uh], d, xh, False), ([dh], n, ah, True)):
+            lin = cm.expert_linear([(cp.asarray(w), E, w.size // E // (K // 32 * 17), MXFP4) for w in parts], K,
+                                   cp.asarray(choices[0]), per_expert_x=pe)
+            print(repr(lin)); lin(cp.asarray(xin), cp.empty(lin.rows, np.float32)); cp.cuda.Device().synchronize()
+        return
     print('\n| gpt-oss experts (4 of 32, MXFP4) | rows x K each | MB read | µs | GB/s | / copy | max err / (|W||x\'|) '
           '| max err / max|ref| |')
     print('|---|---|---|---|---|---|---|---|')
@@ -144,7 +150,21 @@ def experts_table(copy_bw):
         ref, mag, _ = cm.expert_linear_ref([(w, e, r, MXFP4) for w, e, r in parts], K, choices[0], xin, pe)
         mb = sum(w.nbytes // e for w, e, r in parts) * k / 1e6
         print(f'| {what} | {parts[0][2]}x{K} | {mb:.1f} | {us:.1f} | {mb / us * 1e3:.0f} | {mb * 1e12 / us / copy_bw:.2f} '
-              f'| {np.max(np.abs(got - ref) / mag):.1e} | {np.abs(got - ref).max() / np.abs(ref).max():.1e} |', flush=True)
+              f'| {np.max(np.abs(got - ref) / mag):.1e} | {np.abs(got - ref).max() / np.abs(ref).max():.1e} |  ({lins[0]!r})',
+              flush=True)
+        if not sweep: continue
+        combos = [(w, u) for w in (4, 8, 16) for u in (1, 2, 3, 4)]
+        cm.precompile([cm.v2_expr(w, [(MXFP4, u)]) for w, u in combos])
+        res = []
+        for w, u in combos:
+            for G in (8, 16, 32, 64, 128):
+                if G > 32 * w: continue
+                ls = [cm.expert_linear(dev, K, cp.asarray(c), per_expert_x=pe, warps=w, tpr=G, unroll={MXFP4: u})
+                      for c in choices]
+                res.append((graph_us([(lambda l=l: l(x, out)) for l in ls] * 25), w, u, G, ls[0]._grid, ls[0]._kernel.num_regs))
+        res.sort(key=lambda r: r[0])
+        for r in res[:8]: print(f'    {r[0]:6.1f} µs {mb / r[0] * 1e3:5.0f} GB/s  warps={r[1]:2d} U={r[2]} G={r[3]:3d} grid={r[4]} regs={r[5]}')
+        print(f'    worst {res[-1][0]:.1f} µs warps={res[-1][1]} U={res[-1][2]} G={res[-1][3]}', flush=True)
 
 
 def big_check(lin, wd, t, rows, K, xh):
@@ -264,7 +284,7 @@ def matmul_table():
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--sweep', action='store_true', help='also sweep launch shapes on a few shapes')
-    ap.add_argument('--only', choices=['shapes', 'experts', 'qwen', 'matmul', 'sweep'], help='run one section')
+    ap.add_argument('--only', choices=['shapes', 'experts', 'experts-profile', 'qwen', 'matmul', 'sweep'], help='run one section')
     a = ap.parse_args()
     dev = cp.cuda.runtime.getDeviceProperties(0)['name'].decode()
     bw = copy_bandwidth()
@@ -272,7 +292,8 @@ def main():
           f'an empty kernel in a CUDA graph: {launch_floor():.2f} µs per launch')
     t0 = time.time()
     if a.only in (None, 'shapes'): shapes_table(bw)
-    if a.only in (None, 'experts'): experts_table(bw)
+    if a.only in (None, 'experts'): experts_table(bw, sweep=a.sweep)
+    if a.only == 'experts-profile': experts_table(bw, profile=True)
     if a.only in (None, 'qwen'): qwen_step()
     if a.only in (None, 'matmul'): matmul_table()
     if a.only in (None, 'sweep') and (a.sweep or a.only == 'sweep'): sweep()

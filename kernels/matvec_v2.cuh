@@ -36,6 +36,12 @@ __device__ __forceinline__ u32 ld16(const u8* p) { return __ldg(reinterpret_cast
 __device__ __forceinline__ u32 ld32(const u8* p) { return __ldg(reinterpret_cast<const unsigned int*>(p)); }
 __device__ __forceinline__ uint2 ld64(const u8* p) { return __ldg(reinterpret_cast<const uint2*>(p)); }
 __device__ __forceinline__ uint4 ld128(const u8* p) { return __ldg(reinterpret_cast<const uint4*>(p)); }
+// The byte at p if c, else 0: a predicated load (lanes that differ in c do not branch apart).
+__device__ __forceinline__ u32 ld8_if(const u8* p, bool c) {
+    u32 v = 0;
+    asm("{ .reg .pred q; setp.ne.u32 q, %2, 0; @q ld.global.nc.u8 %0, [%1]; }" : "+r"(v) : "l"(p), "r"((u32)c));
+    return v;
+}
 
 template <int N, bool A2>
 __device__ __forceinline__ void ld_words(const u8* p, u32 (&v)[N]) {
@@ -204,8 +210,22 @@ __device__ __forceinline__ void mxfp4_lookup(u32 q, u32& lo, u32& hi) {
 struct tMXFP4 {   // 17 B: E8M0 exponent e, 16 B E2M1 nibbles.      value = MXFP4_VALUES[q] * 2^(e-128)
     static constexpr int QK = 32, BYTES = 17, CV = 32; static constexpr bool Q8X = true;
     struct Raw { u32 q[4]; u32 e; };
+    // The block's 17 bytes as the 5 aligned words that cover them (o = its offset in the first word, 0..3): four
+    // whole words, and of the fifth only its first o + 1 bytes (predicated byte loads: nothing past the block is
+    // read, and the lanes of a warp, whose blocks have all four offsets, never branch apart on it).
     static __device__ __forceinline__ Raw load(const u8* row, int c) {
-        const u8* b = row + c * 17; Raw r; r.e = ld8(b); ld_words<4, false>(b + 1, r.q); return r;
+        const size_t a = reinterpret_cast<size_t>(row + c * 17);
+        const u8* base = reinterpret_cast<const u8*>(a & ~(size_t)3);
+        const u32 o = (u32)(a & 3);
+        u32 w[5];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) w[i] = ld32(base + 4 * i);
+        const u8* t = base + 16;
+        w[4] = ld8(t) | ld8_if(t + 1, o >= 1) << 8 | ld8_if(t + 2, o >= 2) << 16 | ld8_if(t + 3, o >= 3) << 24;
+        Raw r; r.e = (w[0] >> (8 * o)) & 0xffu;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) r.q[i] = __funnelshift_rc(w[i], w[i + 1], 8 * o + 8);   // o = 3: w[i + 1]
+        return r;
     }
     template <class X> static __device__ __forceinline__ float dot(const Raw& r, const X& xs, int c) {
         u32 lo[4], hi[4];

@@ -161,9 +161,13 @@ def experts_table(copy_bw, sweep=False, profile=False):
                 if G > 32 * w: continue
                 ls = [cm.expert_linear(dev, K, cp.asarray(c), per_expert_x=pe, warps=w, tpr=G, unroll={MXFP4: u})
                       for c in choices]
-                res.append((graph_us([(lambda l=l: l(x, out)) for l in ls] * 25), w, u, G, ls[0]._grid, ls[0]._kernel.num_regs))
+                us = graph_us([(lambda l=l: l(x, out)) for l in ls] * 25)
+                err = np.max(np.abs(cp.asnumpy(ls[0](x, out)) - ref) / mag)
+                res.append((us, w, u, G, ls[0]._grid, ls[0]._kernel.num_regs, err))
         res.sort(key=lambda r: r[0])
-        for r in res[:8]: print(f'    {r[0]:6.1f} µs {mb / r[0] * 1e3:5.0f} GB/s  warps={r[1]:2d} U={r[2]} G={r[3]:3d} grid={r[4]} regs={r[5]}')
+        for r in res[:8]: print(f'    {r[0]:6.1f} µs {mb / r[0] * 1e3:5.0f} GB/s  warps={r[1]:2d} U={r[2]} G={r[3]:3d} grid={r[4]} '
+                                f'regs={r[5]} max err/(|W||x\'|) {r[6]:.1e}')
+        print(f'    every config within 1e-5 of |W||x\'|: {all(r[6] <= 1e-5 for r in res)}')
         print(f'    worst {res[-1][0]:.1f} µs warps={res[-1][1]} U={res[-1][2]} G={res[-1][3]}', flush=True)
 
 

@@ -42,11 +42,11 @@ if has peer; then
 fi
 PT="python3 -m pytest -o addopts= -p no:cacheprovider -q -rs"
 if has kernels; then
-  timeout 200 $PT ${KTESTS:-tests/test_cuda.py tests/test_cuda_matvec.py tests/test_cuda_ops.py} --maxfail=${MAXFAIL:-4} -k "not ship_in_the_wheel" 2>&1 | tee "$OUT/kernels.log" | tail -5
+  timeout 200 $PT ${KTESTS:-tests/test_cuda.py tests/test_cuda_matvec.py tests/test_cuda_ops.py} --maxfail=${MAXFAIL:-4} -k "${KSEL:-not ship_in_the_wheel}" 2>&1 | tee "$OUT/kernels.log" | tail -5
 fi
 if has sanitize; then
   timeout ${SANITIZE_S:-200} compute-sanitizer --tool memcheck --error-exitcode 9 $PT tests/test_cuda_matvec.py tests/test_cuda_ops.py \
-    -k "small or sample or norm or rope or act or argmax or add_scale or attention_prefill" -x 2>&1 | tee "$OUT/sanitize.log" | tail -4; echo "sanitizer exit ${PIPESTATUS[0]}"
+    -k "${SSEL:-small or sample or norm or rope or act or argmax or add_scale or attention_prefill}" -x 2>&1 | tee "$OUT/sanitize.log" | tail -4; echo "sanitizer exit ${PIPESTATUS[0]}"
 fi
 if has tests; then
   timeout 240 $PT tests/test_cuda_backend.py -s --maxfail=${MAXFAIL:-4} ${TESTK:+-k "$TESTK"} 2>&1 | tee "$OUT/tests.log" | grep -v '^\s*$' | tail -70
@@ -55,7 +55,7 @@ if has serve; then
   timeout 200 $PT tests/test_cuda_server.py -x 2>&1 | tee "$OUT/serve.log" | tail -4
 fi
 if has experts; then
-  timeout 120 python3 scripts/bench_matvec.py --only experts 2>&1 | tee "$OUT/experts.log" | tail -8
+  timeout 150 python3 scripts/bench_matvec.py --only experts ${EXPERTS_SWEEP:+--sweep} 2>&1 | tee "$OUT/experts.log" | tail -40
 fi
 if has matvec; then
   timeout 240 python3 scripts/bench_matvec.py 2>&1 | tee "$OUT/matvec.log" | tail -60

@@ -123,7 +123,7 @@ def shapes_table(copy_bw):
         cp.get_default_memory_pool().free_all_blocks()
 
 
-def experts_table(copy_bw, sweep=False, profile=False):
+def experts_table(copy_bw, sweep=False, profile=False, bits=None):
     """gpt-oss's decode expert products: 4 of 32 MXFP4 experts chosen by ids in device memory (expert_linear).
     sweep: also warps x U x G for each product; profile: only one direct call of each (for ncu)."""
     rng = np.random.default_rng(1)
@@ -143,11 +143,14 @@ def experts_table(copy_bw, sweep=False, profile=False):
     for what, parts, K, xin, pe in (('gate + up', [(gh, E, n), (uh, E, n)], d, xh, False),
                                     ('down', [(dh, E, d)], n, ah, True)):
         dev = [(cp.asarray(w), e, r, MXFP4) for w, e, r in parts]
-        lins = [cm.expert_linear(dev, K, cp.asarray(c), per_expert_x=pe) for c in choices]
+        lins = [cm.expert_linear(dev, K, cp.asarray(c), per_expert_x=pe, bits=bits) for c in choices]
         x, out = cp.asarray(xin), cp.empty(lins[0].rows, np.float32)
         us = graph_us([(lambda l=l: l(x, out)) for l in lins] * 25)
         got = cp.asnumpy(lins[0](x, out))
-        ref, mag, _ = cm.expert_linear_ref([(w, e, r, MXFP4) for w, e, r in parts], K, choices[0], xin, pe)
+        rows_ref = [cm.linear_ref([(w[e * (w.size // E):(e + 1) * (w.size // E)], r, MXFP4)],
+                                  xin[j * K:(j + 1) * K] if pe else xin, bits=lins[0].bits)
+                    for j, e in enumerate(choices[0]) for w, _, r in parts]
+        ref, mag = (np.concatenate([rr[i] for rr in rows_ref]) for i in (0, 1))
         mb = sum(w.nbytes // e for w, e, r in parts) * k / 1e6
         print(f'| {what} | {parts[0][2]}x{K} | {mb:.1f} | {us:.1f} | {mb / us * 1e3:.0f} | {mb * 1e12 / us / copy_bw:.2f} '
               f'| {np.max(np.abs(got - ref) / mag):.1e} | {np.abs(got - ref).max() / np.abs(ref).max():.1e} |  ({lins[0]!r})',
@@ -288,6 +291,7 @@ def matmul_table():
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--sweep', action='store_true', help='also sweep launch shapes on a few shapes')
+    ap.add_argument('--bits', type=int, choices=[8, 16], help='staged input of the expert products (default: X_BITS)')
     ap.add_argument('--only', choices=['shapes', 'experts', 'experts-profile', 'qwen', 'matmul', 'sweep'], help='run one section')
     a = ap.parse_args()
     dev = cp.cuda.runtime.getDeviceProperties(0)['name'].decode()
@@ -296,7 +300,7 @@ def main():
           f'an empty kernel in a CUDA graph: {launch_floor():.2f} µs per launch')
     t0 = time.time()
     if a.only in (None, 'shapes'): shapes_table(bw)
-    if a.only in (None, 'experts'): experts_table(bw, sweep=a.sweep)
+    if a.only in (None, 'experts'): experts_table(bw, sweep=a.sweep, bits=a.bits)
     if a.only == 'experts-profile': experts_table(bw, profile=True)
     if a.only in (None, 'qwen'): qwen_step()
     if a.only in (None, 'matmul'): matmul_table()

@@ -6,12 +6,12 @@
 __all__ = ['bench_backend', 'llama_bench_cmd', 'parse_llama_bench', 'run_llama_bench', 'format_table', 'backend_facts',
            'format_breakdown', 'cli_bench', 'plot_decode']
 
-# %% ../nbs/09_bench.ipynb #220195ff
+# %% ../nbs/09_bench.ipynb #f0842b36
 import json, os, shutil, subprocess, sys, time
 import numpy as np
 from .engine import Engine, Sampler, SamplingParams
 
-# %% ../nbs/09_bench.ipynb #58c759c1
+# %% ../nbs/09_bench.ipynb #c85a8ad9
 def _stats(xs) -> dict:
     xs = sorted(xs)
     return dict(median=float(np.median(xs)), min=float(xs[0]), max=float(xs[-1]), n=len(xs))
@@ -42,7 +42,7 @@ def bench_backend(backend, n_vocab, prompt_tokens=512, gen_tokens=128, depth=0, 
     if depth: r['decode_depth_tps'] = _stats(tgd)
     return r
 
-# %% ../nbs/09_bench.ipynb #b977fa84
+# %% ../nbs/09_bench.ipynb #30bb1971
 def llama_bench_cmd(exe, model_path, prompt_tokens=512, gen_tokens=128, device='cpu', reps=3, depth=0):
     "The `llama-bench` command line for the same tests as `bench_backend`."
     cmd = [str(exe), '-m', str(model_path), '-p', str(prompt_tokens), '-n', str(gen_tokens), '-r', str(reps), '-o', 'json']
@@ -74,7 +74,7 @@ def run_llama_bench(exe, model_path, prompt_tokens=512, gen_tokens=128, device='
     if p.returncode != 0: raise RuntimeError(f'llama-bench failed (exit {p.returncode}): {p.stderr.strip()[-500:]}')
     return parse_llama_bench(p.stdout)
 
-# %% ../nbs/09_bench.ipynb #d19539d2
+# %% ../nbs/09_bench.ipynb #b1e04f74
 _ROWS = (('prefill_tps', 'pp{p}', 'tok/s'), ('ttft_s', 'ttft pp{p}', 'ms'), ('decode_tps', 'tg{g}', 'tok/s'),
          ('decode_depth_tps', 'tg{g} @ d{d}', 'tok/s'))
 
@@ -99,7 +99,7 @@ def format_table(ours: dict, ref: dict | None = None, title='', extra: dict | No
     lines = ([title] if title else []) + [fmt(head)] + [fmt(r) for r in rows]
     return '\n'.join(lines + [f'{k}: {v}' for k, v in (extra or {}).items()])
 
-# %% ../nbs/09_bench.ipynb #59a6feb0
+# %% ../nbs/09_bench.ipynb #c10ad0f2
 def backend_facts(be) -> dict:
     "Load time and rate, memory in use, and (GPU) the decode step's matrix products alone."
     f = {}
@@ -120,7 +120,7 @@ def format_breakdown(b: dict, top: int = 12) -> str:
     parts = [f'{k} {v:.0f} ({v / b["sum"]:.0%})' for k, v in kinds[:top]]
     return f'{b["step"]:.0f} µs as one graph; kinds alone add to {b["sum"]:.0f} µs: ' + ', '.join(parts)
 
-# %% ../nbs/09_bench.ipynb #afe5f4ac
+# %% ../nbs/09_bench.ipynb #293720bb
 def cli_bench(args):
     "`orcd bench MODEL [--device D] [--llama-bench PATH] [--prompt-tokens N] [--gen-tokens M] [--depth D] [--reps R]`."
     p, g = getattr(args, 'prompt_tokens', None) or 512, getattr(args, 'gen_tokens', None) or 128
@@ -139,7 +139,7 @@ def cli_bench(args):
     if getattr(args, 'json', False): print(json.dumps(dict(orcd=ours, llama_cpp=ref, facts=facts)))
     return 0
 
-# %% ../nbs/09_bench.ipynb #3bf3d30d
+# %% ../nbs/09_bench.ipynb #dc55deec
 def plot_decode(rows, path, hbm_tbps: float = 4.8, title: str = ''):
     """A PNG at `path`: decode tok/s of orcd and llama.cpp side by side, and the share of the HBM limit each uses.
     rows: (label, orcd tok/s, llama.cpp tok/s, weight bytes read per token)."""

@@ -7,14 +7,14 @@ clamped SwiGLU and the weighted sum, with the choice kept in device memory so on
 __all__ = ['MOE_PREFILL_BYTES', 'moe_topk_ref', 'moe_topk', 'moe_act_ref', 'moe_act', 'moe_combine_ref', 'moe_combine', 'MoE',
            'moe_groups', 'moe_prefill_workspace']
 
-# %% ../nbs/06d_cuda_moe.ipynb #9f9e1016
+# %% ../nbs/06d_cuda_moe.ipynb #694d9048
 import numpy as np
 from . import ops
 from .cuda import load_kernel, _check, cuda_device
 from .cuda_ops import _ptr
 from .errors import BackendUnavailableError
 
-# %% ../nbs/06d_cuda_moe.ipynb #ddfe36ba
+# %% ../nbs/06d_cuda_moe.ipynb #15b2fc4b
 def moe_topk_ref(logits, k: int):
     "numpy reference: `(ids (T, k) int32, weights (T, k) float32)` of router logits (T, E)."
     ids, wts = ops.moe_route(np.asarray(logits, np.float32), k)
@@ -30,7 +30,7 @@ def moe_topk(logits, k: int, ids, wts):
     load_kernel('moe', 'moe_topk')((-(-T // 4),), (128,), (logits, np.int32(T), np.int32(E), np.int32(k), ids, wts))
     return ids, wts
 
-# %% ../nbs/06d_cuda_moe.ipynb #7fa2d42c
+# %% ../nbs/06d_cuda_moe.ipynb #cc1e7ec7
 def moe_act_ref(gu, ids, bg, bu, n: int):
     "numpy reference: a (k, n) = swiglu_oai(gate + bg[ids], up + bu[ids]) of gu (k, 2n)."
     gu = np.asarray(gu, np.float32).reshape(len(ids), 2 * n)
@@ -60,7 +60,7 @@ def moe_combine(y, ids, wts, bd, d: int, out):
     load_kernel('moe', 'moe_combine')((-(-d // 256),), (256,), (y, ids, wts, _ptr(bd), np.int32(k), np.int32(d), out))
     return out
 
-# %% ../nbs/06d_cuda_moe.ipynb #5b4b0e57
+# %% ../nbs/06d_cuda_moe.ipynb #e82abda5
 class MoE:
     "One layer's mixture of experts on the device (weights: the layer's handles; views: their blocks in VRAM)."
     def __init__(self, w: dict, views: dict, k: int, act: str):
@@ -94,7 +94,7 @@ class MoE:
         for _, f in self.launches(x, out): f()
         return out
 
-# %% ../nbs/06d_cuda_moe.ipynb #a83a7375
+# %% ../nbs/06d_cuda_moe.ipynb #8959bee0
 def moe_groups(ids, E: int, xp=np):
     """The T·k pairs of ids (T, k) in expert order: `(order, experts, counts)`, order the flat indices t·k + j sorted by
     expert (tokens ascending within one), experts their expert ids, counts (E,) the run lengths. xp: numpy or cupy."""
@@ -102,7 +102,7 @@ def moe_groups(ids, E: int, xp=np):
     order = xp.argsort(flat * flat.size + xp.arange(flat.size))   # unique keys: stable without a stable sort
     return order, flat[order], xp.bincount(flat, minlength=E)
 
-# %% ../nbs/06d_cuda_moe.ipynb #5a39a879
+# %% ../nbs/06d_cuda_moe.ipynb #57b76522
 MOE_PREFILL_BYTES = 512 << 20
 
 def moe_prefill_workspace(E: int, d: int, ffn: int) -> int:

@@ -276,6 +276,22 @@ def test_eos_ends_and_is_not_emitted():
     assert text(evs) == 'Hello' and evs[-1].finish_reason == 'eos'
 
 
+def test_harmony_return_and_call_end_a_generation():
+    "gpt-oss's own tokenizer (the synthetic fixture): <|return|> and <|call|> end a generation; <|end|> does not."
+    from pathlib import Path
+    from orcd.gguf import GGUFFile
+    from orcd.tokenizer import load_tokenizer
+    tok = load_tokenizer(GGUFFile(Path(__file__).parent / 'fixtures' / 'synthetic' / 'gpt-oss.gguf'))
+    msg = tok.encode('<|channel|>analysis<|message|>Think.<|end|><|start|>assistant<|channel|>final<|message|>Hi',
+                     parse_special=True)
+    for end in ('<|return|>', '<|call|>'):
+        e = tok.v.token_to_id[end]
+        be = ScriptedBackend(msg + [e] + msg, n_vocab=tok.vocab_size)
+        evs = list(Engine.from_parts(be, tok, model_name='gpt-oss').generate('hi', SamplingParams(temperature=0)))
+        assert evs[-1].finish_reason == 'eos' and evs[-1].id == e and len(evs) == len(msg) + 1, end
+        assert text(evs).endswith('<|channel|>final<|message|>Hi') and '<|end|>' in text(evs)
+
+
 def test_padding_id_is_skipped_even_when_preferred():
     evs, _ = run([[TK.pad_id, ord('a')], [TK.vocab_size + 2, ord('b')], TK.eos_id])
     assert [e.id for e in evs] == [ord('a'), ord('b'), TK.eos_id]

@@ -58,6 +58,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'orcd.adapters.rope_tables': ('adapters.html#rope_tables', 'orcd/adapters.py'),
                                'orcd.adapters.tail_steps': ('adapters.html#tail_steps', 'orcd/adapters.py')},
             'orcd.bench': { 'orcd.bench._decode_run': ('bench.html#_decode_run', 'orcd/bench.py'),
+                            'orcd.bench._prefill_seconds': ('bench.html#_prefill_seconds', 'orcd/bench.py'),
                             'orcd.bench._stats': ('bench.html#_stats', 'orcd/bench.py'),
                             'orcd.bench.backend_facts': ('bench.html#backend_facts', 'orcd/bench.py'),
                             'orcd.bench.bench_backend': ('bench.html#bench_backend', 'orcd/bench.py'),

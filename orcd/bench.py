@@ -6,12 +6,12 @@
 __all__ = ['bench_backend', 'llama_bench_cmd', 'parse_llama_bench', 'run_llama_bench', 'format_table', 'backend_facts',
            'format_breakdown', 'cli_bench', 'plot_decode']
 
-# %% ../nbs/09_bench.ipynb #f0842b36
+# %% ../nbs/09_bench.ipynb #8519a541
 import json, os, shutil, subprocess, sys, time
 import numpy as np
-from .engine import Engine, Sampler, SamplingParams
+from .engine import Engine, Sampler, SamplingParams, resolve_device
 
-# %% ../nbs/09_bench.ipynb #c85a8ad9
+# %% ../nbs/09_bench.ipynb #8f69d0bb
 def _stats(xs) -> dict:
     xs = sorted(xs)
     return dict(median=float(np.median(xs)), min=float(xs[0]), max=float(xs[-1]), n=len(xs))
@@ -23,60 +23,73 @@ def _decode_run(backend, ids, gen_tokens, greedy):
     for k in range(gen_tokens): tok = backend.decode_sample(tok, len(ids) + k, greedy)
     return gen_tokens / (time.perf_counter() - t)
 
-def bench_backend(backend, n_vocab, prompt_tokens=512, gen_tokens=128, depth=0, reps=3, seed=0) -> dict:
-    "Prefill, time to first token and decode speed (median and spread of `reps` runs after one warm-up)."
-    need = max(prompt_tokens, depth + gen_tokens, 8 + gen_tokens)
+def _prefill_seconds(backend, ids, greedy):
+    "Seconds from the prompt to its first token (the prefill and one sample)."
+    t = time.perf_counter(); greedy.sample(backend.prefill(ids))
+    return time.perf_counter() - t
+
+def bench_backend(backend, n_vocab, prompt_tokens=512, gen_tokens=128, depth=0, reps=3, seed=0,
+                  long_prompt=0) -> dict:
+    """Prefill (and of `long_prompt` tokens, if given), time to first token and decode speed: median and spread of
+    `reps` runs after one warm-up of each test (compiling, capturing, the first cuBLAS call of each shape)."""
+    need = max(prompt_tokens, long_prompt, depth + gen_tokens, 8 + gen_tokens)
     if need > backend.n_ctx: raise ValueError(f'the benchmark needs a context of {need} tokens; the backend has {backend.n_ctx}')
     rng = np.random.default_rng(seed)
-    ids = rng.integers(0, n_vocab, max(prompt_tokens, depth, 8))
+    ids = rng.integers(0, n_vocab, max(prompt_tokens, long_prompt, depth, 8))
     greedy = Sampler(SamplingParams(temperature=0), vocab_limit=n_vocab)
-    _decode_run(backend, ids[:8], min(gen_tokens, 8), greedy)                 # warm-up: compile, capture
-    pp, ttft, tg, tgd = [], [], [], []
+    for n in (prompt_tokens, long_prompt):                                    # warm-up
+        if n: _prefill_seconds(backend, ids[:n], greedy)
+    _decode_run(backend, ids[:8], min(gen_tokens, 8), greedy)
+    ttft, pl, tg, tgd = [], [], [], []
     for _ in range(reps):
-        t = time.perf_counter(); lg = backend.prefill(ids[:prompt_tokens]); greedy.sample(lg)
-        ttft.append(time.perf_counter() - t); pp.append(prompt_tokens / ttft[-1])
+        ttft.append(_prefill_seconds(backend, ids[:prompt_tokens], greedy))
+        if long_prompt: pl.append(long_prompt / _prefill_seconds(backend, ids[:long_prompt], greedy))
         tg.append(_decode_run(backend, ids[:8], gen_tokens, greedy))
         if depth: tgd.append(_decode_run(backend, ids[:depth], gen_tokens, greedy))
-    r = dict(prompt_tokens=prompt_tokens, gen_tokens=gen_tokens, depth=depth, reps=reps,
-             prefill_tps=_stats(pp), ttft_s=_stats(ttft), decode_tps=_stats(tg))
+    r = dict(prompt_tokens=prompt_tokens, gen_tokens=gen_tokens, depth=depth, reps=reps, long_prompt=long_prompt,
+             prefill_tps=_stats([prompt_tokens / t for t in ttft]), ttft_s=_stats(ttft), decode_tps=_stats(tg))
+    if long_prompt: r['prefill_long_tps'] = _stats(pl)
     if depth: r['decode_depth_tps'] = _stats(tgd)
     return r
 
-# %% ../nbs/09_bench.ipynb #30bb1971
-def llama_bench_cmd(exe, model_path, prompt_tokens=512, gen_tokens=128, device='cpu', reps=3, depth=0):
+# %% ../nbs/09_bench.ipynb #f079ff5e
+def llama_bench_cmd(exe, model_path, prompt_tokens=512, gen_tokens=128, device='cpu', reps=3, depth=0, long_prompt=0):
     "The `llama-bench` command line for the same tests as `bench_backend`."
-    cmd = [str(exe), '-m', str(model_path), '-p', str(prompt_tokens), '-n', str(gen_tokens), '-r', str(reps), '-o', 'json']
+    p = f'{prompt_tokens},{long_prompt}' if long_prompt else str(prompt_tokens)
+    cmd = [str(exe), '-m', str(model_path), '-p', p, '-n', str(gen_tokens), '-r', str(reps), '-o', 'json']
     if depth: cmd += ['-d', f'0,{depth}']
     if device.startswith('cuda'): cmd += ['-ngl', '99', '-fa', '1']
     else: cmd += ['-ngl', '0', '-t', str(os.cpu_count() or 1)]
     return cmd
 
-def parse_llama_bench(out: str) -> dict:
-    "`{'prefill_tps', 'decode_tps', 'decode_depth_tps'}` (each `{'median', 'spread'}`) from `-o json` output."
+def parse_llama_bench(out: str, prompt_tokens=None) -> dict:
+    """`{'prefill_tps', 'prefill_long_tps', 'decode_tps', 'decode_depth_tps'}` (each `{'median', 'stddev'}`) from `-o
+    json` output; a prefill of other than `prompt_tokens` tokens (when given) is the long prompt's."""
     try: rows = json.loads(out)
     except json.JSONDecodeError as e: raise RuntimeError(f'llama-bench did not print JSON ({e}): {out[:200]!r}') from e
     r = {}
     for t in rows:
         v = dict(median=float(t['avg_ts']), stddev=float(t.get('stddev_ts', 0.0)))
         d = int(t.get('n_depth', 0) or 0)
-        if t.get('n_prompt', 0) > 0 and t.get('n_gen', 0) == 0 and d == 0: r['prefill_tps'] = v
+        if t.get('n_prompt', 0) > 0 and t.get('n_gen', 0) == 0 and d == 0:
+            r['prefill_tps' if prompt_tokens in (None, t['n_prompt']) else 'prefill_long_tps'] = v
         if t.get('n_gen', 0) > 0 and t.get('n_prompt', 0) == 0: r['decode_depth_tps' if d else 'decode_tps'] = v
     if not r: raise RuntimeError('llama-bench printed no pp/tg test results')
     return r
 
 def run_llama_bench(exe, model_path, prompt_tokens=512, gen_tokens=128, device='cpu', reps=3, depth=0,
-                    timeout=1800) -> dict:
+                    timeout=1800, long_prompt=0) -> dict:
     "Run llama-bench and return its figures (`parse_llama_bench`)."
     path = shutil.which(str(exe)) or str(exe)
     if not os.path.isfile(path): raise FileNotFoundError(f'llama-bench not found at {exe}')
-    p = subprocess.run(llama_bench_cmd(path, model_path, prompt_tokens, gen_tokens, device, reps, depth),
+    p = subprocess.run(llama_bench_cmd(path, model_path, prompt_tokens, gen_tokens, device, reps, depth, long_prompt),
                        capture_output=True, text=True, timeout=timeout)
     if p.returncode != 0: raise RuntimeError(f'llama-bench failed (exit {p.returncode}): {p.stderr.strip()[-500:]}')
-    return parse_llama_bench(p.stdout)
+    return parse_llama_bench(p.stdout, prompt_tokens)
 
-# %% ../nbs/09_bench.ipynb #b1e04f74
-_ROWS = (('prefill_tps', 'pp{p}', 'tok/s'), ('ttft_s', 'ttft pp{p}', 'ms'), ('decode_tps', 'tg{g}', 'tok/s'),
-         ('decode_depth_tps', 'tg{g} @ d{d}', 'tok/s'))
+# %% ../nbs/09_bench.ipynb #12084354
+_ROWS = (('prefill_tps', 'pp{p}', 'tok/s'), ('prefill_long_tps', 'pp{l}', 'tok/s'), ('ttft_s', 'ttft pp{p}', 'ms'),
+         ('decode_tps', 'tg{g}', 'tok/s'), ('decode_depth_tps', 'tg{g} @ d{d}', 'tok/s'))
 
 def format_table(ours: dict, ref: dict | None = None, title='', extra: dict | None = None) -> str:
     "A text table of our figures, llama.cpp's and the ratio (higher is better; ttft: lower is better)."
@@ -85,7 +98,8 @@ def format_table(ours: dict, ref: dict | None = None, title='', extra: dict | No
     for key, name, unit in _ROWS:
         if key not in ours: continue
         o = ours[key]; k = 1e3 if unit == 'ms' else 1.0
-        row = [name.format(p=ours['prompt_tokens'], g=ours['gen_tokens'], d=ours.get('depth')) + f' ({unit})',
+        row = [name.format(p=ours['prompt_tokens'], g=ours['gen_tokens'], d=ours.get('depth'), l=ours.get('long_prompt'))
+               + f' ({unit})',
                f"{o['median'] * k:.1f}", f"{o['min'] * k:.1f}–{o['max'] * k:.1f}"]
         if ref:
             r = (ref.get(key) or {}).get('median')
@@ -99,7 +113,7 @@ def format_table(ours: dict, ref: dict | None = None, title='', extra: dict | No
     lines = ([title] if title else []) + [fmt(head)] + [fmt(r) for r in rows]
     return '\n'.join(lines + [f'{k}: {v}' for k, v in (extra or {}).items()])
 
-# %% ../nbs/09_bench.ipynb #c10ad0f2
+# %% ../nbs/09_bench.ipynb #a9385b61
 def backend_facts(be) -> dict:
     "Load time and rate, memory in use, and (GPU) the decode step's matrix products alone."
     f = {}
@@ -120,16 +134,20 @@ def format_breakdown(b: dict, top: int = 12) -> str:
     parts = [f'{k} {v:.0f} ({v / b["sum"]:.0%})' for k, v in kinds[:top]]
     return f'{b["step"]:.0f} µs as one graph; kinds alone add to {b["sum"]:.0f} µs: ' + ', '.join(parts)
 
-# %% ../nbs/09_bench.ipynb #293720bb
+# %% ../nbs/09_bench.ipynb #c4830c8e
 def cli_bench(args):
-    "`orcd bench MODEL [--device D] [--llama-bench PATH] [--prompt-tokens N] [--gen-tokens M] [--depth D] [--reps R]`."
+    """`orcd bench MODEL [--device D] [--llama-bench PATH] [--prompt-tokens N] [--long-prompt L] [--gen-tokens M]
+    [--depth D] [--reps R]`; the long prompt is 2,048 tokens on a GPU and none on the CPU unless given (0: none)."""
     p, g = getattr(args, 'prompt_tokens', None) or 512, getattr(args, 'gen_tokens', None) or 128
     d, reps = getattr(args, 'depth', None) or 0, getattr(args, 'reps', None) or 3
     try:
-        eng = Engine(args.model, device=args.device, n_ctx=max(p, d + g, 8 + g) + 8)
-        ours = bench_backend(eng.backend, eng.tokenizer.vocab_size, p, g, d, reps)
+        long = getattr(args, 'long_prompt', None)
+        if long is None: long = 2048 if resolve_device(args.device).startswith('cuda') else 0
+        eng = Engine(args.model, device=args.device, n_ctx=max(p, long, d + g, 8 + g) + 8)
+        ours = bench_backend(eng.backend, eng.tokenizer.vocab_size, p, g, d, reps, long_prompt=long)
         ref = None
-        if args.llama_bench: ref = run_llama_bench(args.llama_bench, eng.path, p, g, eng.device, reps, d)
+        if args.llama_bench:
+            ref = run_llama_bench(args.llama_bench, eng.path, p, g, eng.device, reps, d, long_prompt=long)
         facts = backend_facts(eng.backend)
     except (ValueError, OSError, RuntimeError, LookupError, MemoryError) as e:
         print(f'orcd bench: error: {e}', file=sys.stderr); return 1
@@ -139,7 +157,7 @@ def cli_bench(args):
     if getattr(args, 'json', False): print(json.dumps(dict(orcd=ours, llama_cpp=ref, facts=facts)))
     return 0
 
-# %% ../nbs/09_bench.ipynb #dc55deec
+# %% ../nbs/09_bench.ipynb #c51bec84
 def plot_decode(rows, path, hbm_tbps: float = 4.8, title: str = ''):
     """A PNG at `path`: decode tok/s of orcd and llama.cpp side by side, and the share of the HBM limit each uses.
     rows: (label, orcd tok/s, llama.cpp tok/s, weight bytes read per token)."""

@@ -52,6 +52,8 @@ COMMANDS = {
     'bench': ('orcd.bench:cli_bench', 'prefill/decode tokens per second (and the ratio to llama.cpp)',
               [_MODEL, ('--device', dict(default='auto')), ('--llama-bench', dict(default=None)),
                ('--prompt-tokens', dict(type=int, default=512)), ('--gen-tokens', dict(type=int, default=128)),
+               ('--long-prompt', dict(type=int, default=None, help='also time a prefill of this many tokens '
+                                      '(default: 2048 on a GPU, none on the CPU)')),
                ('--depth', dict(type=int, default=0, help='also time decoding after this many tokens in the cache')),
                ('--reps', dict(type=int, default=3, help='timed runs per test (after one warm-up)')), _JSON]),
 }

@@ -659,8 +659,9 @@ FAKE_LLAMA_BENCH = '''#!/usr/bin/env python3
 import json, sys
 a = sys.argv[1:]
 if a[a.index('-m') + 1].endswith('bad.gguf'): sys.exit('boom')
-p, n = int(a[a.index('-p') + 1]), int(a[a.index('-n') + 1])
-print(json.dumps([{"n_prompt": p, "n_gen": 0, "avg_ts": 400.0}, {"n_prompt": 0, "n_gen": n, "avg_ts": 20.0}]))
+ps, n = [int(p) for p in a[a.index('-p') + 1].split(',')], int(a[a.index('-n') + 1])
+print(json.dumps([{"n_prompt": p, "n_gen": 0, "avg_ts": 400.0 / (1 + k)} for k, p in enumerate(ps)]
+                 + [{"n_prompt": 0, "n_gen": n, "avg_ts": 20.0}]))
 '''
 
 
@@ -706,9 +707,14 @@ def test_cli_bench_with_fake_engine(tmp_path, monkeypatch, capsys):
         e.path = model
         return e
     monkeypatch.setattr(B, 'Engine', fake_engine)
-    assert main(['bench', 'toy', '--prompt-tokens', '8', '--gen-tokens', '3', '--llama-bench', str(fake_llama_bench(tmp_path))]) == 0
+    assert main(['bench', 'toy', '--prompt-tokens', '8', '--gen-tokens', '3', '--long-prompt', '0',
+                 '--llama-bench', str(fake_llama_bench(tmp_path))]) == 0
     out = capsys.readouterr().out
     assert 'pp8' in out and 'tg3' in out and 'llama.cpp' in out and 'toy' in out
+    assert main(['bench', 'toy', '--prompt-tokens', '8', '--gen-tokens', '3', '--long-prompt', '24',
+                 '--llama-bench', str(fake_llama_bench(tmp_path)), '--json']) == 0
+    got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert got['orcd']['prefill_long_tps']['n'] == 3 and got['llama_cpp']['prefill_long_tps']['median'] == 200.0
     assert main(['bench', 'toy', '--prompt-tokens', '300']) == 1
     err = capsys.readouterr().err
     assert err.startswith('orcd bench: error: ') and 'needs a context of 300' in err

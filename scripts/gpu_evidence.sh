@@ -4,13 +4,14 @@
 #   whl/                  orcd's runtime dependencies as wheels
 #   skel/NAME.head|json   `gguf-skeleton save` headers of the three registry models
 #   llamacpp-src.tgz      `llamacpp-peer pack .carry`, with the tool llamacpp-peer copied beside it (for `peer`)
-# Usage: scripts/gpu_evidence.sh [kernels] [sanitize] [tests] [serve] [matvec] [experts] [peer] [bench] [gptoss]   (logs under $OUT)
+# Usage: scripts/gpu_evidence.sh [kernels] [sanitize] [tests] [serve] [matvec] [experts] [profile] [peer] [bench] [gptoss]   (logs under $OUT)
 #   kernels   the kernel tests (matvec, ops) against their numpy references
 #   sanitize  compute-sanitizer memcheck over the small kernel tests
 #   tests     the backend against the CPU backend on every model (fixtures + shaped real layouts)
 #   serve     `orcd serve --device cuda` with the openai client (tests/test_cuda_server.py)
 #   matvec    scripts/bench_matvec.py (per-shape GB/s, one Qwen step's matvecs)
 #   experts   scripts/bench_matvec.py --only experts (gpt-oss's routed MXFP4 expert products: GB/s, error)
+#   profile   ncu on those two products, and the SASS of the MXFP4 kernels CuPy compiled (in $OUT)
 #   peer      build llama.cpp's llama-bench (in the background, from .carry/llamacpp-src.tgz)
 #   bench     orcd bench on the Qwen and SmolLM2 layouts, with llama-bench when peer was built
 #   gptoss    gpt-oss-20b's layout: a 2-layer file with synthetic values for the tests (start it before `tests`),
@@ -56,6 +57,14 @@ if has serve; then
 fi
 if has experts; then
   timeout 150 python3 scripts/bench_matvec.py --only experts ${EXPERTS_SWEEP:+--sweep} 2>&1 | tee "$OUT/experts.log" | tail -40
+fi
+if has profile; then      # why the MXFP4 expert products are slow: Nsight Compute on both, and their SASS as CuPy built them
+  timeout 120 ncu -k regex:matvec_v2 --launch-count 2 --section SpeedOfLight --section Occupancy --section WarpStateStats \
+    --section SchedulerStats --section InstructionStats --section SourceCounters \
+    python3 scripts/bench_matvec.py --only experts-profile > "$OUT/ncu.log" 2>&1; grep -E "Duration|Throughput|Issued|Eligible" "$OUT/ncu.log" | head -20
+  for f in ${CUPY_CACHE_DIR:-$HOME/.cupy/kernel_cache}/*.cubin; do
+    cuobjdump -sass "$f" 2>/dev/null | grep -q "tMXFP4" && cuobjdump -sass "$f" > "$OUT/sass-$(basename "$f" .cubin).txt"
+  done; ls "$OUT" | grep -c '^sass-' || true
 fi
 if has matvec; then
   timeout 240 python3 scripts/bench_matvec.py 2>&1 | tee "$OUT/matvec.log" | tail -60

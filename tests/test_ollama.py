@@ -7,8 +7,7 @@
 * the real model (smollm2-135m-instruct on CPU) behind the real `orcd serve` CLI path: `chat` streamed and not,
   `generate`, `list`, `show`, and the same greedy text as `/v1/chat/completions`.
 
-Until `create_app` registers the Ollama routes itself, the servers are started with `create_app` wrapped so that it
-does (`PATCH`); `register_ollama_routes` is idempotent, so the wrapper stays harmless afterwards."""
+`create_app` registers the Ollama routes itself (07_server), so every server here is the plain one."""
 import json, sys, threading, time
 from pathlib import Path
 
@@ -22,28 +21,23 @@ except ImportError: ollama = None
 needs_client = pytest.mark.skipif(ollama is None, reason='the ollama client is not installed: pip install -e .[dev]')
 
 from fastapi.testclient import TestClient
-from orcd.ollama import OLLAMA_DEFAULTS, ollama_sampling, register_ollama_routes
+from orcd.ollama import OLLAMA_DEFAULTS, ollama_sampling
 from orcd.server import create_app
 from orcd.errors import InvalidRequestError
 
 MODEL = 'smollm2-135m-instruct'
 FAKE = str(Path(__file__).resolve().parent / 'fake_engine.py')
-PATCH = ("import orcd.server as s, orcd.ollama as o\n_c = s.create_app\n"
-         "def create_app(*a, **k):\n    app = _c(*a, **k); o.register_ollama_routes(app, app.state.orcd); return app\n"
-         "s.create_app = create_app\n")
 
 
 def ollama_fake_server(*args):
-    "tests/fake_engine.py's server, with the Ollama routes."
+    "tests/fake_engine.py's server (its `create_app` has the Ollama routes)."
     port = free_port()
-    code = PATCH + f"import sys, runpy; sys.argv[0] = {FAKE!r}; runpy.run_path({FAKE!r}, run_name='__main__')"
-    return ServerProc([sys.executable, '-c', code, '--port', str(port), *map(str, args)], port)
+    return ServerProc([sys.executable, FAKE, '--port', str(port), *map(str, args)], port)
 
 def ollama_real_server(model, *args, ready_timeout=120.0):
-    "`orcd serve MODEL --port P ARGS` (the real CLI path), with the Ollama routes."
+    "`orcd serve MODEL --port P ARGS`: the real CLI path."
     port = free_port()
-    code = PATCH + 'import sys, orcd.cli; sys.exit(orcd.cli.main())'
-    return ServerProc([sys.executable, '-c', code, 'serve', str(model), '--port', str(port), *map(str, args)], port,
+    return ServerProc([sys.executable, '-m', 'orcd.cli', 'serve', str(model), '--port', str(port), *map(str, args)], port,
                       ready_timeout=ready_timeout)
 
 def ndjson(text): return [json.loads(l) for l in text.splitlines() if l.strip()]
@@ -60,9 +54,7 @@ class Recording(FakeEngine):
 @pytest.fixture
 def app_engine():
     eng = Recording(eos_after=6)
-    app = create_app(eng)
-    register_ollama_routes(app, app.state.orcd)
-    with TestClient(app) as tc: yield tc, eng
+    with TestClient(create_app(eng)) as tc: yield tc, eng
 
 
 def test_options_reach_the_engine(app_engine):

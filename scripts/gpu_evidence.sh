@@ -4,7 +4,7 @@
 #   whl/                  orcd's runtime dependencies as wheels
 #   skel/NAME.head|json   `gguf-skeleton save` headers of the three registry models
 #   llamacpp-src.tgz      `llamacpp-peer pack .carry`, with the tool llamacpp-peer copied beside it (for `peer`)
-# Usage: scripts/gpu_evidence.sh [kernels] [sanitize] [tests] [serve] [matvec] [experts] [profile] [peer] [bench] [gptoss]   (logs under $OUT)
+# Usage: scripts/gpu_evidence.sh [kernels] [sanitize] [tests] [serve] [matvec] [experts] [profile] [serverbench] [peer] [bench] [gptoss]   (logs under $OUT)
 #   kernels   the kernel tests (matvec, ops) against their numpy references
 #   sanitize  compute-sanitizer memcheck over the small kernel tests
 #   tests     the backend against the CPU backend on every model (fixtures + shaped real layouts)
@@ -12,6 +12,7 @@
 #   matvec    scripts/bench_matvec.py (per-shape GB/s, one Qwen step's matvecs)
 #   experts   scripts/bench_matvec.py --only experts (gpt-oss's routed MXFP4 expert products: GB/s, error)
 #   profile   ncu on those two products, and the SASS of the MXFP4 kernels CuPy compiled (in $OUT)
+#   serverbench  scripts/bench_server.py on the Qwen layout: tok/s through HTTP + SSE / the engine's (needs httpx-sse, psutil in whl/)
 #   peer      build llama.cpp's llama-bench (in the background, from .carry/llamacpp-src.tgz)
 #   bench     orcd bench on the Qwen and SmolLM2 layouts, with llama-bench when peer was built
 #   gptoss    gpt-oss-20b's layout: a 2-layer file with synthetic values for the tests (start it before `tests`),
@@ -65,6 +66,11 @@ if has profile; then      # why the MXFP4 expert products are slow: Nsight Compu
   for f in ${CUPY_CACHE_DIR:-$HOME/.cupy/kernel_cache}/*.cubin; do
     cuobjdump -sass "$f" 2>/dev/null | grep -q "tMXFP4" && cuobjdump -sass "$f" > "$OUT/sass-$(basename "$f" .cubin).txt"
   done; ls "$OUT" | grep -c '^sass-' || true
+fi
+if has serverbench; then  # decode through HTTP + SSE against the engine alone (the performance issue asks >= 95 %)
+  python3 -m pip install -q --no-index --find-links .carry/whl httpx-sse psutil 2>&1 | tail -1
+  timeout 240 python3 scripts/bench_server.py --model $ORCD_SHAPED_DIR/qwen2.5-coder-0.5b-instruct.gguf --device cuda \
+    --ctx 1024 --tokens 256 --reps 3 2>&1 | tee "$OUT/server-bench.log" | tail -8
 fi
 if has matvec; then
   timeout 240 python3 scripts/bench_matvec.py 2>&1 | tee "$OUT/matvec.log" | tail -60

@@ -132,9 +132,9 @@ def experts_table(copy_bw, sweep=False, profile=False, bits=None):
     xh, ah = rng.standard_normal(d).astype(np.float32), rng.standard_normal(k * n).astype(np.float32)
     choices = [rng.choice(E, k, replace=False).astype(np.int32) for _ in range(8)]   # 8 choices: beyond the L2
     if profile:
-        for parts, K, xin, pe in (([gh, uh], d, xh, False), ([dh], n, ah, True)):
-            lin = cm.expert_linear([(cp.asarray(w), E, w.size // E // (K // 32 * 17), MXFP4) for w in parts], K,
-                                   cp.asarray(choices[0]), per_expert_x=pe)
+        for parts, K, xin, pe in (([(gh, n), (uh, n)], d, xh, False), ([(dh, d)], n, ah, True)):
+            lin = cm.expert_linear([(cp.asarray(w), E, r, MXFP4) for w, r in parts], K, cp.asarray(choices[0]),
+                                   per_expert_x=pe)
             print(repr(lin)); lin(cp.asarray(xin), cp.empty(lin.rows, np.float32)); cp.cuda.Device().synchronize()
         return
     print('\n| gpt-oss experts (4 of 32, MXFP4) | rows x K each | MB read | µs | GB/s | / copy | max err / (|W||x\'|) '
@@ -147,10 +147,8 @@ def experts_table(copy_bw, sweep=False, profile=False, bits=None):
         x, out = cp.asarray(xin), cp.empty(lins[0].rows, np.float32)
         us = graph_us([(lambda l=l: l(x, out)) for l in lins] * 25)
         got = cp.asnumpy(lins[0](x, out))
-        rows_ref = [cm.linear_ref([(w[e * (w.size // E):(e + 1) * (w.size // E)], r, MXFP4)],
-                                  xin[j * K:(j + 1) * K] if pe else xin, bits=lins[0].bits)
-                    for j, e in enumerate(choices[0]) for w, _, r in parts]
-        ref, mag = (np.concatenate([rr[i] for rr in rows_ref]) for i in (0, 1))
+        ref, mag, _ = cm.expert_linear_ref([(w, e, r, MXFP4) for w, e, r in parts], K, choices[0], xin, pe,
+                                           bits=lins[0].bits)
         mb = sum(w.nbytes // e for w, e, r in parts) * k / 1e6
         print(f'| {what} | {parts[0][2]}x{K} | {mb:.1f} | {us:.1f} | {mb / us * 1e3:.0f} | {mb * 1e12 / us / copy_bw:.2f} '
               f'| {np.max(np.abs(got - ref) / mag):.1e} | {np.abs(got - ref).max() / np.abs(ref).max():.1e} |  ({lins[0]!r})',

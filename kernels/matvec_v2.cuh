@@ -370,8 +370,20 @@ __device__ __forceinline__ float4 ld_x4(const float* __restrict__ x, int i, bool
     return vec ? __ldg(reinterpret_cast<const float4*>(x) + i) : make_float4(x[4 * i], x[4 * i + 1], x[4 * i + 2], x[4 * i + 3]);
 }
 
+// x[i] / den * nw[i] for the 4 values of group i (RMSNorm fused into the staging), or x as it is (nw null).
+__device__ __forceinline__ float4 ld_x4_norm(const float* __restrict__ x, const float* __restrict__ nw, float den,
+                                             int i, bool vec) {
+    float4 v = ld_x4(x, i, vec);
+    if (nw) {
+        const float4 w = ld_x4(nw, i, (reinterpret_cast<size_t>(nw) & 15) == 0);
+        v.x = v.x / den * w.x; v.y = v.y / den * w.y; v.z = v.z / den * w.z; v.w = v.w / den * w.w;
+    }
+    return v;
+}
+
 template <int NT, int XB>
-__device__ __forceinline__ void stage_q8(const float* __restrict__ x, int K, int* q, float* d, int* s16) {
+__device__ __forceinline__ void stage_q8(const float* __restrict__ x, int K, int* q, float* d, int* s16,
+                                         const float* __restrict__ nw, float den) {
     constexpr float QMAX = XB == 8 ? 127.f : 32767.f;
     constexpr int P = 4;           // float4 groups per thread per pass; 8 consecutive threads share a 32-value block
     const int n4 = K / 4;
@@ -381,7 +393,7 @@ __device__ __forceinline__ void stage_q8(const float* __restrict__ x, int K, int
 #pragma unroll
         for (int j = 0; j < P; ++j) {
             const int i = i0 + j * NT + threadIdx.x;
-            v[j] = i < n4 ? ld_x4(x, i, vec) : make_float4(0.f, 0.f, 0.f, 0.f);
+            v[j] = i < n4 ? ld_x4_norm(x, nw, den, i, vec) : make_float4(0.f, 0.f, 0.f, 0.f);
         }
 #pragma unroll
         for (int j = 0; j < P; ++j) {
@@ -412,10 +424,31 @@ __device__ __forceinline__ void stage_q8(const float* __restrict__ x, int K, int
 }
 
 template <int NT>
-__device__ __forceinline__ void stage_f32(const float* __restrict__ x, int K, float* f) {
+__device__ __forceinline__ void stage_f32(const float* __restrict__ x, int K, float* f, const float* __restrict__ nw,
+                                          float den) {
     const bool vec = (reinterpret_cast<size_t>(x) & 15) == 0;
 #pragma unroll 4
-    for (int i = threadIdx.x; i < K / 4; i += NT) reinterpret_cast<float4*>(f)[i] = ld_x4(x, i, vec);
+    for (int i = threadIdx.x; i < K / 4; i += NT) reinterpret_cast<float4*>(f)[i] = ld_x4_norm(x, nw, den, i, vec);
+}
+
+// RMSNorm fused into the staging: sqrt(mean(x²) + eps) over the K values at x, summed by the whole CTA (each CTA
+// computes it again: x is a few KB, read from L2), so the norm needs no kernel of its own; the staged input is then
+// x / den * w, as norm_rows computes it (orcd.ops.rms_norm).
+template <int NT>
+__device__ __forceinline__ float rms_den(const float* __restrict__ x, int K, float eps) {
+    __shared__ float part[NT / 32], total;
+    float s = 0.f;
+    for (int i = threadIdx.x; i < K; i += NT) { const float v = x[i]; s = fmaf(v, v, s); }
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = s;
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        float t = threadIdx.x < NT / 32 ? part[threadIdx.x] : 0.f;
+        for (int o = 16; o > 0; o >>= 1) t += __shfl_xor_sync(0xffffffffu, t, o);
+        if (threadIdx.x == 0) total = sqrtf(t / (float)K + eps);
+    }
+    __syncthreads();
+    return total;
 }
 
 // Shared-memory layout (dynamic): [q: K bytes, or 2K rounded up to 128][d: K/8 bytes][s16: K/4 bytes] then, 16-aligned,
@@ -477,13 +510,16 @@ __device__ __forceinline__ void load_batch(typename T::Raw (&r)[U], const u8* w,
 }
 
 template <bool SQ8, bool SF32, int NT, int XB>
-__device__ __forceinline__ void stage(const float* __restrict__ x, int K, const XS<XB>& xs) {
-    if (SQ8) stage_q8<NT, XB>(x, K, const_cast<int*>(xs.q), const_cast<float*>(xs.d), const_cast<int*>(xs.s16));
-    if (SF32) stage_f32<NT>(x, K, const_cast<float*>(xs.f));
+__device__ __forceinline__ void stage(const float* __restrict__ x, int K, const XS<XB>& xs, const float* __restrict__ nw,
+                                      float eps) {
+    const float den = nw ? rms_den<NT>(x, K, eps) : 1.f;     // uniform over the CTA (nw is a kernel argument)
+    if (SQ8) stage_q8<NT, XB>(x, K, const_cast<int*>(xs.q), const_cast<float*>(xs.d), const_cast<int*>(xs.s16), nw, den);
+    if (SF32) stage_f32<NT>(x, K, const_cast<float*>(xs.f), nw, den);
 }
 
 struct Args {
     const float* x; float* y; const float* bias; int K; int accumulate; const int* route_ids;
+    const float* norm_w; float norm_eps;   // RMSNorm of x fused into the staging (norm_w null: none)
 };
 
 // All tiles of one part that this CTA owns.
@@ -514,7 +550,7 @@ __device__ __forceinline__ void run_part(const Part& P0, int tile_begin, const A
         asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
         if (staged != -1) __syncthreads();                    // the previous part's x may still be read
-        stage<SQ8, SF32, NT, XB>(a.x + P.xoff, a.K, xs); __syncthreads(); staged = P.xoff;
+        stage<SQ8, SF32, NT, XB>(a.x + P.xoff, a.K, xs, a.norm_w, a.norm_eps); __syncthreads(); staged = P.xoff;
     }
     float acc = 0.f;
     for (;;) {
@@ -561,13 +597,14 @@ __device__ __forceinline__ void dispatch(int slot, const Part& P, int tb, const 
 template <int NW, int XB, class... Cs>
 __device__ __forceinline__ void matvec_v2_body(const Part* __restrict__ parts, int nparts, const float* __restrict__ x,
                                                float* y, const float* __restrict__ bias, int K, int accumulate,
-                                               const int* __restrict__ route_ids) {
+                                               const int* __restrict__ route_ids, const float* __restrict__ norm_w,
+                                               float norm_eps) {
     constexpr bool SQ8 = (Cs::type::Q8X || ...);
     constexpr bool SF32 = (!Cs::type::Q8X || ...);
     extern __shared__ int4 mv_smem[];
     __shared__ float red[NW];
     const XS<XB> xs = smem_layout<XB>(mv_smem, K, SQ8);
-    const Args a = {x, y, bias, K, accumulate, route_ids};
+    const Args a = {x, y, bias, K, accumulate, route_ids, norm_w, norm_eps};
     // Let the next kernel in the stream launch now if it was launched with programmatic stream serialization: it
     // prefetches its weights, then waits (griddepcontrol.wait) for this whole grid to complete.
 #if __CUDA_ARCH__ >= 900
@@ -594,6 +631,7 @@ template <int NW, int XB, class... Cs>
 __global__ void __launch_bounds__(NW * 32) matvec_v2_k(const mv::Part* __restrict__ parts, int nparts,
                                                       const float* __restrict__ x, float* y,
                                                       const float* __restrict__ bias, int K, int accumulate,
-                                                      const int* __restrict__ route_ids) {
-    mv::matvec_v2_body<NW, XB, Cs...>(parts, nparts, x, y, bias, K, accumulate, route_ids);
+                                                      const int* __restrict__ route_ids,
+                                                      const float* __restrict__ norm_w, float norm_eps) {
+    mv::matvec_v2_body<NW, XB, Cs...>(parts, nparts, x, y, bias, K, accumulate, route_ids, norm_w, norm_eps);
 }

@@ -9,19 +9,20 @@ __all__ = ['MATVEC_KERNELS', 'FLOAT_TYPES', 'X_BITS', 'V2_TYPES', 'PART_DTYPE', 
            'quantize_x_ref', 'linear_ref', 'random_weight', 'plan_warps', 'plan_unroll', 'plan_tpr', 'v2_expr',
            'plan_linear', 'precompile', 'Linear', 'expert_linear', 'expert_linear_ref', 'dequantize_rows', 'dequantize']
 
-# %% ../nbs/06a_cuda_matvec.ipynb #bd093981
+# %% ../nbs/06a_cuda_matvec.ipynb #ec630f32
 import functools, math
 import numpy as np
 from .cuda import load_kernel, _check, cuda_device, kernel_source
 from .quants import (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, MXFP4, QUANT_TYPES,
                          quantize, dequantize as np_dequantize)   # `dequantize` here is the device one, below
+from .ops import rms_norm
 
-# %% ../nbs/06a_cuda_matvec.ipynb #4e56298f
+# %% ../nbs/06a_cuda_matvec.ipynb #52f847e5
 def matvec_ref(w: np.ndarray, x: np.ndarray, rows: int, ggml_type: int) -> np.ndarray:
     "numpy reference: `W @ x` with `W` given as the raw `ggml_type` bytes of a `(rows, K)` weight."
     return np_dequantize(np.asarray(w, np.uint8).reshape(-1), ggml_type).reshape(rows, -1) @ x.astype(np.float32)
 
-# %% ../nbs/06a_cuda_matvec.ipynb #8e024995
+# %% ../nbs/06a_cuda_matvec.ipynb #1c9d14c7
 MATVEC_KERNELS = {Q8_0: 'matvec_q8_0', Q4_K: 'matvec_q4_k', Q6_K: 'matvec_q6_k', Q5_0: 'matvec_q5_0',
                   MXFP4: 'matvec_mxfp4'}
 
@@ -42,7 +43,7 @@ def matvec(w, x, rows: int, ggml_type: int, y=None, warps_per_block: int = 4):
     load_kernel(name, name)(grid, (32 * warps_per_block,), (w, x, y, np.int32(rows), np.int32(K)))
     return y
 
-# %% ../nbs/06a_cuda_matvec.ipynb #cbd93eff
+# %% ../nbs/06a_cuda_matvec.ipynb #a70d2ffa
 FLOAT_TYPES = (F32, F16, BF16)
 X_BITS = 16     # default width of the staged input's codes (8: llama.cpp's q8_1, faster, 256 times coarser)
 
@@ -55,11 +56,13 @@ def quantize_x_ref(x, bits: int = X_BITS):
         q = np.where(d[:, None] > 0, np.rint(xb / d[:, None]), 0).astype(np.int8 if bits == 8 else np.int16)
     return q.reshape(-1), d
 
-def linear_ref(parts, x, bias=None, y=None, bits: int = X_BITS):
+def linear_ref(parts, x, bias=None, y=None, bits: int = X_BITS, norm=None, eps: float = 0.0):
     """numpy reference of `Linear` (parts: (w bytes, rows, ggml_type)): `(ref, mag, errx)` in float64, ref = W x'
     (+ bias) (+ y), x' the `bits`-bit staged input for quantised parts and x for F32/F16/BF16; mag = |W||x'|
-    (+|bias| +|y|); errx = |W||x − x'| bounds |W x − W x'|."""
+    (+|bias| +|y|); errx = |W||x − x'| bounds |W x − W x'|. With `norm` (K,), x is first RMS-normalised with
+    that weight (`ops.rms_norm`, as `Linear(..., norm=)` fuses it into the staging)."""
     x = np.asarray(x, np.float32)
+    if norm is not None: x = rms_norm(x, np.asarray(norm, np.float32), eps).astype(np.float32)
     q, d = quantize_x_ref(x, bits)
     xq = (q.reshape(-1, 32) * d[:, None].astype(np.float64)).reshape(-1)
     out = []
@@ -72,7 +75,7 @@ def linear_ref(parts, x, bias=None, y=None, bits: int = X_BITS):
         if extra is not None: ref, mag = ref + extra, mag + np.abs(extra)
     return ref, mag, errx
 
-# %% ../nbs/06a_cuda_matvec.ipynb #932c5dfb
+# %% ../nbs/06a_cuda_matvec.ipynb #a6992ae0
 _SCALE = {Q4_0: .2, Q4_1: .1, Q5_0: .1, Q5_1: .05, Q8_0: .01, Q4_K: .004, Q5_K: .002, Q6_K: .001}
 
 def random_weight(rng, ggml_type, rows, K):
@@ -87,7 +90,7 @@ def random_weight(rng, ggml_type, rows, K):
     if ggml_type == MXFP4: blocks['e'] = rng.choice(np.r_[0:3, 120:130], blocks.size)   # subnormal and normal
     return b
 
-# %% ../nbs/06a_cuda_matvec.ipynb #764b7ece
+# %% ../nbs/06a_cuda_matvec.ipynb #433fe670
 # ggml type -> (trait in kernels/matvec_v2.cuh, values per chunk, default batch U)
 V2_TYPES = {F32: ('tF32', 4, 2), F16: ('tF16', 8, 2), BF16: ('tBF16', 8, 2), Q4_0: ('tQ4_0', 32, 2),
             Q4_1: ('tQ4_1', 32, 2), Q5_0: ('tQ5_0', 32, 2), Q5_1: ('tQ5_1', 32, 2), Q8_0: ('tQ8_0', 32, 1),
@@ -141,7 +144,7 @@ def _smem_bytes(K, q8, f32, bits: int = X_BITS):
     qb = K if bits == 8 else (2 * K + 127) // 128 * 128
     return ((qb + K // 8 + K // 4 + 15) // 16 * 16 if q8 else 0) + (4 * K if f32 else 0)
 
-# %% ../nbs/06a_cuda_matvec.ipynb #ec19c551
+# %% ../nbs/06a_cuda_matvec.ipynb #8bfe306f
 _V2_FUNCS = {}
 
 def precompile(exprs):
@@ -171,7 +174,7 @@ def _ctas_per_sm(kernel, threads, smem):
     by_smem = smem_sm // (smem + kernel.shared_size_bytes + 1024)
     return max(1, min(32, threads_sm // threads, by_regs, by_smem))
 
-# %% ../nbs/06a_cuda_matvec.ipynb #7f0907ac
+# %% ../nbs/06a_cuda_matvec.ipynb #5bc0c820
 import ctypes
 
 class _LaunchAttr(ctypes.Structure):          # CUlaunchAttribute
@@ -205,7 +208,7 @@ class _PdlLaunch:
         r = _cu_launch_kernel_ex()(ctypes.byref(self.cfg), self.fn, params, None)
         if r: raise RuntimeError(f'cuLaunchKernelEx failed (CUresult {r})')
 
-# %% ../nbs/06a_cuda_matvec.ipynb #9aa0dc43
+# %% ../nbs/06a_cuda_matvec.ipynb #d10e06d8
 def _check_parts(parts, K):
     for w, rows, t in parts:
         if t not in V2_TYPES:
@@ -225,7 +228,7 @@ def _has_pdl():
     import cupy
     return int(cupy.cuda.Device().compute_capability) >= 90
 
-# %% ../nbs/06a_cuda_matvec.ipynb #792955bf
+# %% ../nbs/06a_cuda_matvec.ipynb #aa121504
 class Linear:
     "y = W x (+ b) (+ y when accumulate); W = `parts` stacked along rows, all reading the same input x (K,)."
     def __init__(self, parts, K: int, bias=None, *, warps=None, tpr=None, unroll=None, ctas_per_sm=None, pdl=None,
@@ -253,18 +256,26 @@ class Linear:
         if self.pdl: self._pdl = _PdlLaunch(self._kernel, self._grid, 32 * self.warps, self._smem)
         self.ids, self._xsize = None, self.K          # see expert_linear
 
-    def __call__(self, x, y, accumulate=False):
-        "Decode: y = W x (+ b) (+ y); x cupy f32 (K,), y cupy f32 (rows,). One kernel launch. Returns y."
+    def __call__(self, x, y, accumulate=False, norm=None, eps: float = 0.0):
+        """Decode: y = W x (+ b) (+ y); x cupy f32 (K,), y cupy f32 (rows,). With `norm` (cupy f32 (K,)), W reads
+        rms_norm(x) · norm instead of x: the norm is computed while x is staged (no kernel of its own). One kernel
+        launch. Returns y."""
         _check('Linear', x, 'x', np.float32, self._xsize)
         _check('Linear', y, 'y', np.float32, self.rows)
+        if norm is not None:
+            if self._xsize != self.K: raise ValueError('Linear: norm= needs one shared input (not per-expert inputs)')
+            _check('Linear', norm, 'norm', np.float32, self.K)
         if self.pdl:
             p, i = ctypes.c_void_p, ctypes.c_int
             self._pdl(p(self._table.data.ptr), i(len(self.parts)), p(x.data.ptr), p(y.data.ptr),
                       p(0 if self.bias is None else self.bias.data.ptr), i(self.K), i(bool(accumulate)),
-                      p(0 if self.ids is None else self.ids.data.ptr))
+                      p(0 if self.ids is None else self.ids.data.ptr), p(0 if norm is None else norm.data.ptr),
+                      ctypes.c_float(eps))
         else:
             self._kernel((self._grid,), (32 * self.warps,), (*self._head, x, y, *self._tail, _I32[bool(accumulate)],
-                                                           _NULL if self.ids is None else self.ids), shared_mem=self._smem)
+                                                           _NULL if self.ids is None else self.ids,
+                                                           _NULL if norm is None else norm, np.float32(eps)),
+                         shared_mem=self._smem)
         return y
 
     def matmul(self, X, Y, accumulate=False, mode=None):
@@ -275,7 +286,7 @@ class Linear:
         return (f'Linear({self.rows}x{self.K}, {" | ".join(f"{r} {QUANT_TYPES[t].name}" for _, r, t in self.parts)}; '
                 f'{self.expr}, G={self.tpr}, grid={self._grid}{", pdl" if self.pdl else ""})')
 
-# %% ../nbs/06a_cuda_matvec.ipynb #b38dca88
+# %% ../nbs/06a_cuda_matvec.ipynb #62217a26
 def expert_linear(experts, K: int, ids, per_expert_x: bool = False, **kw) -> Linear:
     """y (k·Σrows) = for j < k, for each (w, E, rows, ggml_type) of `experts`: W[ids[j]] x_j, W the (E, rows, K)
     blocks w (cupy uint8), ids (k,) int32 on the device, read when the kernel runs; x_j = x, or x[jK:(j+1)K]."""
@@ -303,7 +314,7 @@ def expert_linear_ref(experts, K, ids, x, per_expert_x=False, bits: int = X_BITS
             out.append(linear_ref([(w[e * n:(e + 1) * n], rows, t)], xj, bits=bits))
     return tuple(np.concatenate(c) for c in zip(*out))
 
-# %% ../nbs/06a_cuda_matvec.ipynb #fafbd338
+# %% ../nbs/06a_cuda_matvec.ipynb #2dee1714
 def _row_bytes(ggml_type, K, name):
     qt = QUANT_TYPES[ggml_type]
     if K <= 0 or K % qt.block_size: raise ValueError(f'{name}: K={K} is not a multiple of the {qt.name} block ({qt.block_size})')
@@ -334,7 +345,7 @@ def dequantize(w, ggml_type: int, rows: int, K: int, dtype=np.float16, out=None)
                                                                  _NULL, np.int32(rows), out, np.float32(1)))
     return out
 
-# %% ../nbs/06a_cuda_matvec.ipynb #f4445859
+# %% ../nbs/06a_cuda_matvec.ipynb #5b87bcc0
 MATMUL_MODE = 'tf32'
 _CUDA_R_32F, _CUDA_R_16F, _OP_N, _OP_T = 0, 2, 0, 1
 _COMPUTE = {'f16': 68, 'f32': 68, 'tf32': 77}      # CUBLAS_COMPUTE_32F, CUBLAS_COMPUTE_32F_FAST_TF32

@@ -42,6 +42,18 @@ def _top2_margin(x):
 def test_gpu_matches_cpu(path):
     """Logits within 1e-2 of the largest CPU logit after the prompt and at every step of a 32-token greedy
     continuation; the tokens are identical except where the CPU's top-2 margin is itself within that bound."""
+    _check_matches_cpu(path)
+
+@pytest.mark.parametrize('path', [p for p in MODELS if p.stem not in ('gpt2', 'gpt-oss', 'gpt-oss-2l')], ids=lambda p: p.stem)
+def test_fused_norm_matches_cpu(path, monkeypatch):
+    "The same with each RMSNorm fused into the next matvec's staging (cuda_backend.FUSE_NORM): no norm kernels left."
+    from orcd import cuda_backend
+    monkeypatch.setattr(cuda_backend, 'FUSE_NORM', True)
+    gpu = _check_matches_cpu(path)
+    ops = [s.op for s, _ in cuda_backend._fused(gpu)]
+    assert 'norm_linear' in ops, ops
+
+def _check_matches_cpu(path):
     cpu, gpu = _backends(path)
     ids = _prompt(gpu.hp.vocab_size)
     lc, lg = cpu.prefill(ids), gpu.prefill(ids)
@@ -59,6 +71,7 @@ def test_gpu_matches_cpu(path):
         if k == 32: break
         lc, lg = cpu.decode(tc, len(ids) + k), gpu.decode(tg, len(ids) + k)
     print(f'\n{path.stem}: worst max|gpu-cpu|/max|cpu| = {worst:.2e}; near-ties where they parted: {ties}')
+    return gpu
 
 @pytest.mark.parametrize('path', MODELS[:2] + MODELS[-1:], ids=lambda p: p.stem)
 def test_graph_equals_eager_and_sampler_paths(path):

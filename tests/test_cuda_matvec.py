@@ -5,7 +5,7 @@ capture, the prefill matmul) and the device dequantisers (bit-exact). Set ORCD_N
 CuPy's memory pool, so that compute-sanitizer memcheck sees each array's exact bounds."""
 import os
 import numpy as np, pytest, gguf
-from orcd import cuda, cuda_matvec as cm
+from orcd import cuda, cuda_matvec as cm, ops
 from orcd.quants import F32, F16, BF16, Q5_0, Q8_0, Q4_K, Q6_K, MXFP4, QUANT_TYPES, dequantize, quantize
 
 cp, why = cuda.cuda_device()
@@ -302,6 +302,25 @@ def test_v2_stacked_parts(stack, pdl):
     got = cp.asnumpy(buf)
     assert (got[:50] == 7).all() and (got[50 + rows:] == 7).all()
     check_linear(got[50:50 + rows], [(w, r, t) for w, _, r, t in parts], x, b, what=stack)
+
+
+@needs_gpu
+@pytest.mark.parametrize('pdl', [False, True], ids=['plain', 'pdl'])
+@pytest.mark.parametrize('stack', ['qwen-qkv', 'gemma-qkv', 'small-mixed-float-and-quant', 'small-all-types'])
+def test_v2_fused_rms_norm(stack, pdl):
+    """Linear(x, norm=w): the RMSNorm computed while x is staged equals ops.rms_norm, then the product (quantised and
+    float parts; the reference normalises in numpy, so the CTA's own sum of squares is checked too)."""
+    spec, K = STACKS[stack]
+    rng = np.random.default_rng(9)
+    parts = [(*weight(t, r, K, seed=i), r, t) for i, (r, t) in enumerate(spec)]
+    x = (rng.standard_normal(K) * 3 + 0.5).astype(np.float32)
+    nw = rng.uniform(0.5, 1.5, K).astype(np.float32)
+    lin = cm.Linear([(wd, r, t) for _, wd, r, t in parts], K, pdl=pdl)
+    got = cp.asnumpy(lin(cp.asarray(x), cp.full(lin.rows, np.nan, np.float32), norm=cp.asarray(nw), eps=1e-6))
+    check_linear(got, [(w, r, t) for w, _, r, t in parts], ops.rms_norm(x, nw, 1e-6).astype(np.float32),
+                 what=f'{stack} with the norm fused')
+    with pytest.raises(ValueError, match='norm must have'):
+        lin(cp.asarray(x), cp.empty(lin.rows, np.float32), norm=cp.asarray(nw[:-1]))
 
 
 @needs_gpu

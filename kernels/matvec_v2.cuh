@@ -65,8 +65,15 @@ __device__ __forceinline__ u32 bits_to_bytes4(u32 t) { return (((t & 15u) * 0x00
 
 // The staged input, in shared memory: XB-bit codes (XB = 8 or 16) of each 32-value block, its fp32 scale, and the
 // code sums of each 16-value half block. Codes of 4 consecutive values ("group" j) are one int (XB = 8) or two.
-template <int XB>
+// PL ("pair layout", 16-bit codes only, for kernels whose parts are all MXFP4): within each 32-value block, 32-bit
+// word n (n < 16) holds the codes of values n and n + 16, the two that one byte of an MXFP4 block encodes (low and
+// high nibble); block b's 64 bytes start at 16-byte slot 9 (b/2) + 4 (b%2) (a 16-byte pad after every second block
+// instead of swz16: the 8 blocks that a quarter warp reads land on 8 different bank groups, and the slots of one
+// block are consecutive, so their addresses are one base plus constant offsets).
+template <int XB, bool PL = false>
 struct XS {
+    static constexpr int xb = XB; static constexpr bool pl = PL;
+    u32 t0;            // 0x03020100 (the MXFP4 table's first word), computed at run time: see smem_layout
     const int* q;      // [K*XB/32] codes, packed; group j at q[j] (XB = 8), or in 16-byte slot swz16(j/2) (XB = 16)
     const float* d;    // [K/32] scale of each 32-value block
     const int* s16;    // [K/16] sum of the codes of each 16-value half block
@@ -87,6 +94,8 @@ __device__ __forceinline__ int dot4x4(const u32* a, const XS<8>& xs, int j, int 
 // 3.4 TB/s). XOR-ing bits 0-2 of s with a function of bits 3-4 ({0, 1, 7, 6}, found by exhaustive search over the
 // access patterns of the 32-value types, Q4_K/Q5_K and Q6_K) makes every such load conflict-free.
 __device__ __forceinline__ int swz16(int s) { return s ^ ((0x6710 >> (4 * ((s >> 3) & 3))) & 7); }
+// The pair layout's first 16-byte slot of 32-value block b.
+__device__ __forceinline__ int pl_slot(int b) { return 9 * (b >> 1) + 4 * (b & 1); }
 
 __device__ __forceinline__ int dot4x4(const u32* a, const XS<16>& xs, int j, int s) {
     const int4 v = *reinterpret_cast<const int4*>(xs.q + 4 * swz16(j >> 1)),
@@ -207,6 +216,22 @@ __device__ __forceinline__ void mxfp4_lookup(u32 q, u32& lo, u32& hi) {
     hi = __byte_perm(t[0], t[1], 0x7531u);
 }
 
+// The pair layout's lookup: the 4 codes in the low 16 bits of q (a word's bytes 0-1: values n, n+16, n+1, n+17)
+// -> 4 int8, in that order, so they meet the staged pairs (n, n+16), (n+1, n+17) with no de-interleaving. PTX prmt
+// (not __byte_perm, which masks it off) treats bit 3 of a selector nibble -- the code's sign -- as "replicate the
+// sign of the chosen byte": with the magnitudes {0,1,2,3,4,6,8,12} as the table (sign bits 0), one prmt gives the
+// positive codes' values and 0 for the negative ones, and one on q ^ 0x8888 the negative codes' magnitudes and 0
+// for the others; 0x80 - m (no byte borrows: m <= 12) then ^ 0x80 is -m per byte. 7 instructions per 4 values, the
+// shift and the xor shared by a word's two halves.
+__device__ __forceinline__ u32 prmt(u32 a, u32 b, u32 s) {
+    u32 d; asm("prmt.b32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(s)); return d;
+}
+// m0: the table's first word, 0x03020100, in a register (see dot); the second is an immediate operand of PRMT.
+__device__ __forceinline__ u32 mxfp4_pairs(u32 q, u32 qn, u32 m0) {
+    const u32 m1 = 0x0c080604u;
+    return prmt(m0, m1, q) | ((0x80808080u - prmt(m0, m1, qn)) ^ 0x80808080u);
+}
+
 struct tMXFP4 {   // 17 B: E8M0 exponent e, 16 B E2M1 nibbles.      value = MXFP4_VALUES[q] * 2^(e-128)
     static constexpr int QK = 32, BYTES = 17, CV = 32; static constexpr bool Q8X = true;
     struct Raw { u32 q[4]; u32 e; };
@@ -227,17 +252,57 @@ struct tMXFP4 {   // 17 B: E8M0 exponent e, 16 B E2M1 nibbles.      value = MXFP
         for (int i = 0; i < 4; ++i) r.q[i] = __funnelshift_rc(w[i], w[i + 1], 8 * o + 8);   // o = 3: w[i + 1]
         return r;
     }
+    // times 2^(e-128) as two normal powers of two: CuPy compiles with -ftz=true, which would flush the
+    // subnormal 2^(e-128) of e < 2 (and its product with d) to zero.
+    static __device__ __forceinline__ float scaled(int s, u32 e, float d) {
+        const int k = (int)e - 128, k1 = k >> 1;
+        return (float)s * d * __uint_as_float((u32)(k1 + 127) << 23) * __uint_as_float((u32)(k - k1 + 127) << 23);
+    }
     template <class X> static __device__ __forceinline__ float dot(const Raw& r, const X& xs, int c) {
         u32 lo[4], hi[4];
 #pragma unroll
         for (int i = 0; i < 4; ++i) mxfp4_lookup(r.q[i], lo[i], hi[i]);
-        const int s = dot4x4(hi, xs, 8 * c + 4, dot4x4(lo, xs, 8 * c, 0));
-        // times 2^(e-128) as two normal powers of two: CuPy compiles with -ftz=true, which would flush the
-        // subnormal 2^(e-128) of e < 2 (and its product with d) to zero.
-        const int k = (int)r.e - 128, k1 = k >> 1;
-        return (float)s * xs.d[c] * __uint_as_float((u32)(k1 + 127) << 23) * __uint_as_float((u32)(k - k1 + 127) << 23);
+        return scaled(dot4x4(hi, xs, 8 * c + 4, dot4x4(lo, xs, 8 * c, 0)), r.e, xs.d[c]);
     }
 };
+
+// MXFP4 for kernels whose parts are all MXFP4 (the experts of a mixture), with the pair layout of the 16-bit staged
+// input: ~80 instructions per 32 values in dot where tMXFP4 takes ~140 (SASS, tools/sass). Its load reads the five
+// aligned words covering a block whole: the launcher picks this type only when every part's bytes end on a 4-byte
+// boundary, so the few bytes beyond a block are the next block's, or the next row's, never past the part.
+struct tMXFP4P : tMXFP4 {
+    static __device__ __forceinline__ Raw load(const u8* row, int c) {
+        const size_t a = reinterpret_cast<size_t>(row + c * 17);
+        const u8* base = reinterpret_cast<const u8*>(a & ~(size_t)3);
+        const u32 o = (u32)(a & 3);
+        u32 w[5];
+#pragma unroll
+        for (int i = 0; i < 5; ++i) w[i] = ld32(base + 4 * i);
+        Raw r; r.e = (w[0] >> (8 * o)) & 0xffu;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) r.q[i] = __funnelshift_rc(w[i], w[i + 1], 8 * o + 8);   // o = 3: w[i + 1]
+        return r;
+    }
+    // Word i of the codes (bytes 4i..4i+3) meets the block's 16-byte slot i: 8 __dp2a per 2 words.
+    static __device__ __forceinline__ float dot(const Raw& r, const XS<16, true>& xs, int c) {
+        const int4* xb = reinterpret_cast<const int4*>(xs.q) + pl_slot(c);
+        const u32 m0 = xs.t0;
+        int s = 0;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int4 v = xb[i];
+            const u32 qn = r.q[i] ^ 0x88888888u;
+            const u32 w0 = mxfp4_pairs(r.q[i], qn, m0), w1 = mxfp4_pairs(r.q[i] >> 16, qn >> 16, m0);
+            s = __dp2a_lo(v.x, (int)w0, s); s = __dp2a_hi(v.y, (int)w0, s);
+            s = __dp2a_lo(v.z, (int)w1, s); s = __dp2a_hi(v.w, (int)w1, s);
+        }
+        return scaled(s, r.e, xs.d[c]);
+    }
+};
+
+// Which block types read the pair layout when a kernel's parts are all of them (with 16-bit codes).
+template <class T> struct pair_layout { static constexpr bool value = false; };
+template <> struct pair_layout<tMXFP4P> { static constexpr bool value = true; };
 
 // Q4_K/Q5_K: 6-bit scale and min of sub-block s from the 12 packed bytes (words a, b, c).
 __device__ __forceinline__ void k_scale_min(const u32 (&sc)[3], int s, int& d, int& m) {
@@ -381,7 +446,7 @@ __device__ __forceinline__ float4 ld_x4_norm(const float* __restrict__ x, const 
     return v;
 }
 
-template <int NT, int XB>
+template <int NT, int XB, bool PL>
 __device__ __forceinline__ void stage_q8(const float* __restrict__ x, int K, int* q, float* d, int* s16,
                                          const float* __restrict__ nw, float den) {
     constexpr float QMAX = XB == 8 ? 127.f : 32767.f;
@@ -412,8 +477,19 @@ __device__ __forceinline__ void stage_q8(const float* __restrict__ x, int K, int
             int sum = q0 + q1 + q2 + q3;
             sum += __shfl_xor_sync(0xffffffffu, sum, 1);
             sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+            // Pair layout: group g < 4 of a block (values 4g..4g+3) takes the codes of group g + 4 (values
+            // 4g+16..4g+19, lane + 4) and writes the block's slot g: words 4g..4g+3 = (value, value + 16) pairs.
+            const u32 lo01 = ((u32)q0 & 0xffffu) | (u32)q1 << 16, lo23 = ((u32)q2 & 0xffffu) | (u32)q3 << 16;
+            const u32 hi01 = PL ? __shfl_xor_sync(0xffffffffu, lo01, 4) : 0u;
+            const u32 hi23 = PL ? __shfl_xor_sync(0xffffffffu, lo23, 4) : 0u;
             if (i < n4) {
-                if (XB == 8) q[i] = (q0 & 255) | (q1 & 255) << 8 | (q2 & 255) << 16 | (q3 & 255) << 24;
+                if (PL) {
+                    if ((i & 4) == 0)
+                        reinterpret_cast<int4*>(q)[pl_slot(i >> 3) + (i & 3)] = make_int4(
+                            (int)((lo01 & 0xffffu) | hi01 << 16), (int)((lo01 >> 16) | (hi01 & 0xffff0000u)),
+                            (int)((lo23 & 0xffffu) | hi23 << 16), (int)((lo23 >> 16) | (hi23 & 0xffff0000u)));
+                }
+                else if (XB == 8) q[i] = (q0 & 255) | (q1 & 255) << 8 | (q2 & 255) << 16 | (q3 & 255) << 24;
                 else reinterpret_cast<int2*>(q)[2 * swz16(i >> 1) + (i & 1)] = make_int2((int)(((u32)q0 & 0xffffu) | (u32)q1 << 16),
                                                               (int)(((u32)q2 & 0xffffu) | (u32)q3 << 16));
                 if ((i & 3) == 0) s16[i >> 2] = sum;
@@ -454,11 +530,15 @@ __device__ __forceinline__ float rms_den(const float* __restrict__ x, int K, flo
 // Shared-memory layout (dynamic): [q: K bytes, or 2K rounded up to 128][d: K/8 bytes][s16: K/4 bytes] then, 16-aligned,
 // [f: 4K bytes].
 // Python mirror: orcd.cuda_matvec._smem_bytes.
-template <int XB>
-__device__ __forceinline__ XS<XB> smem_layout(int4* base, int K, bool q8) {
+template <class X>
+__device__ __forceinline__ X smem_layout(int4* base, int K, bool q8) {
     unsigned char* p = reinterpret_cast<unsigned char*>(base);
-    const int qb = XB == 8 ? K : (2 * K + 127) & ~127;   // 16-bit: whole 8-slot groups, which swz16 permutes
-    XS<XB> xs;
+    const int qb = X::xb == 8 ? K                          // 16-bit: whole 8-slot groups, which swz16 permutes,
+                 : X::pl ? (144 * ((K / 32 + 1) / 2) + 127) & ~127 : (2 * K + 127) & ~127;   // or padded pairs
+    X xs;
+    // The value of K (> 0) makes t0 opaque to the compiler, which would otherwise re-materialise the constant before
+    // every PRMT that reads it (16 instructions per MXFP4 chunk); as it is, it stays in a register.
+    xs.t0 = 0x03020100u | (threadIdx.x & ((u32)K >> 31));   // per thread: a uniform value is copied too
     xs.q = reinterpret_cast<const int*>(p);
     xs.d = reinterpret_cast<const float*>(p + qb);
     xs.s16 = reinterpret_cast<const int*>(p + qb + K / 8);
@@ -509,11 +589,11 @@ __device__ __forceinline__ void load_batch(typename T::Raw (&r)[U], const u8* w,
         if (c0 + u * G < nchunk) r[u] = T::load(rp, c0 + u * G);
 }
 
-template <bool SQ8, bool SF32, int NT, int XB>
-__device__ __forceinline__ void stage(const float* __restrict__ x, int K, const XS<XB>& xs, const float* __restrict__ nw,
+template <bool SQ8, bool SF32, int NT, class X>
+__device__ __forceinline__ void stage(const float* __restrict__ x, int K, const X& xs, const float* __restrict__ nw,
                                       float eps) {
     const float den = nw ? rms_den<NT>(x, K, eps) : 1.f;     // uniform over the CTA (nw is a kernel argument)
-    if (SQ8) stage_q8<NT, XB>(x, K, const_cast<int*>(xs.q), const_cast<float*>(xs.d), const_cast<int*>(xs.s16), nw, den);
+    if (SQ8) stage_q8<NT, X::xb, X::pl>(x, K, const_cast<int*>(xs.q), const_cast<float*>(xs.d), const_cast<int*>(xs.s16), nw, den);
     if (SF32) stage_f32<NT>(x, K, const_cast<float*>(xs.f), nw, den);
 }
 
@@ -523,8 +603,8 @@ struct Args {
 };
 
 // All tiles of one part that this CTA owns.
-template <class C, int NW, bool SQ8, bool SF32, int XB>
-__device__ __forceinline__ void run_part(const Part& P0, int tile_begin, const Args& a, const XS<XB>& xs, float* red,
+template <class C, int NW, bool SQ8, bool SF32, class X>
+__device__ __forceinline__ void run_part(const Part& P0, int tile_begin, const Args& a, const X& xs, float* red,
                                          int& staged) {
     typedef typename C::type T;
     constexpr int U = C::u, NT = NW * 32;
@@ -550,7 +630,7 @@ __device__ __forceinline__ void run_part(const Part& P0, int tile_begin, const A
         asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
         if (staged != -1) __syncthreads();                    // the previous part's x may still be read
-        stage<SQ8, SF32, NT, XB>(a.x + P.xoff, a.K, xs, a.norm_w, a.norm_eps); __syncthreads(); staged = P.xoff;
+        stage<SQ8, SF32, NT>(a.x + P.xoff, a.K, xs, a.norm_w, a.norm_eps); __syncthreads(); staged = P.xoff;
     }
     float acc = 0.f;
     for (;;) {
@@ -584,14 +664,14 @@ __device__ __forceinline__ void run_part(const Part& P0, int tile_begin, const A
     }
 }
 
-template <int NW, bool SQ8, bool SF32, int I, int XB>
-__device__ __forceinline__ void dispatch(int, const Part&, int, const Args&, const XS<XB>&, float*, int&) {}
+template <int NW, bool SQ8, bool SF32, int I, class X>
+__device__ __forceinline__ void dispatch(int, const Part&, int, const Args&, const X&, float*, int&) {}
 
-template <int NW, bool SQ8, bool SF32, int I, int XB, class C, class... Rest>
-__device__ __forceinline__ void dispatch(int slot, const Part& P, int tb, const Args& a, const XS<XB>& xs, float* red,
+template <int NW, bool SQ8, bool SF32, int I, class X, class C, class... Rest>
+__device__ __forceinline__ void dispatch(int slot, const Part& P, int tb, const Args& a, const X& xs, float* red,
                                          int& staged) {
-    if (slot == I) run_part<C, NW, SQ8, SF32, XB>(P, tb, a, xs, red, staged);
-    else dispatch<NW, SQ8, SF32, I + 1, XB, Rest...>(slot, P, tb, a, xs, red, staged);
+    if (slot == I) run_part<C, NW, SQ8, SF32, X>(P, tb, a, xs, red, staged);
+    else dispatch<NW, SQ8, SF32, I + 1, X, Rest...>(slot, P, tb, a, xs, red, staged);
 }
 
 template <int NW, int XB, class... Cs>
@@ -603,7 +683,9 @@ __device__ __forceinline__ void matvec_v2_body(const Part* __restrict__ parts, i
     constexpr bool SF32 = (!Cs::type::Q8X || ...);
     extern __shared__ int4 mv_smem[];
     __shared__ float red[NW];
-    const XS<XB> xs = smem_layout<XB>(mv_smem, K, SQ8);
+    constexpr bool PL = XB == 16 && (pair_layout<typename Cs::type>::value && ...);
+    typedef XS<XB, PL> X;
+    const X xs = smem_layout<X>(mv_smem, K, SQ8);
     const Args a = {x, y, bias, K, accumulate, route_ids, norm_w, norm_eps};
     // Let the next kernel in the stream launch now if it was launched with programmatic stream serialization: it
     // prefetches its weights, then waits (griddepcontrol.wait) for this whole grid to complete.
@@ -617,7 +699,7 @@ __device__ __forceinline__ void matvec_v2_body(const Part* __restrict__ parts, i
     int tile_begin = 0;
     for (int p = 0; p < nparts; ++p) {
         const Part P = parts[p];
-        dispatch<NW, SQ8, SF32, 0, XB, Cs...>(P.slot, P, tile_begin, a, xs, red, staged);
+        dispatch<NW, SQ8, SF32, 0, X, Cs...>(P.slot, P, tile_begin, a, xs, red, staged);
         tile_begin = P.tile_end;
     }
 }

@@ -7,9 +7,10 @@ prefill matmul and the embedding lookup; each beside its numpy reference."""
 # %% auto #0
 __all__ = ['MATVEC_KERNELS', 'FLOAT_TYPES', 'X_BITS', 'V2_TYPES', 'PART_DTYPE', 'PDL', 'MATMUL_MODE', 'matvec_ref', 'matvec',
            'quantize_x_ref', 'linear_ref', 'random_weight', 'plan_warps', 'plan_unroll', 'plan_tpr', 'v2_expr',
-           'plan_linear', 'precompile', 'Linear', 'expert_linear', 'expert_linear_ref', 'dequantize_rows', 'dequantize']
+           'pair_layout', 'plan_linear', 'precompile', 'Linear', 'expert_linear', 'expert_linear_ref', 'prmt_ref',
+           'mxfp4_pairs_ref', 'dequantize_rows', 'dequantize']
 
-# %% ../nbs/06a_cuda_matvec.ipynb #ec630f32
+# %% ../nbs/06a_cuda_matvec.ipynb #619577c8
 import functools, math
 import numpy as np
 from .cuda import load_kernel, _check, cuda_device, kernel_source
@@ -17,12 +18,12 @@ from .quants import (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q
                          quantize, dequantize as np_dequantize)   # `dequantize` here is the device one, below
 from .ops import rms_norm
 
-# %% ../nbs/06a_cuda_matvec.ipynb #52f847e5
+# %% ../nbs/06a_cuda_matvec.ipynb #203989b9
 def matvec_ref(w: np.ndarray, x: np.ndarray, rows: int, ggml_type: int) -> np.ndarray:
     "numpy reference: `W @ x` with `W` given as the raw `ggml_type` bytes of a `(rows, K)` weight."
     return np_dequantize(np.asarray(w, np.uint8).reshape(-1), ggml_type).reshape(rows, -1) @ x.astype(np.float32)
 
-# %% ../nbs/06a_cuda_matvec.ipynb #1c9d14c7
+# %% ../nbs/06a_cuda_matvec.ipynb #552be71c
 MATVEC_KERNELS = {Q8_0: 'matvec_q8_0', Q4_K: 'matvec_q4_k', Q6_K: 'matvec_q6_k', Q5_0: 'matvec_q5_0',
                   MXFP4: 'matvec_mxfp4'}
 
@@ -43,7 +44,7 @@ def matvec(w, x, rows: int, ggml_type: int, y=None, warps_per_block: int = 4):
     load_kernel(name, name)(grid, (32 * warps_per_block,), (w, x, y, np.int32(rows), np.int32(K)))
     return y
 
-# %% ../nbs/06a_cuda_matvec.ipynb #a70d2ffa
+# %% ../nbs/06a_cuda_matvec.ipynb #e3af3bb7
 FLOAT_TYPES = (F32, F16, BF16)
 X_BITS = 16     # default width of the staged input's codes (8: llama.cpp's q8_1, faster, 256 times coarser)
 
@@ -75,7 +76,7 @@ def linear_ref(parts, x, bias=None, y=None, bits: int = X_BITS, norm=None, eps: 
         if extra is not None: ref, mag = ref + extra, mag + np.abs(extra)
     return ref, mag, errx
 
-# %% ../nbs/06a_cuda_matvec.ipynb #a6992ae0
+# %% ../nbs/06a_cuda_matvec.ipynb #6c292f4c
 _SCALE = {Q4_0: .2, Q4_1: .1, Q5_0: .1, Q5_1: .05, Q8_0: .01, Q4_K: .004, Q5_K: .002, Q6_K: .001}
 
 def random_weight(rng, ggml_type, rows, K):
@@ -90,7 +91,7 @@ def random_weight(rng, ggml_type, rows, K):
     if ggml_type == MXFP4: blocks['e'] = rng.choice(np.r_[0:3, 120:130], blocks.size)   # subnormal and normal
     return b
 
-# %% ../nbs/06a_cuda_matvec.ipynb #433fe670
+# %% ../nbs/06a_cuda_matvec.ipynb #31b8c0d6
 # ggml type -> (trait in kernels/matvec_v2.cuh, values per chunk, default batch U)
 V2_TYPES = {F32: ('tF32', 4, 2), F16: ('tF16', 8, 2), BF16: ('tBF16', 8, 2), Q4_0: ('tQ4_0', 32, 2),
             Q4_1: ('tQ4_1', 32, 2), Q5_0: ('tQ5_0', 32, 2), Q5_1: ('tQ5_1', 32, 2), Q8_0: ('tQ8_0', 32, 1),
@@ -119,14 +120,26 @@ def plan_tpr(ggml_type, rows, K, warps, nsm=132):
     while G < nt and G < nchunk and rows * G < nt * nsm // 2: G *= 2
     return G
 
-def v2_expr(warps, cfgs, bits: int = X_BITS):
-    "The C++ name of the kernel instantiation for `warps` warps, `bits`-bit staged input and [(ggml_type, U), ...]."
+def v2_expr(warps, cfgs, bits: int = X_BITS, pair: bool = False):
+    """The C++ name of the kernel instantiation for `warps` warps, `bits`-bit staged input and [(ggml_type, U), ...];
+    `pair`: MXFP4 as `tMXFP4P`, which reads the pair layout of the staged input (see `pair_layout`)."""
     if bits not in (8, 16): raise ValueError(f'staged input: bits must be 8 or 16, got {bits}')
-    return f"matvec_v2_k<{warps}, {bits}, {', '.join(f'mv::cfg<mv::{V2_TYPES[t][0]}, {u}>' for t, u in cfgs)}>"
+    name = lambda t: 'tMXFP4P' if pair and t == MXFP4 else V2_TYPES[t][0]
+    return f"matvec_v2_k<{warps}, {bits}, {', '.join(f'mv::cfg<mv::{name(t)}, {u}>' for t, u in cfgs)}>"
 
-def plan_linear(parts, K, warps=None, tpr=None, unroll=None, nsm=132, bits: int = X_BITS):
-    "(kernel name, cfgs, part table, tiles, warps) for parts [(w, rows, ggml_type)]; w may be None (no GPU needed)."
+def pair_layout(parts, K, bits: int = X_BITS) -> bool:
+    """Whether a Linear runs MXFP4's pair layout (16-bit input staged as the (n, n+16) pairs one byte of a block
+    encodes; `tMXFP4P` in the kernel): every part MXFP4, and each part's bytes ending on a 4-byte boundary (its
+    load reads the aligned words that cover a 17-byte block whole)."""
+    row_bytes = K // 32 * 17
+    return bits == 16 and all(t == MXFP4 and (w.nbytes if w is not None else rows * row_bytes) % 4 == 0
+                              for w, rows, t in parts)
+
+def plan_linear(parts, K, warps=None, tpr=None, unroll=None, nsm=132, bits: int = X_BITS, pair=None):
+    """(kernel name, cfgs, part table, tiles, warps) for parts [(w, rows, ggml_type)]; w may be None (no GPU needed).
+    `pair` None: `pair_layout` decides; False: never."""
     warps, unroll = warps or plan_warps(K), unroll or {}
+    pair = pair is not False and pair_layout(parts, K, bits)
     types = list(dict.fromkeys(t for _, _, t in parts))
     rows_of = {t: sum(r for _, r, u in parts if u == t) for t in types}
     cfgs = [(t, unroll.get(t) or plan_unroll(t, K, warps, rows_of[t], nsm)) for t in types]
@@ -137,14 +150,14 @@ def plan_linear(parts, K, warps=None, tpr=None, unroll=None, nsm=132, bits: int 
         tiles += -(-rows // (32 * warps // G))
         table[i] = (0 if w is None else w.data.ptr, rows, row0, tiles, G, types.index(t), -1, 0, 0, 0)
         row0 += rows
-    return v2_expr(warps, cfgs, bits), cfgs, table, tiles, warps
+    return v2_expr(warps, cfgs, bits, pair), cfgs, table, tiles, warps
 
-def _smem_bytes(K, q8, f32, bits: int = X_BITS):
+def _smem_bytes(K, q8, f32, bits: int = X_BITS, pair: bool = False):
     "Dynamic shared memory of a v2 launch: the staged x (mirror of smem_layout in matvec_v2.cuh)."
-    qb = K if bits == 8 else (2 * K + 127) // 128 * 128
+    qb = K if bits == 8 else (144 * ((K // 32 + 1) // 2) + 127) // 128 * 128 if pair else (2 * K + 127) // 128 * 128
     return ((qb + K // 8 + K // 4 + 15) // 16 * 16 if q8 else 0) + (4 * K if f32 else 0)
 
-# %% ../nbs/06a_cuda_matvec.ipynb #8bfe306f
+# %% ../nbs/06a_cuda_matvec.ipynb #fc593377
 _V2_FUNCS = {}
 
 def precompile(exprs):
@@ -174,7 +187,7 @@ def _ctas_per_sm(kernel, threads, smem):
     by_smem = smem_sm // (smem + kernel.shared_size_bytes + 1024)
     return max(1, min(32, threads_sm // threads, by_regs, by_smem))
 
-# %% ../nbs/06a_cuda_matvec.ipynb #5bc0c820
+# %% ../nbs/06a_cuda_matvec.ipynb #0ecd3869
 import ctypes
 
 class _LaunchAttr(ctypes.Structure):          # CUlaunchAttribute
@@ -208,7 +221,7 @@ class _PdlLaunch:
         r = _cu_launch_kernel_ex()(ctypes.byref(self.cfg), self.fn, params, None)
         if r: raise RuntimeError(f'cuLaunchKernelEx failed (CUresult {r})')
 
-# %% ../nbs/06a_cuda_matvec.ipynb #d10e06d8
+# %% ../nbs/06a_cuda_matvec.ipynb #bb745625
 def _check_parts(parts, K):
     for w, rows, t in parts:
         if t not in V2_TYPES:
@@ -228,11 +241,11 @@ def _has_pdl():
     import cupy
     return int(cupy.cuda.Device().compute_capability) >= 90
 
-# %% ../nbs/06a_cuda_matvec.ipynb #aa121504
+# %% ../nbs/06a_cuda_matvec.ipynb #13f83d02
 class Linear:
     "y = W x (+ b) (+ y when accumulate); W = `parts` stacked along rows, all reading the same input x (K,)."
     def __init__(self, parts, K: int, bias=None, *, warps=None, tpr=None, unroll=None, ctas_per_sm=None, pdl=None,
-                 bits=None):
+                 bits=None, pair=None):
         import cupy
         self.K, self.parts = int(K), [(w, int(rows), int(t)) for w, rows, t in parts]
         if not self.parts: raise ValueError('Linear: no parts')
@@ -241,12 +254,14 @@ class Linear:
         if bias is not None: _check('Linear', bias, 'bias', np.float32, self.rows)
         self.bias, nsm = bias, _device_info()[0]
         self.bits = bits or X_BITS
-        self.expr, self.cfgs, table, tiles, self.warps = plan_linear(self.parts, self.K, warps, tpr, unroll, nsm, self.bits)
+        self.expr, self.cfgs, table, tiles, self.warps = plan_linear(self.parts, self.K, warps, tpr, unroll, nsm, self.bits,
+                                                                     pair)
+        self.pair = 'tMXFP4P' in self.expr
         self.tpr = [int(g) for g in table['tpr']]
         self._kernel, = precompile([self.expr])
         self._table = cupy.asarray(table.view(np.uint8))
         q8 = any(t not in FLOAT_TYPES for t, _ in self.cfgs)
-        self._smem = _smem_bytes(self.K, q8, any(t in FLOAT_TYPES for t, _ in self.cfgs), self.bits)
+        self._smem = _smem_bytes(self.K, q8, any(t in FLOAT_TYPES for t, _ in self.cfgs), self.bits, self.pair)
         if self._smem > 48 * 1024: self._kernel.max_dynamic_shared_size_bytes = self._smem
         self._grid = min(tiles, nsm * (ctas_per_sm or _ctas_per_sm(self._kernel, 32 * self.warps, self._smem)))
         self._head = (self._table, np.int32(len(self.parts)))
@@ -286,7 +301,7 @@ class Linear:
         return (f'Linear({self.rows}x{self.K}, {" | ".join(f"{r} {QUANT_TYPES[t].name}" for _, r, t in self.parts)}; '
                 f'{self.expr}, G={self.tpr}, grid={self._grid}{", pdl" if self.pdl else ""})')
 
-# %% ../nbs/06a_cuda_matvec.ipynb #62217a26
+# %% ../nbs/06a_cuda_matvec.ipynb #5cc2466c
 def expert_linear(experts, K: int, ids, per_expert_x: bool = False, **kw) -> Linear:
     """y (k·Σrows) = for j < k, for each (w, E, rows, ggml_type) of `experts`: W[ids[j]] x_j, W the (E, rows, K)
     blocks w (cupy uint8), ids (k,) int32 on the device, read when the kernel runs; x_j = x, or x[jK:(j+1)K]."""
@@ -314,7 +329,26 @@ def expert_linear_ref(experts, K, ids, x, per_expert_x=False, bits: int = X_BITS
             out.append(linear_ref([(w[e * n:(e + 1) * n], rows, t)], xj, bits=bits))
     return tuple(np.concatenate(c) for c in zip(*out))
 
-# %% ../nbs/06a_cuda_matvec.ipynb #2dee1714
+# %% ../nbs/06a_cuda_matvec.ipynb #4f46953a
+def prmt_ref(a, b, s):
+    "numpy emulation of PTX `prmt.b32 d, a, b, s` (default mode): byte i of d from nibble i of s (bit 3: sign fill)."
+    a, b, s = (np.asarray(v, np.uint64) for v in (a, b, s))
+    src = a | b << np.uint64(32)
+    d = np.zeros(np.broadcast(a, b, s).shape, np.uint64)
+    for i in range(4):
+        n = s >> np.uint64(4 * i) & np.uint64(15)
+        byte = src >> (np.uint64(8) * (n & np.uint64(7))) & np.uint64(255)
+        byte = np.where(n & np.uint64(8), np.where(byte & np.uint64(128), np.uint64(255), np.uint64(0)), byte)
+        d |= byte << np.uint64(8 * i)
+    return d.astype(np.uint32)
+
+def mxfp4_pairs_ref(q):
+    "numpy mirror of the kernel's `mxfp4_pairs`: the 4 codes in the low 16 bits of q as 4 int8 (doubled E2M1 values)."
+    q = np.asarray(q, np.uint32)
+    neg = prmt_ref(0x03020100, 0x0c080604, q ^ np.uint32(0x8888))
+    return prmt_ref(0x03020100, 0x0c080604, q) | ((np.uint32(0x80808080) - neg) ^ np.uint32(0x80808080))
+
+# %% ../nbs/06a_cuda_matvec.ipynb #6a1b7bcd
 def _row_bytes(ggml_type, K, name):
     qt = QUANT_TYPES[ggml_type]
     if K <= 0 or K % qt.block_size: raise ValueError(f'{name}: K={K} is not a multiple of the {qt.name} block ({qt.block_size})')
@@ -345,7 +379,7 @@ def dequantize(w, ggml_type: int, rows: int, K: int, dtype=np.float16, out=None)
                                                                  _NULL, np.int32(rows), out, np.float32(1)))
     return out
 
-# %% ../nbs/06a_cuda_matvec.ipynb #5b87bcc0
+# %% ../nbs/06a_cuda_matvec.ipynb #0507c544
 MATMUL_MODE = 'tf32'
 _CUDA_R_32F, _CUDA_R_16F, _OP_N, _OP_T = 0, 2, 0, 1
 _COMPUTE = {'f16': 68, 'f32': 68, 'tf32': 77}      # CUBLAS_COMPUTE_32F, CUBLAS_COMPUTE_32F_FAST_TF32

@@ -11,7 +11,7 @@ GB/s = weight bytes read per call / time per call.
     python scripts/bench_matvec.py            # shapes, the Qwen step, matmul
     python scripts/bench_matvec.py --sweep    # also the launch-shape sweep (warps x batch x threads per row)
 """
-import argparse, datetime, math, sys, time
+import argparse, datetime, itertools, math, sys, time
 import numpy as np
 import cupy as cp
 from orcd import cuda_matvec as cm
@@ -137,25 +137,26 @@ def experts_table(copy_bw, sweep=False, profile=False, bits=None):
                                    per_expert_x=pe)
             print(repr(lin)); lin(cp.asarray(xin), cp.empty(lin.rows, np.float32)); cp.cuda.Device().synchronize()
         return
-    print('\n| gpt-oss experts (4 of 32, MXFP4) | rows x K each | MB read | µs | GB/s | / copy | max err / (|W||x\'|) '
-          '| max err / max|ref| |')
-    print('|---|---|---|---|---|---|---|---|')
-    for what, parts, K, xin, pe in (('gate + up', [(gh, E, n), (uh, E, n)], d, xh, False),
-                                    ('down', [(dh, E, d)], n, ah, True)):
+    print('\n| gpt-oss experts (4 of 32, MXFP4) | kernel | rows x K each | MB read | µs | GB/s | / copy '
+          '| max err / (|W||x\'|) | max err / max|ref| |')
+    print('|---|---|---|---|---|---|---|---|---|')
+    for (what, parts, K, xin, pe), pair in itertools.product(
+            (('gate + up', [(gh, E, n), (uh, E, n)], d, xh, False), ('down', [(dh, E, d)], n, ah, True)), (None, False)):
         dev = [(cp.asarray(w), e, r, MXFP4) for w, e, r in parts]
-        lins = [cm.expert_linear(dev, K, cp.asarray(c), per_expert_x=pe, bits=bits) for c in choices]
+        lins = [cm.expert_linear(dev, K, cp.asarray(c), per_expert_x=pe, bits=bits, pair=pair) for c in choices]
         x, out = cp.asarray(xin), cp.empty(lins[0].rows, np.float32)
         us = graph_us([(lambda l=l: l(x, out)) for l in lins] * 25)
         got = cp.asnumpy(lins[0](x, out))
         ref, mag, _ = cm.expert_linear_ref([(w, e, r, MXFP4) for w, e, r in parts], K, choices[0], xin, pe,
                                            bits=lins[0].bits)
         mb = sum(w.nbytes // e for w, e, r in parts) * k / 1e6
-        print(f'| {what} | {parts[0][2]}x{K} | {mb:.1f} | {us:.1f} | {mb / us * 1e3:.0f} | {mb * 1e12 / us / copy_bw:.2f} '
+        kern = 'tMXFP4P (pair layout)' if lins[0].pair else 'tMXFP4'
+        print(f'| {what} | {kern} | {parts[0][2]}x{K} | {mb:.1f} | {us:.1f} | {mb / us * 1e3:.0f} | {mb * 1e12 / us / copy_bw:.2f} '
               f'| {np.max(np.abs(got - ref) / mag):.1e} | {np.abs(got - ref).max() / np.abs(ref).max():.1e} |  ({lins[0]!r})',
               flush=True)
-        if not sweep: continue
+        if not sweep or pair is False: continue
         combos = [(w, u) for w in (4, 8, 16) for u in (1, 2, 3, 4)]
-        cm.precompile([cm.v2_expr(w, [(MXFP4, u)]) for w, u in combos])
+        cm.precompile([cm.v2_expr(w, [(MXFP4, u)], pair=True) for w, u in combos])
         res = []
         for w, u in combos:
             for G in (8, 16, 32, 64, 128):

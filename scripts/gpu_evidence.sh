@@ -14,7 +14,8 @@
 #   profile   ncu on those two products, and the SASS of the MXFP4 kernels CuPy compiled (in $OUT)
 #   serverbench  scripts/bench_server.py on the Qwen layout: tok/s through HTTP + SSE / the engine's (needs httpx-sse, psutil in whl/)
 #   peer      build llama.cpp's llama-bench (in the background, from .carry/llamacpp-src.tgz)
-#   bench     orcd bench on the Qwen and SmolLM2 layouts, with llama-bench when peer was built
+#   bench     orcd bench on the Qwen and SmolLM2 layouts (BENCH_MODELS), with llama-bench when peer was built;
+#             FUSE_AB=1: each also with ORCD_FUSE_NORM=1 (the norm fused into the matvec staging), peer not re-run
 #   gptoss    gpt-oss-20b's layout: a 2-layer file with synthetic values for the tests (start it before `tests`),
 #             the full 11.27 GiB file of random blocks: scripts/gpu_gptoss.py and orcd bench (with llama-bench)
 set -uo pipefail
@@ -49,7 +50,7 @@ fi
 if has sanitize; then
   timeout ${SANITIZE_S:-200} compute-sanitizer --tool memcheck --error-exitcode 9 $PT tests/test_cuda_matvec.py tests/test_cuda_ops.py \
     tests/test_cuda_moe.py -x -k "${SSEL:-small or sample or norm or rope or act or argmax or add_scale or attention_prefill \
-    or moe_topk or (expert_linear and not 2880)}" 2>&1 | tee "$OUT/sanitize.log" | tail -4; echo "sanitizer exit ${PIPESTATUS[0]}"
+    or moe_topk or (expert_linear and not 2880) or (mxfp4_pair_layout and not 5760)}" 2>&1 | tee "$OUT/sanitize.log" | tail -4; echo "sanitizer exit ${PIPESTATUS[0]}"
 fi
 if has tests; then
   timeout 240 $PT tests/test_cuda_backend.py -s --maxfail=${MAXFAIL:-4} ${TESTK:+-k "$TESTK"} 2>&1 | tee "$OUT/tests.log" | grep -v '^\s*$' | tail -70
@@ -95,9 +96,13 @@ if has gptoss; then
   fi
 fi
 if has bench; then
-  for n in qwen2.5-coder-0.5b-instruct smollm2-135m-instruct; do
+  for n in ${BENCH_MODELS:-qwen2.5-coder-0.5b-instruct smollm2-135m-instruct}; do
     M=$ORCD_SHAPED_DIR/$n.gguf
     timeout 200 python3 -m orcd.cli bench $M --device cuda --depth 4096 ${LB:+--llama-bench $LB} 2>&1 | tee -a "$OUT/bench.log" \
       || { [ -n "$LB" ] && timeout 120 $LB -m $M -ngl 99 -fa 1 -p 512 -n 128 -d 0,4096 -r 3 -o md 2>&1 | tee -a "$OUT/bench.log"; }
+    if [ -n "${FUSE_AB:-}" ]; then
+      echo "== $n with ORCD_FUSE_NORM=1" | tee -a "$OUT/bench.log"
+      ORCD_FUSE_NORM=1 timeout 200 python3 -m orcd.cli bench $M --device cuda --depth 4096 2>&1 | tee -a "$OUT/bench.log"
+    fi
   done
 fi

@@ -247,6 +247,41 @@ def test_plan_linear():
             else: assert U == cm.V2_TYPES[t][2]
 
 
+def test_pair_layout_plan_and_lookup():
+    """MXFP4's pair layout: chosen only for all-MXFP4 parts of 16-bit input whose bytes end 4-byte aligned; its shared
+    memory mirrors the kernel's; the prmt lookup (emulated) gives the signed E2M1 values for every selector."""
+    assert cm.plan_linear([(None, 2880, MXFP4)] * 8, 2880)[0] == 'matvec_v2_k<8, 16, mv::cfg<mv::tMXFP4P, 2>>'
+    assert cm.plan_linear([(None, 2880, MXFP4)], 2880, pair=False)[0] == 'matvec_v2_k<8, 16, mv::cfg<mv::tMXFP4, 3>>'
+    assert 'tMXFP4P' not in cm.plan_linear([(None, 7, MXFP4)], 2880)[0]                 # 7 x 1530 bytes: 2 mod 4
+    assert 'tMXFP4P' not in cm.plan_linear([(None, 8, MXFP4), (None, 8, Q8_0)], 2880)[0]
+    assert 'tMXFP4P' not in cm.plan_linear([(None, 8, MXFP4)], 2880, bits=8)[0]
+    for K in (32, 96, 2880, 4096):      # odd and even block counts: every block's 64 bytes inside
+        nb, qb = K // 32, cm._smem_bytes(K, True, False, 16, pair=True) - (K // 8 + K // 4)
+        assert qb >= 16 * (9 * ((nb - 1) // 2) + 4 * ((nb - 1) % 2) + 4)
+    q = np.random.default_rng(0).integers(0, 1 << 32, 4096, dtype=np.uint64).astype(np.uint32)
+    table = np.array([0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12], np.int8)
+    want = np.stack([table[q >> (4 * i) & 15] for i in range(4)], axis=1)
+    assert np.array_equal(cm.mxfp4_pairs_ref(q).view(np.int8).reshape(-1, 4), want)
+
+
+@needs_gpu
+@pytest.mark.parametrize('rows,K', [(4, 32), (6, 96), (700, 2880), (2, 1440), (130, 4096), (5760, 2880)])
+def test_v2_mxfp4_pair_layout(rows, K):
+    """tMXFP4P (pair layout) and tMXFP4 (swizzled layout) on the same weights, odd and even block counts, against
+    linear_ref; with odd rows (bytes ending 2 mod 4) the plan falls back to tMXFP4 by itself."""
+    rng = np.random.default_rng(rows + K)
+    w, wd = weight(MXFP4, rows, K)
+    x = (rng.standard_normal(K) * rng.uniform(0.1, 10, K)).astype(np.float32)
+    for pair in (None, False):
+        lin = cm.Linear([(wd, rows, MXFP4)], K, pair=pair)
+        assert lin.pair == (pair is None)
+        check_linear(cp.asnumpy(lin(cp.asarray(x), cp.full(rows, np.nan, np.float32))), [(w, rows, MXFP4)], x, what=repr(lin))
+    w, wd = weight(MXFP4, rows + 1, K)
+    lin = cm.Linear([(wd, rows + 1, MXFP4)], K)
+    assert lin.pair == ((rows + 1) * K // 32 * 17 % 4 == 0)
+    check_linear(cp.asnumpy(lin(cp.asarray(x), cp.full(rows + 1, np.nan, np.float32))), [(w, rows + 1, MXFP4)], x, what=repr(lin))
+
+
 @needs_gpu
 @pytest.mark.parametrize('name,rows,K', GENERIC + REAL, ids=[f'{n}-{r}x{K}' for n, r, K in GENERIC + REAL])
 def test_v2_matches_reference(name, rows, K):
@@ -333,7 +368,7 @@ def test_v2_launch_shapes(name, rows, K):
     w, wd = weight(t, rows, K)
     x = rng.standard_normal(K).astype(np.float32)
     combos = [(warps, u, cps) for warps in (1, 4, 16) for u, cps in ((1, None), (3, 1), (4, 2))]
-    cm.precompile([cm.v2_expr(warps, [(t, u)]) for warps, u, _ in combos])      # one NVRTC call
+    cm.precompile([cm.v2_expr(warps, [(t, u)], pair=t == MXFP4) for warps, u, _ in combos])      # one NVRTC call
     for warps, u, cps in combos:
         for tpr in (g for g in (1, 4, 32, 64, 512) if g <= 32 * warps):
             lin = cm.Linear([(wd, rows, t)], K, warps=warps, tpr=tpr, unroll={t: u}, ctas_per_sm=cps)

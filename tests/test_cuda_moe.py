@@ -49,6 +49,7 @@ def test_expert_linear(t, E, rows, K, k, per_expert_x):
     wd = cp.asarray(w)
     ids = cp.asarray(rng.choice(E, k, replace=False).astype(np.int32))
     lin = cm.expert_linear([(wd, E, rows, t)], K, ids, per_expert_x=per_expert_x)
+    assert lin.pair == (t == MXFP4)                 # the experts' own kernel (pair layout of the staged input)
     x = rng.standard_normal(K * (k if per_expert_x else 1)).astype(np.float32)
     xd, y = cp.asarray(x), cp.empty(k * rows, np.float32)
     stream = cp.cuda.Stream(non_blocking=True)

@@ -15,6 +15,7 @@ import argparse, datetime, itertools, math, sys, time
 import numpy as np
 import cupy as cp
 from orcd import cuda_matvec as cm
+from orcd.cuda_moe import EXPERT_PLAN
 from orcd.quants import F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, MXFP4, QUANT_TYPES
 
 N = {t: QUANT_TYPES[t].name for t in QUANT_TYPES}
@@ -131,19 +132,21 @@ def experts_table(copy_bw, sweep=False, profile=False, bits=None):
     gh, uh, dh = (cm.random_weight(rng, MXFP4, E * r, K) for r, K in ((n, d), (n, d), (d, n)))
     xh, ah = rng.standard_normal(d).astype(np.float32), rng.standard_normal(k * n).astype(np.float32)
     choices = [rng.choice(E, k, replace=False).astype(np.int32) for _ in range(8)]   # 8 choices: beyond the L2
+    plans = EXPERT_PLAN[MXFP4]                 # the launch shapes the MoE layer uses (06d)
     if profile:
-        for parts, K, xin, pe in (([(gh, n), (uh, n)], d, xh, False), ([(dh, d)], n, ah, True)):
+        for (parts, K, xin, pe), plan in zip((([(gh, n), (uh, n)], d, xh, False), ([(dh, d)], n, ah, True)), plans):
             lin = cm.expert_linear([(cp.asarray(w), E, r, MXFP4) for w, r in parts], K, cp.asarray(choices[0]),
-                                   per_expert_x=pe)
+                                   per_expert_x=pe, **plan)
             print(repr(lin)); lin(cp.asarray(xin), cp.empty(lin.rows, np.float32)); cp.cuda.Device().synchronize()
         return
     print('\n| gpt-oss experts (4 of 32, MXFP4) | kernel | rows x K each | MB read | µs | GB/s | / copy '
           '| max err / (|W||x\'|) | max err / max|ref| |')
     print('|---|---|---|---|---|---|---|---|---|')
-    for (what, parts, K, xin, pe), pair in itertools.product(
-            (('gate + up', [(gh, E, n), (uh, E, n)], d, xh, False), ('down', [(dh, E, d)], n, ah, True)), (None, False)):
+    for ((what, parts, K, xin, pe), plan), pair in itertools.product(zip(
+            (('gate + up', [(gh, E, n), (uh, E, n)], d, xh, False), ('down', [(dh, E, d)], n, ah, True)), plans),
+            (None, False)):
         dev = [(cp.asarray(w), e, r, MXFP4) for w, e, r in parts]
-        lins = [cm.expert_linear(dev, K, cp.asarray(c), per_expert_x=pe, bits=bits, pair=pair) for c in choices]
+        lins = [cm.expert_linear(dev, K, cp.asarray(c), per_expert_x=pe, bits=bits, pair=pair, **plan) for c in choices]
         x, out = cp.asarray(xin), cp.empty(lins[0].rows, np.float32)
         us = graph_us([(lambda l=l: l(x, out)) for l in lins] * 25)
         got = cp.asnumpy(lins[0](x, out))

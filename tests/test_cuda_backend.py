@@ -45,13 +45,15 @@ def test_gpu_matches_cpu(path):
     _check_matches_cpu(path)
 
 @pytest.mark.parametrize('path', [p for p in MODELS if p.stem not in ('gpt2', 'gpt-oss', 'gpt-oss-2l')], ids=lambda p: p.stem)
-def test_fused_norm_matches_cpu(path, monkeypatch):
-    "The same with each RMSNorm fused into the next matvec's staging (cuda_backend.FUSE_NORM): no norm kernels left."
+@pytest.mark.parametrize('fused', [True, False], ids=['fused_norm', 'unfused_norm'])
+def test_norm_fusion_both_ways(path, fused, monkeypatch):
+    """The same with each RMSNorm fused into the next matvec's staging (cuda_backend.FUSE_NORM, the default: no norm
+    kernels left) and without (a norm kernel, then the matvec)."""
     from orcd import cuda_backend
-    monkeypatch.setattr(cuda_backend, 'FUSE_NORM', True)
+    monkeypatch.setattr(cuda_backend, 'FUSE_NORM', fused)
     gpu = _check_matches_cpu(path)
     ops = [s.op for s, _ in cuda_backend._fused(gpu)]
-    assert 'norm_linear' in ops, ops
+    assert ('norm_linear' in ops) == fused, ops
 
 def _check_matches_cpu(path):
     cpu, gpu = _backends(path)

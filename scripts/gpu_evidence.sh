@@ -16,7 +16,7 @@
 #   peer      build llama.cpp's llama-bench (in the background, from .carry/llamacpp-src.tgz)
 #   bench     orcd bench on the Qwen and SmolLM2 layouts (BENCH_MODELS), with llama-bench when peer was built;
 #             FUSE_AB=1: each also with ORCD_FUSE_NORM=1 (the norm fused into the matvec staging), peer not re-run
-#   gptoss    gpt-oss-20b's layout: a 2-layer file with synthetic values for the tests (start it before `tests`),
+#   gptoss    gpt-oss-20b's layout: a 2-layer file with synthetic values for the tests (start it before `tests`; GOSS2L=0: none),
 #             the full 11.27 GiB file of random blocks: scripts/gpu_gptoss.py and orcd bench (with llama-bench)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -32,9 +32,11 @@ done; wait
 echo "shaped models in $(( $(date +%s) - t )) s:"; ls -la $ORCD_SHAPED_DIR; tail -n1 "$OUT"/shaped-*.log
 if has gptoss; then       # gpt-oss-20b's layout: 2 layers with synthetic values (tests), all 24 of random blocks (speed)
   V=$ORCD_SHAPED_DIR/smollm2-135m-instruct.gguf; mkdir -p /tmp/goss /tmp/goss2
-  (python3 .carry/gguf-gptoss-header $V /tmp/goss/l2 2 && python3 scripts/make_shaped_model.py /tmp/goss/l2 \
-     /tmp/goss2/gpt-oss-2l.gguf --workers 8) > "$OUT/gptoss-2l.log" 2>&1 &
-  GOSS2=$!
+  if [ "${GOSS2L:-1}" = 1 ]; then   # GOSS2L=0: no 2-layer file (and no test on it)
+    (python3 .carry/gguf-gptoss-header $V /tmp/goss/l2 2 && python3 scripts/make_shaped_model.py /tmp/goss/l2 \
+       /tmp/goss2/gpt-oss-2l.gguf --workers 8) > "$OUT/gptoss-2l.log" 2>&1 &
+    GOSS2=$!
+  else (exit 0) & GOSS2=$!; GOSS2_WAIT=0; fi
   (python3 .carry/gguf-gptoss-header $V /tmp/goss/full && python3 .carry/gguf-skeleton fill /tmp/goss/full \
      /tmp/goss/gpt-oss-20b.gguf) > "$OUT/gptoss-full.log" 2>&1 &
   GOSSF=$!
@@ -79,7 +81,8 @@ if has matvec; then
 fi
 if has gptoss; then       # the 2-layer file against the CPU backend, while the peer builds (if the file is ready in time)
   for i in $(seq 1 ${GOSS2_WAIT:-120}); do kill -0 $GOSS2 2>/dev/null || break; sleep 1; done
-  if kill -0 $GOSS2 2>/dev/null; then echo "gpt-oss 2-layer file not ready: its GPU-vs-CPU test skipped"; else
+  if [ "${GOSS2L:-1}" != 1 ]; then echo "gpt-oss 2-layer file not asked for (GOSS2L=0)"
+  elif kill -0 $GOSS2 2>/dev/null; then echo "gpt-oss 2-layer file not ready: its GPU-vs-CPU test skipped"; else
     tail -n 2 "$OUT/gptoss-2l.log"
     ORCD_SHAPED_DIR=/tmp/goss2 timeout 150 $PT tests/test_cuda_backend.py -s -x -k "gpu_matches_cpu and gpt-oss-2l" 2>&1 | tee "$OUT/gptoss-2l-test.log" | tail -5
   fi

@@ -93,9 +93,11 @@ if has gptoss; then
   wait $GOSSF; tail -n 2 "$OUT/gptoss-full.log"; ls -la /tmp/goss
   G=/tmp/goss/gpt-oss-20b.gguf
   timeout 100 python3 scripts/gpu_gptoss.py $G 2>&1 | tee "$OUT/gptoss.log"
-  if [ -n "$LB" ]; then                                   # the bench only with its peer
+  if [ -n "$LB" ]; then                                   # the bench with its peer (or alone: GOSS_BENCH=1)
     timeout 160 python3 -m orcd.cli bench $G --device cuda --llama-bench $LB 2>&1 | tee -a "$OUT/bench.log" \
       || timeout 120 $LB -m $G -ngl 99 -fa 1 -p 512 -n 128 -r 3 -o md 2>&1 | tee -a "$OUT/bench.log"
+  elif [ -n "${GOSS_BENCH:-}" ]; then
+    timeout 160 python3 -m orcd.cli bench $G --device cuda 2>&1 | tee -a "$OUT/bench.log"
   fi
 fi
 if has bench; then

@@ -602,73 +602,54 @@ struct Args {
     const float* norm_w; float norm_eps;   // RMSNorm of x fused into the staging (norm_w null: none)
 };
 
-// A tile as the loop needs it: its part's blocks (routed: the chosen expert's), rows, first row in y, input offset,
-// and the tile's index within its part.
-struct Tile { const u8* w; int rows, row0, xoff, lt; };
-
-// Tile T of the run of parts [p, ...): `p` and `pb` (the tile where part p starts) only move forward, as T does.
-__device__ __forceinline__ Tile tile_at(const Part* __restrict__ parts, int T, int& p, int& pb, const Args& a) {
-    while (T >= parts[p].tile_end) { pb = parts[p].tile_end; ++p; }
-    const Part& P = parts[p];
-    Tile t = {P.w, P.rows, P.row0, P.xoff, T - pb};
-    if (P.route >= 0) t.w += (size_t)a.route_ids[P.route] * (size_t)P.stride;   // route_ids waited for (body)
-    return t;
-}
-
-// All tiles this CTA owns (T = blockIdx.x, + gridDim.x, ...) of a run of consecutive parts [p0, p1) that share a block
-// type and G: one persistent loop, so the next tile's weights are in flight while the current one is computed even
-// across the parts' boundaries (a mixture's 8 expert parts of 180 tiles each, on 264 CTAs, gave each CTA at most one
-// tile per part: load, wait, compute, eight times, none overlapped). A part whose input differs from the staged one
-// (per-expert inputs) is staged when its first tile comes up.
+// All tiles of one part that this CTA owns.
 template <class C, int NW, bool SQ8, bool SF32, class X>
-__device__ __forceinline__ void run_parts(const Part* __restrict__ parts, int p0, int p1, int tb0, const Args& a,
-                                          const X& xs, float* red, int& staged) {
-    typedef typename C::type Ty;
+__device__ __forceinline__ void run_part(const Part& P0, int tile_begin, const Args& a, const X& xs, float* red,
+                                         int& staged) {
+    typedef typename C::type T;
     constexpr int U = C::u, NT = NW * 32;
-    const int G = parts[p0].tpr, rpc = NT / G;
+    const int G = P0.tpr, rpc = NT / G;
     const int grp = threadIdx.x / G, g = threadIdx.x % G;
-    const int nchunk = a.K / Ty::CV, step = G * U;
+    const int nchunk = a.K / T::CV, step = G * U;
     const int nbat = (nchunk + step - 1) / step;
-    const size_t row_bytes = (size_t)(a.K / Ty::QK) * Ty::BYTES;
-    const int tb1 = parts[p1 - 1].tile_end;
-    int T = tb0 + (((int)blockIdx.x - tb0) % (int)gridDim.x + (int)gridDim.x) % (int)gridDim.x;
-    if (T >= tb1) return;                                     // uniform over the CTA
-    int lp = p0, lpb = tb0;                                   // tile_at's cursor
-    Tile cur = tile_at(parts, T, lp, lpb, a), nxt = cur;
-    typename Ty::Raw rc[U], rn[U];
+    const size_t row_bytes = (size_t)(a.K / T::QK) * T::BYTES;
+    const int ntiles = P0.tile_end - tile_begin;
+    int t = ((int)blockIdx.x - tile_begin) % (int)gridDim.x;
+    if (t < 0) t += gridDim.x;
+    if (t >= ntiles) return;                                  // uniform over the CTA
+    Part P = P0;                                              // a routed part: route_ids were waited for (body)
+    if (P.route >= 0) P.w += (size_t)a.route_ids[P.route] * (size_t)P.stride;
+    typename T::Raw cur[U], nxt[U];
     int k = 0;
-    load_batch<Ty, U>(rc, cur.w, row_bytes, cur.lt * rpc + grp, cur.rows, g, G, nchunk);
+    load_batch<T, U>(cur, P.w, row_bytes, t * rpc + grp, P.rows, g, G, nchunk);
+    if (staged != P.xoff) {                                   // uniform: x (+ xoff) is not in shared memory yet
+        // Launched with programmatic stream serialization (Linear(pdl=True)), this CTA may have started while the
+        // previous kernel still runs: only the weights (never written) were read so far. Wait for that kernel to
+        // complete before touching x or y. Without the launch attribute this is a no-op (and before sm_90, absent).
+#if __CUDA_ARCH__ >= 900
+        asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+        if (staged != -1) __syncthreads();                    // the previous part's x may still be read
+        stage<SQ8, SF32, NT>(a.x + P.xoff, a.K, xs, a.norm_w, a.norm_eps); __syncthreads(); staged = P.xoff;
+    }
     float acc = 0.f;
     for (;;) {
-        if (k == 0 && staged != cur.xoff) {                   // uniform: this tile's x is not in shared memory yet
-            // Launched with programmatic stream serialization (Linear(pdl=True)), this CTA may have started while the
-            // previous kernel still runs: only the weights (never written) were read so far. Wait for that kernel to
-            // complete before touching x or y. Without the launch attribute this is a no-op (and before sm_90, absent).
-#if __CUDA_ARCH__ >= 900
-            asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-            if (staged != -1) __syncthreads();                // the previous x may still be read
-            stage<SQ8, SF32, NT>(a.x + cur.xoff, a.K, xs, a.norm_w, a.norm_eps); __syncthreads(); staged = cur.xoff;
-        }
-        int nT = T, nk = k + 1;
-        if (nk == nbat) { nk = 0; nT += gridDim.x; }
-        const bool more = nT < tb1;
-        if (more) {
-            if (nT != T) nxt = tile_at(parts, nT, lp, lpb, a);
-            load_batch<Ty, U>(rn, nxt.w, row_bytes, nxt.lt * rpc + grp, nxt.rows, nk * step + g, G, nchunk);
-        }
-        const int row = cur.lt * rpc + grp;
-        if (row < cur.rows) {
+        int nt = t, nk = k + 1;
+        if (nk == nbat) { nk = 0; nt += gridDim.x; }
+        const bool more = nt < ntiles;
+        if (more) load_batch<T, U>(nxt, P.w, row_bytes, nt * rpc + grp, P.rows, nk * step + g, G, nchunk);
+        const int row = t * rpc + grp;
+        if (row < P.rows) {
 #pragma unroll
             for (int u = 0; u < U; ++u) {
                 const int c = k * step + u * G + g;
-                if (c < nchunk) acc += Ty::dot(rc[u], xs, c);
+                if (c < nchunk) acc += T::dot(cur[u], xs, c);
             }
         }
         if (nk == 0) {                                        // the tile's last batch: reduce, epilogue
             acc = group_sum<NW>(acc, G, red);
-            if (g == 0 && row < cur.rows) {
-                const int r = cur.row0 + row;
+            if (g == 0 && row < P.rows) {
+                const int r = P.row0 + row;
                 float v = acc;
                 if (a.bias) v += a.bias[r];
                 if (a.accumulate) v += a.y[r];
@@ -677,20 +658,20 @@ __device__ __forceinline__ void run_parts(const Part* __restrict__ parts, int p0
             acc = 0.f;
         }
         if (!more) break;
-        T = nT; k = nk; cur = nxt;
+        t = nt; k = nk;
 #pragma unroll
-        for (int u = 0; u < U; ++u) rc[u] = rn[u];
+        for (int u = 0; u < U; ++u) cur[u] = nxt[u];
     }
 }
 
 template <int NW, bool SQ8, bool SF32, int I, class X>
-__device__ __forceinline__ void dispatch(int, const Part*, int, int, int, const Args&, const X&, float*, int&) {}
+__device__ __forceinline__ void dispatch(int, const Part&, int, const Args&, const X&, float*, int&) {}
 
 template <int NW, bool SQ8, bool SF32, int I, class X, class C, class... Rest>
-__device__ __forceinline__ void dispatch(int slot, const Part* parts, int p0, int p1, int tb, const Args& a, const X& xs,
-                                         float* red, int& staged) {
-    if (slot == I) run_parts<C, NW, SQ8, SF32, X>(parts, p0, p1, tb, a, xs, red, staged);
-    else dispatch<NW, SQ8, SF32, I + 1, X, Rest...>(slot, parts, p0, p1, tb, a, xs, red, staged);
+__device__ __forceinline__ void dispatch(int slot, const Part& P, int tb, const Args& a, const X& xs, float* red,
+                                         int& staged) {
+    if (slot == I) run_part<C, NW, SQ8, SF32, X>(P, tb, a, xs, red, staged);
+    else dispatch<NW, SQ8, SF32, I + 1, X, Rest...>(slot, P, tb, a, xs, red, staged);
 }
 
 template <int NW, int XB, class... Cs>
@@ -716,13 +697,10 @@ __device__ __forceinline__ void matvec_v2_body(const Part* __restrict__ parts, i
 #endif
     int staged = -1;                                          // the xoff of the x in shared memory (-1: none)
     int tile_begin = 0;
-    for (int p = 0; p < nparts;) {                            // runs of parts with the same block type and G
-        const int slot = parts[p].slot, G = parts[p].tpr;
-        int q = p + 1;
-        while (q < nparts && parts[q].slot == slot && parts[q].tpr == G) ++q;
-        dispatch<NW, SQ8, SF32, 0, X, Cs...>(slot, parts, p, q, tile_begin, a, xs, red, staged);
-        tile_begin = parts[q - 1].tile_end;
-        p = q;
+    for (int p = 0; p < nparts; ++p) {
+        const Part P = parts[p];
+        dispatch<NW, SQ8, SF32, 0, X, Cs...>(P.slot, P, tile_begin, a, xs, red, staged);
+        tile_begin = P.tile_end;
     }
 }
 

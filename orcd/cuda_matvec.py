@@ -10,7 +10,7 @@ __all__ = ['MATVEC_KERNELS', 'FLOAT_TYPES', 'X_BITS', 'V2_TYPES', 'PART_DTYPE', 
            'pair_layout', 'plan_linear', 'precompile', 'Linear', 'expert_linear', 'expert_linear_ref', 'prmt_ref',
            'mxfp4_pairs_ref', 'dequantize_rows', 'dequantize']
 
-# %% ../nbs/06a_cuda_matvec.ipynb #619577c8
+# %% ../nbs/06a_cuda_matvec.ipynb #ee78ef38
 import functools, math
 import numpy as np
 from .cuda import load_kernel, _check, cuda_device, kernel_source
@@ -18,12 +18,12 @@ from .quants import (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q
                          quantize, dequantize as np_dequantize)   # `dequantize` here is the device one, below
 from .ops import rms_norm
 
-# %% ../nbs/06a_cuda_matvec.ipynb #203989b9
+# %% ../nbs/06a_cuda_matvec.ipynb #1a31342e
 def matvec_ref(w: np.ndarray, x: np.ndarray, rows: int, ggml_type: int) -> np.ndarray:
     "numpy reference: `W @ x` with `W` given as the raw `ggml_type` bytes of a `(rows, K)` weight."
     return np_dequantize(np.asarray(w, np.uint8).reshape(-1), ggml_type).reshape(rows, -1) @ x.astype(np.float32)
 
-# %% ../nbs/06a_cuda_matvec.ipynb #552be71c
+# %% ../nbs/06a_cuda_matvec.ipynb #2ab4c5ef
 MATVEC_KERNELS = {Q8_0: 'matvec_q8_0', Q4_K: 'matvec_q4_k', Q6_K: 'matvec_q6_k', Q5_0: 'matvec_q5_0',
                   MXFP4: 'matvec_mxfp4'}
 
@@ -44,7 +44,7 @@ def matvec(w, x, rows: int, ggml_type: int, y=None, warps_per_block: int = 4):
     load_kernel(name, name)(grid, (32 * warps_per_block,), (w, x, y, np.int32(rows), np.int32(K)))
     return y
 
-# %% ../nbs/06a_cuda_matvec.ipynb #e3af3bb7
+# %% ../nbs/06a_cuda_matvec.ipynb #b4feabfa
 FLOAT_TYPES = (F32, F16, BF16)
 X_BITS = 16     # default width of the staged input's codes (8: llama.cpp's q8_1, faster, 256 times coarser)
 
@@ -76,7 +76,7 @@ def linear_ref(parts, x, bias=None, y=None, bits: int = X_BITS, norm=None, eps: 
         if extra is not None: ref, mag = ref + extra, mag + np.abs(extra)
     return ref, mag, errx
 
-# %% ../nbs/06a_cuda_matvec.ipynb #6c292f4c
+# %% ../nbs/06a_cuda_matvec.ipynb #7bed7af1
 _SCALE = {Q4_0: .2, Q4_1: .1, Q5_0: .1, Q5_1: .05, Q8_0: .01, Q4_K: .004, Q5_K: .002, Q6_K: .001}
 
 def random_weight(rng, ggml_type, rows, K):
@@ -91,7 +91,7 @@ def random_weight(rng, ggml_type, rows, K):
     if ggml_type == MXFP4: blocks['e'] = rng.choice(np.r_[0:3, 120:130], blocks.size)   # subnormal and normal
     return b
 
-# %% ../nbs/06a_cuda_matvec.ipynb #31b8c0d6
+# %% ../nbs/06a_cuda_matvec.ipynb #c12f6941
 # ggml type -> (trait in kernels/matvec_v2.cuh, values per chunk, default batch U)
 V2_TYPES = {F32: ('tF32', 4, 2), F16: ('tF16', 8, 2), BF16: ('tBF16', 8, 2), Q4_0: ('tQ4_0', 32, 2),
             Q4_1: ('tQ4_1', 32, 2), Q5_0: ('tQ5_0', 32, 2), Q5_1: ('tQ5_1', 32, 2), Q8_0: ('tQ8_0', 32, 1),
@@ -157,7 +157,7 @@ def _smem_bytes(K, q8, f32, bits: int = X_BITS, pair: bool = False):
     qb = K if bits == 8 else (144 * ((K // 32 + 1) // 2) + 127) // 128 * 128 if pair else (2 * K + 127) // 128 * 128
     return ((qb + K // 8 + K // 4 + 15) // 16 * 16 if q8 else 0) + (4 * K if f32 else 0)
 
-# %% ../nbs/06a_cuda_matvec.ipynb #fc593377
+# %% ../nbs/06a_cuda_matvec.ipynb #ca061e34
 _V2_FUNCS = {}
 
 def precompile(exprs):
@@ -187,7 +187,7 @@ def _ctas_per_sm(kernel, threads, smem):
     by_smem = smem_sm // (smem + kernel.shared_size_bytes + 1024)
     return max(1, min(32, threads_sm // threads, by_regs, by_smem))
 
-# %% ../nbs/06a_cuda_matvec.ipynb #0ecd3869
+# %% ../nbs/06a_cuda_matvec.ipynb #02d50c62
 import ctypes
 
 class _LaunchAttr(ctypes.Structure):          # CUlaunchAttribute
@@ -221,7 +221,7 @@ class _PdlLaunch:
         r = _cu_launch_kernel_ex()(ctypes.byref(self.cfg), self.fn, params, None)
         if r: raise RuntimeError(f'cuLaunchKernelEx failed (CUresult {r})')
 
-# %% ../nbs/06a_cuda_matvec.ipynb #bb745625
+# %% ../nbs/06a_cuda_matvec.ipynb #460c6f2e
 def _check_parts(parts, K):
     for w, rows, t in parts:
         if t not in V2_TYPES:
@@ -241,7 +241,7 @@ def _has_pdl():
     import cupy
     return int(cupy.cuda.Device().compute_capability) >= 90
 
-# %% ../nbs/06a_cuda_matvec.ipynb #13f83d02
+# %% ../nbs/06a_cuda_matvec.ipynb #d0df3d3c
 class Linear:
     "y = W x (+ b) (+ y when accumulate); W = `parts` stacked along rows, all reading the same input x (K,)."
     def __init__(self, parts, K: int, bias=None, *, warps=None, tpr=None, unroll=None, ctas_per_sm=None, pdl=None,
@@ -301,7 +301,7 @@ class Linear:
         return (f'Linear({self.rows}x{self.K}, {" | ".join(f"{r} {QUANT_TYPES[t].name}" for _, r, t in self.parts)}; '
                 f'{self.expr}, G={self.tpr}, grid={self._grid}{", pdl" if self.pdl else ""})')
 
-# %% ../nbs/06a_cuda_matvec.ipynb #5cc2466c
+# %% ../nbs/06a_cuda_matvec.ipynb #873643e1
 def expert_linear(experts, K: int, ids, per_expert_x: bool = False, **kw) -> Linear:
     """y (k·Σrows) = for j < k, for each (w, E, rows, ggml_type) of `experts`: W[ids[j]] x_j, W the (E, rows, K)
     blocks w (cupy uint8), ids (k,) int32 on the device, read when the kernel runs; x_j = x, or x[jK:(j+1)K]."""
@@ -329,7 +329,7 @@ def expert_linear_ref(experts, K, ids, x, per_expert_x=False, bits: int = X_BITS
             out.append(linear_ref([(w[e * n:(e + 1) * n], rows, t)], xj, bits=bits))
     return tuple(np.concatenate(c) for c in zip(*out))
 
-# %% ../nbs/06a_cuda_matvec.ipynb #4f46953a
+# %% ../nbs/06a_cuda_matvec.ipynb #7420aace
 def prmt_ref(a, b, s):
     "numpy emulation of PTX `prmt.b32 d, a, b, s` (default mode): byte i of d from nibble i of s (bit 3: sign fill)."
     a, b, s = (np.asarray(v, np.uint64) for v in (a, b, s))
@@ -348,7 +348,7 @@ def mxfp4_pairs_ref(q):
     neg = prmt_ref(0x03020100, 0x0c080604, q ^ np.uint32(0x8888))
     return prmt_ref(0x03020100, 0x0c080604, q) | ((np.uint32(0x80808080) - neg) ^ np.uint32(0x80808080))
 
-# %% ../nbs/06a_cuda_matvec.ipynb #6a1b7bcd
+# %% ../nbs/06a_cuda_matvec.ipynb #b2aafaa1
 def _row_bytes(ggml_type, K, name):
     qt = QUANT_TYPES[ggml_type]
     if K <= 0 or K % qt.block_size: raise ValueError(f'{name}: K={K} is not a multiple of the {qt.name} block ({qt.block_size})')
@@ -379,7 +379,7 @@ def dequantize(w, ggml_type: int, rows: int, K: int, dtype=np.float16, out=None)
                                                                  _NULL, np.int32(rows), out, np.float32(1)))
     return out
 
-# %% ../nbs/06a_cuda_matvec.ipynb #0507c544
+# %% ../nbs/06a_cuda_matvec.ipynb #f4343d9f
 MATMUL_MODE = 'tf32'
 _CUDA_R_32F, _CUDA_R_16F, _OP_N, _OP_T = 0, 2, 0, 1
 _COMPUTE = {'f16': 68, 'f32': 68, 'tf32': 77}      # CUBLAS_COMPUTE_32F, CUBLAS_COMPUTE_32F_FAST_TF32

@@ -7,7 +7,7 @@ clamped SwiGLU and the weighted sum, with the choice kept in device memory so on
 __all__ = ['EXPERT_PLAN', 'MOE_PREFILL_BYTES', 'moe_topk_ref', 'moe_topk', 'moe_act_ref', 'moe_act', 'moe_combine_ref',
            'moe_combine', 'MoE', 'moe_groups', 'moe_prefill_workspace']
 
-# %% ../nbs/06d_cuda_moe.ipynb #3dc69479
+# %% ../nbs/06d_cuda_moe.ipynb #8b3e078e
 import numpy as np
 from . import ops
 from .cuda import load_kernel, _check, cuda_device
@@ -15,7 +15,7 @@ from .cuda_ops import _ptr
 from .errors import BackendUnavailableError
 from .quants import MXFP4
 
-# %% ../nbs/06d_cuda_moe.ipynb #09732d95
+# %% ../nbs/06d_cuda_moe.ipynb #098c0721
 def moe_topk_ref(logits, k: int):
     "numpy reference: `(ids (T, k) int32, weights (T, k) float32)` of router logits (T, E)."
     ids, wts = ops.moe_route(np.asarray(logits, np.float32), k)
@@ -31,7 +31,7 @@ def moe_topk(logits, k: int, ids, wts):
     load_kernel('moe', 'moe_topk')((-(-T // 4),), (128,), (logits, np.int32(T), np.int32(E), np.int32(k), ids, wts))
     return ids, wts
 
-# %% ../nbs/06d_cuda_moe.ipynb #80ea22bf
+# %% ../nbs/06d_cuda_moe.ipynb #cdb62e87
 def moe_act_ref(gu, ids, bg, bu, n: int):
     "numpy reference: a (k, n) = swiglu_oai(gate + bg[ids], up + bu[ids]) of gu (k, 2n)."
     gu = np.asarray(gu, np.float32).reshape(len(ids), 2 * n)
@@ -61,8 +61,8 @@ def moe_combine(y, ids, wts, bd, d: int, out):
     load_kernel('moe', 'moe_combine')((-(-d // 256),), (256,), (y, ids, wts, _ptr(bd), np.int32(k), np.int32(d), out))
     return out
 
-# %% ../nbs/06d_cuda_moe.ipynb #fedc1c7d
-EXPERT_PLAN = {MXFP4: (dict(warps=8, tpr=8, unroll={MXFP4: 4}), dict(warps=8, tpr=8, unroll={MXFP4: 2}))}
+# %% ../nbs/06d_cuda_moe.ipynb #d7dd3212
+EXPERT_PLAN = {MXFP4: (dict(warps=16, tpr=32, unroll={MXFP4: 3}), dict(warps=8, tpr=8, unroll={MXFP4: 4}))}
 
 class MoE:
     "One layer's mixture of experts on the device (weights: the layer's handles; views: their blocks in VRAM)."
@@ -99,7 +99,7 @@ class MoE:
         for _, f in self.launches(x, out): f()
         return out
 
-# %% ../nbs/06d_cuda_moe.ipynb #41858a8f
+# %% ../nbs/06d_cuda_moe.ipynb #6dab2144
 def moe_groups(ids, E: int, xp=np):
     """The T·k pairs of ids (T, k) in expert order: `(order, experts, counts)`, order the flat indices t·k + j sorted by
     expert (tokens ascending within one), experts their expert ids, counts (E,) the run lengths. xp: numpy or cupy."""
@@ -107,7 +107,7 @@ def moe_groups(ids, E: int, xp=np):
     order = xp.argsort(flat * flat.size + xp.arange(flat.size))   # unique keys: stable without a stable sort
     return order, flat[order], xp.bincount(flat, minlength=E)
 
-# %% ../nbs/06d_cuda_moe.ipynb #552c447a
+# %% ../nbs/06d_cuda_moe.ipynb #b8f796c2
 MOE_PREFILL_BYTES = 512 << 20
 
 def moe_prefill_workspace(E: int, d: int, ffn: int) -> int:

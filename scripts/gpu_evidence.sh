@@ -37,9 +37,11 @@ if has gptoss; then       # gpt-oss-20b's layout: 2 layers with synthetic values
        /tmp/goss2/gpt-oss-2l.gguf --workers 8) > "$OUT/gptoss-2l.log" 2>&1 &
     GOSS2=$!
   else (exit 0) & GOSS2=$!; GOSS2_WAIT=0; fi
-  (python3 .carry/gguf-gptoss-header $V /tmp/goss/full && python3 .carry/gguf-skeleton fill /tmp/goss/full \
-     /tmp/goss/gpt-oss-20b.gguf) > "$OUT/gptoss-full.log" 2>&1 &
-  GOSSF=$!
+  if [ "${GOSS_FULL:-1}" = 1 ]; then   # GOSS_FULL=0: only the 2-layer file and its test
+    (python3 .carry/gguf-gptoss-header $V /tmp/goss/full && python3 .carry/gguf-skeleton fill /tmp/goss/full \
+       /tmp/goss/gpt-oss-20b.gguf) > "$OUT/gptoss-full.log" 2>&1 &
+    GOSSF=$!
+  fi
 fi
 if has peer; then
   (bash .carry/llamacpp-peer build .carry/llamacpp-src.tgz > "$OUT/peer-build.log" 2>&1; echo "exit $?" >> "$OUT/peer-build.log") &
@@ -89,7 +91,7 @@ if has gptoss; then       # the 2-layer file against the CPU backend, while the 
 fi
 LB=
 if has peer; then wait $PEER; tail -n 3 "$OUT/peer-build.log"; LB=/tmp/llamacpp-peer/build/bin/llama-bench; fi
-if has gptoss; then
+if has gptoss && [ "${GOSS_FULL:-1}" = 1 ]; then
   wait $GOSSF; tail -n 2 "$OUT/gptoss-full.log"; ls -la /tmp/goss
   G=/tmp/goss/gpt-oss-20b.gguf
   timeout 100 python3 scripts/gpu_gptoss.py $G 2>&1 | tee "$OUT/gptoss.log"

@@ -178,6 +178,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'orcd.cuda_matvec._linear_matmul': ('cuda_matvec.html#_linear_matmul', 'orcd/cuda_matvec.py'),
                                   'orcd.cuda_matvec._row_bytes': ('cuda_matvec.html#_row_bytes', 'orcd/cuda_matvec.py'),
                                   'orcd.cuda_matvec._smem_bytes': ('cuda_matvec.html#_smem_bytes', 'orcd/cuda_matvec.py'),
+                                  'orcd.cuda_matvec.assign_ctas': ('cuda_matvec.html#assign_ctas', 'orcd/cuda_matvec.py'),
                                   'orcd.cuda_matvec.dequantize': ('cuda_matvec.html#dequantize', 'orcd/cuda_matvec.py'),
                                   'orcd.cuda_matvec.dequantize_rows': ('cuda_matvec.html#dequantize_rows', 'orcd/cuda_matvec.py'),
                                   'orcd.cuda_matvec.expert_linear': ('cuda_matvec.html#expert_linear', 'orcd/cuda_matvec.py'),

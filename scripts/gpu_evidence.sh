@@ -15,7 +15,7 @@
 #   serverbench  scripts/bench_server.py on the Qwen layout: tok/s through HTTP + SSE / the engine's (needs httpx-sse, psutil in whl/)
 #   peer      build llama.cpp's llama-bench (in the background, from .carry/llamacpp-src.tgz)
 #   bench     orcd bench on the Qwen and SmolLM2 layouts (BENCH_MODELS), with llama-bench when peer was built;
-#             FUSE_AB=1: each also with ORCD_FUSE_NORM=1 (the norm fused into the matvec staging), peer not re-run
+#             AB_ENV="NAME=VALUE ...": each also with those variables (e.g. ORCD_FUSE_NORM=0, ORCD_PART_MAJOR=1), peer not re-run
 #   gptoss    gpt-oss-20b's layout: a 2-layer file with synthetic values for the tests (start it before `tests`; GOSS2L=0: none),
 #             the full 11.27 GiB file of random blocks: scripts/gpu_gptoss.py and orcd bench (with llama-bench)
 set -uo pipefail
@@ -107,9 +107,9 @@ if has bench; then
     M=$ORCD_SHAPED_DIR/$n.gguf
     timeout 200 python3 -m orcd.cli bench $M --device cuda --depth 4096 ${LB:+--llama-bench $LB} 2>&1 | tee -a "$OUT/bench.log" \
       || { [ -n "$LB" ] && timeout 120 $LB -m $M -ngl 99 -fa 1 -p 512 -n 128 -d 0,4096 -r 3 -o md 2>&1 | tee -a "$OUT/bench.log"; }
-    if [ -n "${FUSE_AB:-}" ]; then
-      echo "== $n with ORCD_FUSE_NORM=1" | tee -a "$OUT/bench.log"
-      ORCD_FUSE_NORM=1 timeout 200 python3 -m orcd.cli bench $M --device cuda --depth 4096 2>&1 | tee -a "$OUT/bench.log"
+    if [ -n "${AB_ENV:-}" ]; then
+      echo "== $n with $AB_ENV" | tee -a "$OUT/bench.log"
+      env $AB_ENV timeout 200 python3 -m orcd.cli bench $M --device cuda --depth 4096 2>&1 | tee -a "$OUT/bench.log"
     fi
   done
 fi

@@ -76,6 +76,7 @@ extern "C" __global__ void __launch_bounds__(256, 2) attention(
         float* __restrict__ out,                              // prefill: [T, n_heads * Dv]; decode with counters: [n_heads * Dv]
         float* __restrict__ ws, int max_splits, int min_tiles,  // decode: m, l [n_heads, max_splits], acc [.., Dv]
         int* __restrict__ counters) {                         // decode: null (attention_merge follows), or [gridDim.x]
+    trigger_dependents();
     extern __shared__ float smem[];
     const int G = n_heads / n_kv, nz = gridDim.x / n_kv;      // nz blocks of up to Gb heads per KV head
     const int h = blockIdx.x / nz, g0 = (blockIdx.x % nz) * Gb, gcount = min(Gb, G - g0);
@@ -225,6 +226,7 @@ extern "C" __global__ void __launch_bounds__(256, 2) attention(
 extern "C" __global__ void attention_merge(const float* __restrict__ ws, const int* __restrict__ pos_dev,
                                            int n_heads, int Dv, int n_ctx, int window, int max_splits, int min_tiles,
                                            const float* __restrict__ sinks, float* __restrict__ out) {
+    trigger_dependents();
     extern __shared__ float wgt[];        // [max_splits]
     __shared__ float red[32], part[8][32];
     const int qh = blockIdx.x, tid = threadIdx.x, warp = tid / 32, lane = tid % 32, p = pos_dev[0];

@@ -82,6 +82,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                           'orcd.cli.run_chat': ('cli.html#run_chat', 'orcd/cli.py')},
             'orcd.cuda': { 'orcd.cuda._check': ('cuda.html#_check', 'orcd/cuda.py'),
                            'orcd.cuda.cuda_device': ('cuda.html#cuda_device', 'orcd/cuda.py'),
+                           'orcd.cuda.kernel_options': ('cuda.html#kernel_options', 'orcd/cuda.py'),
                            'orcd.cuda.kernel_source': ('cuda.html#kernel_source', 'orcd/cuda.py'),
                            'orcd.cuda.load_kernel': ('cuda.html#load_kernel', 'orcd/cuda.py')},
             'orcd.cuda_backend': { 'orcd.cuda_backend.CUDABackend': ('cuda_backend.html#cudabackend', 'orcd/cuda_backend.py'),

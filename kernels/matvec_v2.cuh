@@ -236,9 +236,9 @@ struct tMXFP4 {   // 17 B: E8M0 exponent e, 16 B E2M1 nibbles.      value = MXFP
     static constexpr int QK = 32, BYTES = 17, CV = 32; static constexpr bool Q8X = true;
     struct Raw { u32 q[4]; u32 e; };
     // The block's 17 bytes as the 5 aligned words that cover them (o = its offset in the first word, 0..3): four
-    // whole words, and of the fifth only its first o + 1 bytes (predicated byte loads: nothing past the block is
-    // read, and the lanes of a warp, whose blocks have all four offsets, never branch apart on it).
-    static __device__ __forceinline__ Raw load(const u8* row, int c) {
+    // whole words, and the fifth whole (WHOLE) or only its first o + 1 bytes (predicated byte loads: nothing past the
+    // block is read, and the lanes of a warp, whose blocks have all four offsets, never branch apart on it).
+    template <bool WHOLE> static __device__ __forceinline__ Raw load_words(const u8* row, int c) {
         const size_t a = reinterpret_cast<size_t>(row + c * 17);
         const u8* base = reinterpret_cast<const u8*>(a & ~(size_t)3);
         const u32 o = (u32)(a & 3);
@@ -246,12 +246,13 @@ struct tMXFP4 {   // 17 B: E8M0 exponent e, 16 B E2M1 nibbles.      value = MXFP
 #pragma unroll
         for (int i = 0; i < 4; ++i) w[i] = ld32(base + 4 * i);
         const u8* t = base + 16;
-        w[4] = ld8(t) | ld8_if(t + 1, o >= 1) << 8 | ld8_if(t + 2, o >= 2) << 16 | ld8_if(t + 3, o >= 3) << 24;
+        w[4] = WHOLE ? ld32(t) : ld8(t) | ld8_if(t + 1, o >= 1) << 8 | ld8_if(t + 2, o >= 2) << 16 | ld8_if(t + 3, o >= 3) << 24;
         Raw r; r.e = (w[0] >> (8 * o)) & 0xffu;
 #pragma unroll
         for (int i = 0; i < 4; ++i) r.q[i] = __funnelshift_rc(w[i], w[i + 1], 8 * o + 8);   // o = 3: w[i + 1]
         return r;
     }
+    static __device__ __forceinline__ Raw load(const u8* row, int c) { return load_words<false>(row, c); }
     // times 2^(e-128) as two normal powers of two: CuPy compiles with -ftz=true, which would flush the
     // subnormal 2^(e-128) of e < 2 (and its product with d) to zero.
     static __device__ __forceinline__ float scaled(int s, u32 e, float d) {
@@ -271,18 +272,7 @@ struct tMXFP4 {   // 17 B: E8M0 exponent e, 16 B E2M1 nibbles.      value = MXFP
 // aligned words covering a block whole: the launcher picks this type only when every part's bytes end on a 4-byte
 // boundary, so the few bytes beyond a block are the next block's, or the next row's, never past the part.
 struct tMXFP4P : tMXFP4 {
-    static __device__ __forceinline__ Raw load(const u8* row, int c) {
-        const size_t a = reinterpret_cast<size_t>(row + c * 17);
-        const u8* base = reinterpret_cast<const u8*>(a & ~(size_t)3);
-        const u32 o = (u32)(a & 3);
-        u32 w[5];
-#pragma unroll
-        for (int i = 0; i < 5; ++i) w[i] = ld32(base + 4 * i);
-        Raw r; r.e = (w[0] >> (8 * o)) & 0xffu;
-#pragma unroll
-        for (int i = 0; i < 4; ++i) r.q[i] = __funnelshift_rc(w[i], w[i + 1], 8 * o + 8);   // o = 3: w[i + 1]
-        return r;
-    }
+    static __device__ __forceinline__ Raw load(const u8* row, int c) { return load_words<true>(row, c); }
     // Word i of the codes (bytes 4i..4i+3) meets the block's 16-byte slot i: 8 __dp2a per 2 words.
     static __device__ __forceinline__ float dot(const Raw& r, const XS<16, true>& xs, int c) {
         const int4* xb = reinterpret_cast<const int4*>(xs.q) + pl_slot(c);

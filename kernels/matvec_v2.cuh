@@ -517,8 +517,8 @@ __device__ __forceinline__ float rms_den(const float* __restrict__ x, int K, flo
     return total;
 }
 
-// Shared-memory layout (dynamic): [q: K bytes, or 2K rounded up to 128][d: K/8 bytes][s16: K/4 bytes] then, 16-aligned,
-// [f: 4K bytes].
+// Shared-memory layout (dynamic): [q: K bytes (8-bit), 2K rounded up to 128 (16-bit), or 144 bytes per two blocks
+// rounded up to 128 (16-bit pair layout)][d: K/8 bytes][s16: K/4 bytes] then, 16-aligned, [f: 4K bytes].
 // Python mirror: orcd.cuda_matvec._smem_bytes.
 template <class X>
 __device__ __forceinline__ X smem_layout(int4* base, int K, bool q8) {

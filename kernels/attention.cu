@@ -24,6 +24,48 @@
 #define ATT_MAXO 4     // outputs per thread: rows * Dv <= ATT_NT * ATT_MAXO = 1024
 #define ATT_PF 4       // 16-byte pieces of a K (and of a V) tile per thread: 32 keys x 256 dims / 8 / ATT_NT
 
+// Decode, the merge fused (counters given): the splits of block group blockIdx.x count themselves done on
+// counters[blockIdx.x]; the last one merges the group's query heads qh0 .. qh0 + nq - 1 exactly as attention_merge
+// does (warp w: head qh0 + w), writes out, and sets the counter back to 0 for the next launch (or graph replay).
+// The other splits' partial results are read past L1 (__ldcg): they were written by other SMs in this kernel.
+__device__ __forceinline__ void merge_last(const float* ws, int* counters, int su, int n_heads, int Dv, int max_splits,
+                                           int qh0, int nq, const float* __restrict__ sinks, float* __restrict__ out) {
+    __shared__ int last;
+    __threadfence();                                          // this split's m, l, acc: visible before it is counted
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(&counters[blockIdx.x], 1) == su - 1;
+    __syncthreads();
+    if (!last) return;                                        // uniform over the block
+    __threadfence();
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (warp < nq) {
+        const int qh = qh0 + warp;
+        const float* ms = ws + (size_t)qh * max_splits;
+        const float* ls = ws + (size_t)(n_heads + qh) * max_splits;
+        const float* acc = ws + (size_t)2 * n_heads * max_splits + (size_t)qh * max_splits * Dv;
+        float M = NEG_INF;
+        for (int s = lane; s < su; s += 32) M = fmaxf(M, __ldcg(ms + s));
+        M = warp_max(M);
+        const float sk = sinks ? sinks[qh] : NEG_INF;
+        M = fmaxf(M, sk);
+        float L = 0.f, a[ATT_MAXO * 2];                       // Dv <= 256: 8 values per lane
+#pragma unroll
+        for (int i = 0; i < ATT_MAXO * 2; ++i) a[i] = 0.f;
+        for (int s = 0; s < su; ++s) {
+            const float w = expf(__ldcg(ms + s) - M);
+            L = fmaf(w, __ldcg(ls + s), L);
+#pragma unroll
+            for (int i = 0; i < ATT_MAXO * 2; ++i)
+                if (lane + 32 * i < Dv) a[i] = fmaf(w, __ldcg(acc + (size_t)s * Dv + lane + 32 * i), a[i]);
+        }
+        L += sinks ? expf(sk - M) : 0.f;
+#pragma unroll
+        for (int i = 0; i < ATT_MAXO * 2; ++i)
+            if (lane + 32 * i < Dv) out[(size_t)qh * Dv + lane + 32 * i] = a[i] / L;
+    }
+    if (threadIdx.x == 0) counters[blockIdx.x] = 0;
+}
+
 extern "C" __global__ void __launch_bounds__(256, 2) attention(
         const float* __restrict__ qkv, int q_stride,          // q of token t, head qh: qkv[t*q_stride + qh*D]
         const __half* __restrict__ k_cache, const __half* __restrict__ v_cache, int n_ctx,
@@ -31,8 +73,10 @@ extern "C" __global__ void __launch_bounds__(256, 2) attention(
         int n_heads, int n_kv, int D, int Dv, float scale, int window,
         int Gb, int BQ,                                       // rows of a block: BQ tokens x Gb query heads
         const float* __restrict__ sinks,                      // [n_heads] or null
-        float* __restrict__ out,                              // prefill: [T, n_heads * Dv]
-        float* __restrict__ ws, int max_splits, int min_tiles) {  // decode: m, l [n_heads, max_splits], acc [.., Dv]
+        float* __restrict__ out,                              // prefill: [T, n_heads * Dv]; decode with counters: [n_heads * Dv]
+        float* __restrict__ ws, int max_splits, int min_tiles,  // decode: m, l [n_heads, max_splits], acc [.., Dv]
+        int* __restrict__ counters) {                         // decode: null (attention_merge follows), or [gridDim.x]
+    trigger_dependents();
     extern __shared__ float smem[];
     const int G = n_heads / n_kv, nz = gridDim.x / n_kv;      // nz blocks of up to Gb heads per KV head
     const int h = blockIdx.x / nz, g0 = (blockIdx.x % nz) * Gb, gcount = min(Gb, G - g0);
@@ -173,6 +217,7 @@ extern "C" __global__ void __launch_bounds__(256, 2) attention(
             }
         }
     }
+    if (max_splits > 0 && counters) merge_last(ws, counters, su, n_heads, Dv, max_splits, h * G + g0, gcount, sinks, out);
 }
 
 // Decode: combine the splits of query head blockIdx.x, dims 32*blockIdx.y ..: M = max(m_s, sink),
@@ -181,6 +226,7 @@ extern "C" __global__ void __launch_bounds__(256, 2) attention(
 extern "C" __global__ void attention_merge(const float* __restrict__ ws, const int* __restrict__ pos_dev,
                                            int n_heads, int Dv, int n_ctx, int window, int max_splits, int min_tiles,
                                            const float* __restrict__ sinks, float* __restrict__ out) {
+    trigger_dependents();
     extern __shared__ float wgt[];        // [max_splits]
     __shared__ float red[32], part[8][32];
     const int qh = blockIdx.x, tid = threadIdx.x, warp = tid / 32, lane = tid % 32, p = pos_dev[0];

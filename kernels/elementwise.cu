@@ -8,6 +8,7 @@
 #include "ops_common.cuh"
 
 extern "C" __global__ void elementwise(float* __restrict__ x, const float* __restrict__ y, int n, int op, float s) {
+    trigger_dependents();
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     if (op == 0) x[i] += y[i];
@@ -21,6 +22,7 @@ __device__ __forceinline__ float gelu_tanh(float x) {
 }
 
 extern "C" __global__ void act(const float* __restrict__ gu, float* __restrict__ out, int n, int T, int kind) {
+    trigger_dependents();
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n * T) return;
     if (kind == 3) { out[i] = gelu_tanh(gu[i]); return; }

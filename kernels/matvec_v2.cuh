@@ -546,7 +546,8 @@ struct Part {
     int slot;        // which cfg of the kernel's list
     int route;       // -1, or j: the blocks are at w + route_ids[j] * stride (expert route_ids[j] of a mixture)
     int xoff;        // the part reads x + xoff (the parts of one CTA's tiles are staged one after the other)
-    int pad;
+    int ctas;        // 0: the CTAs take the tiles of all parts in turn (tile T: CTA T mod gridDim.x); else the part's own
+                     // CTAs: [ctas & 0xffff, + (ctas >> 16)), tile t to CTA first + t mod count (orcd.cuda_matvec.assign_ctas)
     long long stride;
 };
 
@@ -604,8 +605,14 @@ __device__ __forceinline__ void run_part(const Part& P0, int tile_begin, const A
     const int nbat = (nchunk + step - 1) / step;
     const size_t row_bytes = (size_t)(a.K / T::QK) * T::BYTES;
     const int ntiles = P0.tile_end - tile_begin;
-    int t = ((int)blockIdx.x - tile_begin) % (int)gridDim.x;
-    if (t < 0) t += gridDim.x;
+    int t, stride;                                            // this CTA's first tile of the part, and the step
+    if (P0.ctas) {                                            // the part's own CTAs: a CTA seldom changes part
+        stride = P0.ctas >> 16; t = (int)blockIdx.x - (P0.ctas & 0xffff);
+        if (t < 0 || t >= stride) return;                     // uniform over the CTA
+    } else {
+        stride = gridDim.x; t = ((int)blockIdx.x - tile_begin) % stride;
+        if (t < 0) t += stride;
+    }
     if (t >= ntiles) return;                                  // uniform over the CTA
     Part P = P0;                                              // a routed part: route_ids were waited for (body)
     if (P.route >= 0) P.w += (size_t)a.route_ids[P.route] * (size_t)P.stride;
@@ -625,7 +632,7 @@ __device__ __forceinline__ void run_part(const Part& P0, int tile_begin, const A
     float acc = 0.f;
     for (;;) {
         int nt = t, nk = k + 1;
-        if (nk == nbat) { nk = 0; nt += gridDim.x; }
+        if (nk == nbat) { nk = 0; nt += stride; }
         const bool more = nt < ntiles;
         if (more) load_batch<T, U>(nxt, P.w, row_bytes, nt * rpc + grp, P.rows, nk * step + g, G, nchunk);
         const int row = t * rpc + grp;

@@ -63,3 +63,14 @@ __device__ __forceinline__ void key_split(int lo, int hi, int max_splits, int mi
 
 // The keys a query at position p sees: [lo, p] (window > 0: only keys with p - k < window).
 __device__ __forceinline__ int window_lo(int p, int window) { return window > 0 ? max(0, p - window + 1) : 0; }
+
+// Programmatic dependent launch: let the next kernel in the stream start now, if it was launched with programmatic
+// stream serialization (the matvecs, orcd.cuda_matvec.Linear(pdl=True)): it prefetches its weights, then waits
+// (griddepcontrol.wait) for this whole grid to complete before it touches anything this grid writes. Compiled in
+// only with -DORCD_EARLY_TRIGGER (orcd.cuda.load_kernel adds it when ORCD_EARLY_TRIGGER=1), until a GPU run measures
+// it; without it, a PDL-launched matvec after these kernels starts when their last block has exited.
+__device__ __forceinline__ void trigger_dependents() {
+#if defined(ORCD_EARLY_TRIGGER) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;");
+#endif
+}

@@ -142,36 +142,36 @@ def experts_table(copy_bw, sweep=False, profile=False, bits=None):
     print('\n| gpt-oss experts (4 of 32, MXFP4) | kernel | rows x K each | MB read | µs | GB/s | / copy '
           '| max err / (|W||x\'|) | max err / max|ref| |')
     print('|---|---|---|---|---|---|---|---|---|')
-    for ((what, parts, K, xin, pe), plan), pair in itertools.product(zip(
+    for ((what, parts, K, xin, pe), plan), (pair, pm) in itertools.product(zip(
             (('gate + up', [(gh, E, n), (uh, E, n)], d, xh, False), ('down', [(dh, E, d)], n, ah, True)), plans),
-            (None, False)):
+            ((None, False), (None, True), (False, False))):
         dev = [(cp.asarray(w), e, r, MXFP4) for w, e, r in parts]
-        lins = [cm.expert_linear(dev, K, cp.asarray(c), per_expert_x=pe, bits=bits, pair=pair, **plan) for c in choices]
+        lins = [cm.expert_linear(dev, K, cp.asarray(c), per_expert_x=pe, bits=bits, pair=pair, part_major=pm, **plan)
+                for c in choices]
         x, out = cp.asarray(xin), cp.empty(lins[0].rows, np.float32)
         us = graph_us([(lambda l=l: l(x, out)) for l in lins] * 25)
         got = cp.asnumpy(lins[0](x, out))
         ref, mag, _ = cm.expert_linear_ref([(w, e, r, MXFP4) for w, e, r in parts], K, choices[0], xin, pe,
                                            bits=lins[0].bits)
         mb = sum(w.nbytes // e for w, e, r in parts) * k / 1e6
-        kern = 'tMXFP4P (pair layout)' if lins[0].pair else 'tMXFP4'
+        kern = ('tMXFP4P (pair layout)' if lins[0].pair else 'tMXFP4') + (', part-major CTAs' if pm else '')
         print(f'| {what} | {kern} | {parts[0][2]}x{K} | {mb:.1f} | {us:.1f} | {mb / us * 1e3:.0f} | {mb * 1e12 / us / copy_bw:.2f} '
               f'| {np.max(np.abs(got - ref) / mag):.1e} | {np.abs(got - ref).max() / np.abs(ref).max():.1e} |  ({lins[0]!r})',
               flush=True)
-        if not sweep or pair is False: continue
+        if not sweep or pair is False or pm: continue
         combos = [(w, u) for w in (4, 8, 16) for u in (1, 2, 3, 4)]
         cm.precompile([cm.v2_expr(w, [(MXFP4, u)], pair=True) for w, u in combos])
         res = []
-        for w, u in combos:
-            for G in (8, 16, 32, 64, 128):
-                if G > 32 * w: continue
-                ls = [cm.expert_linear(dev, K, cp.asarray(c), per_expert_x=pe, warps=w, tpr=G, unroll={MXFP4: u})
-                      for c in choices]
-                us = graph_us([(lambda l=l: l(x, out)) for l in ls] * 25)
-                err = np.max(np.abs(cp.asnumpy(ls[0](x, out)) - ref) / mag)
-                res.append((us, w, u, G, ls[0]._grid, ls[0]._kernel.num_regs, err))
+        for (w, u), G, pmj in itertools.product(combos, (8, 16, 32, 64, 128), (False, True)):
+            if G > 32 * w: continue
+            ls = [cm.expert_linear(dev, K, cp.asarray(c), per_expert_x=pe, warps=w, tpr=G, unroll={MXFP4: u},
+                                   part_major=pmj) for c in choices]
+            us = graph_us([(lambda l=l: l(x, out)) for l in ls] * 25)
+            err = np.max(np.abs(cp.asnumpy(ls[0](x, out)) - ref) / mag)
+            res.append((us, w, u, G, ls[0]._grid, ls[0]._kernel.num_regs, err, pmj))
         res.sort(key=lambda r: r[0])
         for r in res[:8]: print(f'    {r[0]:6.1f} µs {mb / r[0] * 1e3:5.0f} GB/s  warps={r[1]:2d} U={r[2]} G={r[3]:3d} grid={r[4]} '
-                                f'regs={r[5]} max err/(|W||x\'|) {r[6]:.1e}')
+                                f'regs={r[5]}{" part-major" if r[7] else ""} max err/(|W||x\'|) {r[6]:.1e}')
         print(f'    every config within 1e-5 of |W||x\'|: {all(r[6] <= 1e-5 for r in res)}')
         print(f'    worst {res[-1][0]:.1f} µs warps={res[-1][1]} U={res[-1][2]} G={res[-1][3]}', flush=True)
 

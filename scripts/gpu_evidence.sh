@@ -15,7 +15,7 @@
 #   serverbench  scripts/bench_server.py on the Qwen layout: tok/s through HTTP + SSE / the engine's (needs httpx-sse, psutil in whl/)
 #   peer      build llama.cpp's llama-bench (in the background, from .carry/llamacpp-src.tgz)
 #   bench     orcd bench on the Qwen and SmolLM2 layouts (BENCH_MODELS), with llama-bench when peer was built;
-#             AB_ENV="NAME=VALUE ...": each also with those variables (e.g. ORCD_FUSE_NORM=0), peer not re-run
+#             AB_ENV="NAME=VALUE ...": each also with those variables (e.g. ORCD_FUSE_NORM=0, ORCD_PART_MAJOR=1), peer not re-run
 #   gptoss    gpt-oss-20b's layout: a 2-layer file with synthetic values for the tests (start it before `tests`; GOSS2L=0: none),
 #             the full 11.27 GiB file of random blocks: scripts/gpu_gptoss.py and orcd bench (with llama-bench)
 set -uo pipefail
@@ -55,7 +55,7 @@ if has sanitize; then
   timeout ${SANITIZE_S:-200} compute-sanitizer --tool memcheck --error-exitcode 9 $PT tests/test_cuda_matvec.py tests/test_cuda_ops.py \
     tests/test_cuda_moe.py -x -k "${SSEL:-small or sample or norm or rope or act or argmax or add_scale or attention_prefill \
     or moe_topk or (expert_linear and not 2880) or (mxfp4_pair_layout and not 5760) \
-    or (decode_attention and not 4096 and not graph)}" 2>&1 | tee "$OUT/sanitize.log" | tail -4; echo "sanitizer exit ${PIPESTATUS[0]}"
+    or (decode_attention and not 4096 and not graph) or assign_ctas}" 2>&1 | tee "$OUT/sanitize.log" | tail -4; echo "sanitizer exit ${PIPESTATUS[0]}"
 fi
 if has tests; then
   timeout 240 $PT tests/test_cuda_backend.py -s --maxfail=${MAXFAIL:-4} ${TESTK:+-k "$TESTK"} 2>&1 | tee "$OUT/tests.log" | grep -v '^\s*$' | tail -70

@@ -28,3 +28,14 @@ def test_kernel_source_lookup():
 def test_every_kernel_compiles_with_the_shared_header():
     for cu in sorted((ROOT / 'kernels').glob('*.cu')):
         assert cuda.load_kernel(cu.stem, cu.stem) is not None   # each file defines the kernel it is named after
+
+
+def test_kernel_options_early_trigger(monkeypatch):
+    "ORCD_EARLY_TRIGGER=1 compiles the small kernels with the early trigger of dependent launches; off otherwise."
+    monkeypatch.delenv('ORCD_EARLY_TRIGGER', raising=False)
+    assert '-DORCD_EARLY_TRIGGER' not in cuda.kernel_options() and '-std=c++17' in cuda.kernel_options()
+    monkeypatch.setenv('ORCD_EARLY_TRIGGER', '1')
+    assert cuda.kernel_options()[-1] == '-DORCD_EARLY_TRIGGER'
+    for name, kernels in (('attention', 2), ('moe', 3), ('norm_rows', 2), ('rope_kv', 1), ('elementwise', 2)):
+        src = cuda.kernel_source(name)       # every kernel of the small-kernel files triggers, first thing
+        assert src.count('trigger_dependents();') == src.count('extern "C" __global__') == kernels, name

@@ -319,17 +319,35 @@ STACKS = {'qwen-qkv': ([(896, Q5_0), (128, Q5_0), (128, Q8_0)], 896),
           'small-all-types': ([(3 + i, t) for i, t in enumerate(cm.V2_TYPES)], 256)}
 
 
+def test_assign_ctas():
+    "part_major's CTAs: inside the grid, at least one per part, and every tile of every part taken exactly once."
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        ends = np.cumsum(rng.integers(1, 400, rng.integers(1, 12)))
+        grid = int(rng.integers(1, 4000))
+        for p, (c, b, e) in enumerate(zip(cm.assign_ctas(ends, grid), np.r_[0, ends[:-1]], ends)):
+            first, count = int(c) & 0xffff, int(c) >> 16
+            assert count >= 1 and 0 <= first and first + count <= grid
+            got = sorted(t for cta in range(first, first + count) for t in range(cta - first, e - b, count))
+            assert got == list(range(e - b))
+    with pytest.raises(ValueError, match='16 bits'):
+        cm.assign_ctas([10], 1 << 16)
+
+
 @needs_gpu
+@pytest.mark.parametrize('part_major', [False, True], ids=['in_turn', 'part_major'])
 @pytest.mark.parametrize('pdl', [False, True], ids=['plain', 'pdl'])
 @pytest.mark.parametrize('stack', STACKS)
-def test_v2_stacked_parts(stack, pdl):
-    "Parts of different types in one launch; y a slice of a bigger buffer; bias over all rows."
+def test_v2_stacked_parts(stack, pdl, part_major):
+    """Parts of different types in one launch; y a slice of a bigger buffer; bias over all rows; the CTAs taking the
+    parts' tiles in turn, or each part its own CTAs (part_major)."""
     spec, K = STACKS[stack]
     rng = np.random.default_rng(5)
     parts = [(*weight(t, r, K, seed=i), r, t) for i, (r, t) in enumerate(spec)]
     rows = sum(r for r, _ in spec)
     x, b = rng.standard_normal(K).astype(np.float32), rng.standard_normal(rows).astype(np.float32)
-    lin = cm.Linear([(wd, r, t) for _, wd, r, t in parts], K, bias=cp.asarray(b), pdl=pdl)
+    lin = cm.Linear([(wd, r, t) for _, wd, r, t in parts], K, bias=cp.asarray(b), pdl=pdl, part_major=part_major)
+    assert lin.part_major == (part_major and len(parts) > 1)
     assert lin.rows == rows and lin.nbytes == sum(w.nbytes for w, _, _, _ in parts)
     assert len(lin.cfgs) == len({t for _, t in spec})
     buf = cp.full(rows + 100, 7, np.float32)

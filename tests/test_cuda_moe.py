@@ -41,14 +41,16 @@ def test_moe_act_and_combine(E, k, n, d):
 @pytest.mark.parametrize('t,E,rows,K,k', [(MXFP4, 32, 2880, 2880, 4), (MXFP4, 8, 96, 256, 3), (Q8_0, 6, 64, 512, 2),
                                            (Q4_K, 4, 33, 512, 2), (F32, 5, 17, 64, 3)])
 @pytest.mark.parametrize('per_expert_x', [False, True])
-def test_expert_linear(t, E, rows, K, k, per_expert_x):
-    "Routed parts read the experts named by ids in device memory; new ids, same launch (and same graph)."
+@pytest.mark.parametrize('part_major', [False, True], ids=['in_turn', 'part_major'])
+def test_expert_linear(t, E, rows, K, k, per_expert_x, part_major):
+    """Routed parts read the experts named by ids in device memory; new ids, same launch (and same graph); the CTAs
+    taking the parts' tiles in turn, or each part its own (part_major)."""
     from orcd import cuda_matvec as cm
     rng = np.random.default_rng(E + rows)
     w = cm.random_weight(rng, t, E * rows, K)
     wd = cp.asarray(w)
     ids = cp.asarray(rng.choice(E, k, replace=False).astype(np.int32))
-    lin = cm.expert_linear([(wd, E, rows, t)], K, ids, per_expert_x=per_expert_x)
+    lin = cm.expert_linear([(wd, E, rows, t)], K, ids, per_expert_x=per_expert_x, part_major=part_major)
     assert lin.pair == (t == MXFP4)                 # the experts' own kernel (pair layout of the staged input)
     x = rng.standard_normal(K * (k if per_expert_x else 1)).astype(np.float32)
     xd, y = cp.asarray(x), cp.empty(k * rows, np.float32)

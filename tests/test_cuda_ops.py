@@ -190,12 +190,14 @@ def heads(model):
 
 
 @needs_gpu
+@pytest.mark.parametrize('fused_merge', [False, True], ids=['merge_kernel', 'fused_merge'])
 @pytest.mark.parametrize('model,S,window', DECODE, ids=[f'{m}-S{S}' + (f'-w{w}' if w else '') for m, S, w in DECODE])
-def test_decode_attention(model, S, window):
+def test_decode_attention(model, S, window, fused_merge):
+    "Against attention_ref; the splits merged by attention_merge, or by the last split itself (fused_merge)."
     c = heads(model); nh, nkv, D = c['nh'], c['nkv'], c['D']
     rng, n_ctx = np.random.default_rng(S + nh), S + 4
     qkv, kc, vc, sk = att_data(rng, 1, nh, nkv, D, n_ctx, c['sinks'])
-    att = co.DecodeAttention(nh, nkv, D, D, n_ctx, D ** -0.5)
+    att = co.DecodeAttention(nh, nkv, D, D, n_ctx, D ** -0.5, fused_merge=fused_merge)
     out = cp.full(nh * D, np.nan, np.float32)
     att(cp.asarray(qkv), cp.asarray(kc), cp.asarray(vc), cp.asarray([S - 1], np.int32), out, window,
         None if sk is None else cp.asarray(sk))
@@ -206,25 +208,30 @@ def test_decode_attention(model, S, window):
 
 
 @needs_gpu
+@pytest.mark.parametrize('fused_merge', [False, True], ids=['merge_kernel', 'fused_merge'])
 @pytest.mark.parametrize('max_splits', [1, 3, 64])
 @pytest.mark.parametrize('min_tiles', [1, 3])
-def test_decode_attention_split_counts(max_splits, min_tiles):
-    "Any split gives the same result (1: a single block per KV head; 3: uneven chunks; tiles per block 1 or more)."
+def test_decode_attention_split_counts(max_splits, min_tiles, fused_merge):
+    """Any split gives the same result (1: a single block per KV head; 3: uneven chunks; tiles per block 1 or more);
+    with fused_merge, the counters are back at zero after every call."""
     rng, nh, nkv, D = np.random.default_rng(max_splits), 14, 2, 64
     qkv, kc, vc, _ = att_data(rng, 1, nh, nkv, D, 1000, False)
-    att = co.DecodeAttention(nh, nkv, D, D, 1000, 0.125, max_splits=max_splits, min_tiles=min_tiles)
+    att = co.DecodeAttention(nh, nkv, D, D, 1000, 0.125, max_splits=max_splits, min_tiles=min_tiles,
+                             fused_merge=fused_merge)
     for S in (1, 33, 200, 1000):
         out = cp.empty(nh * D, np.float32)
         att(cp.asarray(qkv), cp.asarray(kc), cp.asarray(vc), cp.asarray([S - 1], np.int32), out)
         assert_close(cp.asnumpy(out), co.attention_ref(qkv, kc, vc, [S - 1], 0.125, nh, nkv, D, D)[0], **ATT_TOL)
+        if fused_merge: assert not cp.asnumpy(att.counters).any()
 
 
 @needs_gpu
-def test_decode_attention_in_a_captured_graph():
+@pytest.mark.parametrize('fused_merge', [False, True], ids=['merge_kernel', 'fused_merge'])
+def test_decode_attention_in_a_captured_graph(fused_merge):
     "One captured graph, the position changed in device memory between replays: every step matches."
     rng, nh, nkv, D, n_ctx = np.random.default_rng(3), 64, 8, 64, 2048        # gpt-oss heads
     qkv, kc, vc, sk = att_data(rng, 1, nh, nkv, D, n_ctx, True)
-    att = co.DecodeAttention(nh, nkv, D, D, n_ctx, 0.125)
+    att = co.DecodeAttention(nh, nkv, D, D, n_ctx, 0.125, fused_merge=fused_merge)
     Q, K, V, SK = cp.asarray(qkv), cp.asarray(kc), cp.asarray(vc), cp.asarray(sk)
     pos, out = cp.zeros(1, np.int32), cp.empty(nh * D, np.float32)
     s = cp.cuda.Stream(non_blocking=True)

@@ -76,6 +76,7 @@ extern "C" __global__ void __launch_bounds__(256, 2) attention(
         float* __restrict__ out,                              // prefill: [T, n_heads * Dv]; decode with counters: [n_heads * Dv]
         float* __restrict__ ws, int max_splits, int min_tiles,  // decode: m, l [n_heads, max_splits], acc [.., Dv]
         int* __restrict__ counters) {                         // decode: null (attention_merge follows), or [gridDim.x]
+    wait_primary();
     trigger_dependents();
     extern __shared__ float smem[];
     const int G = n_heads / n_kv, nz = gridDim.x / n_kv;      // nz blocks of up to Gb heads per KV head
@@ -226,6 +227,7 @@ extern "C" __global__ void __launch_bounds__(256, 2) attention(
 extern "C" __global__ void attention_merge(const float* __restrict__ ws, const int* __restrict__ pos_dev,
                                            int n_heads, int Dv, int n_ctx, int window, int max_splits, int min_tiles,
                                            const float* __restrict__ sinks, float* __restrict__ out) {
+    wait_primary();
     trigger_dependents();
     extern __shared__ float wgt[];        // [max_splits]
     __shared__ float red[32], part[8][32];

@@ -8,6 +8,7 @@
 #include "ops_common.cuh"
 
 extern "C" __global__ void elementwise(float* __restrict__ x, const float* __restrict__ y, int n, int op, float s) {
+    wait_primary();
     trigger_dependents();
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
@@ -22,6 +23,7 @@ __device__ __forceinline__ float gelu_tanh(float x) {
 }
 
 extern "C" __global__ void act(const float* __restrict__ gu, float* __restrict__ out, int n, int T, int kind) {
+    wait_primary();
     trigger_dependents();
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n * T) return;

@@ -10,6 +10,7 @@
 
 extern "C" __global__ void moe_topk(const float* __restrict__ logits, int T, int E, int k, int* __restrict__ ids,
                                     float* __restrict__ wts) {
+    wait_primary();
     trigger_dependents();
     const int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
     if (row >= T) return;                                       // uniform over the warp
@@ -43,6 +44,7 @@ extern "C" __global__ void moe_topk(const float* __restrict__ logits, int T, int
 
 extern "C" __global__ void moe_act(const float* __restrict__ gu, const int* __restrict__ ids, const float* __restrict__ bg,
                                    const float* __restrict__ bu, int k, int n, float* __restrict__ a) {
+    wait_primary();
     trigger_dependents();
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= k * n) return;
@@ -56,6 +58,7 @@ extern "C" __global__ void moe_act(const float* __restrict__ gu, const int* __re
 extern "C" __global__ void moe_combine(const float* __restrict__ y, const int* __restrict__ ids,
                                        const float* __restrict__ wts, const float* __restrict__ bd, int k, int d,
                                        float* __restrict__ out) {
+    wait_primary();
     trigger_dependents();
     const int c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= d) return;

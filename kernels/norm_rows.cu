@@ -16,6 +16,7 @@ extern "C" __global__ void norm_rows(float* x,                           // [T, 
                                      const float* __restrict__ b,         // [d] or null (no bias)
                                      float* out,                          // [T, d], may alias x
                                      int d, float eps, int layer) {
+    wait_primary();
     trigger_dependents();
     __shared__ float red[32];
     float* xr = x + (size_t)blockIdx.x * d;
@@ -74,6 +75,7 @@ extern "C" __global__ void norm_rows(float* x,                           // [T, 
 extern "C" __global__ void head_rms_norm(float* __restrict__ buf, const float* __restrict__ w,
                                          int n_heads, int head_dim, float eps, int col_offset, int row_stride,
                                          int T) {
+    wait_primary();
     trigger_dependents();
     const int item = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (item >= T * n_heads) return;

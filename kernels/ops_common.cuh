@@ -64,11 +64,24 @@ __device__ __forceinline__ void key_split(int lo, int hi, int max_splits, int mi
 // The keys a query at position p sees: [lo, p] (window > 0: only keys with p - k < window).
 __device__ __forceinline__ int window_lo(int p, int window) { return window > 0 ? max(0, p - window + 1) : 0; }
 
-// Programmatic dependent launch: let the next kernel in the stream start now, if it was launched with programmatic
-// stream serialization (the matvecs, orcd.cuda_matvec.Linear(pdl=True)): it prefetches its weights, then waits
-// (griddepcontrol.wait) for this whole grid to complete before it touches anything this grid writes. Compiled in
-// only with -DORCD_EARLY_TRIGGER (orcd.cuda.load_kernel adds it when ORCD_EARLY_TRIGGER=1), until a GPU run measures
-// it; without it, a PDL-launched matvec after these kernels starts when their last block has exited.
+// Programmatic dependent launch (PDL), the waiting side: with the launch attribute (orcd.cuda.load_kernel with
+// ORCD_PDL_ALL=1, and every v2 matvec), this kernel may start while the one before it in the stream still runs;
+// griddepcontrol.wait blocks until that kernel has completed and its writes are visible. Every kernel of the files in
+// orcd.cuda.PDL_FILES calls it before it reads anything an earlier kernel may have written. Without the attribute
+// it returns at once.
+__device__ __forceinline__ void wait_primary() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+// Programmatic dependent launch, the triggering side: let the next kernel in the stream start now, if it was launched
+// with programmatic stream serialization: it may prefetch what no earlier kernel writes (a matvec its weights), then
+// waits (griddepcontrol.wait) for this whole grid to complete before it touches anything this grid writes. Called
+// after wait_primary, so that at most the running kernel and the next one are resident: a chain of triggered kernels
+// would otherwise fill the GPU with blocks waiting on each other. Compiled in only with -DORCD_EARLY_TRIGGER
+// (orcd.cuda.kernel_options adds it when ORCD_EARLY_TRIGGER=1 or ORCD_PDL_ALL=1); without it, a PDL-launched kernel
+// after these starts when their last block has exited.
 __device__ __forceinline__ void trigger_dependents() {
 #if defined(ORCD_EARLY_TRIGGER) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.launch_dependents;");

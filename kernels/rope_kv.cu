@@ -14,6 +14,7 @@ extern "C" __global__ void rope_kv(float* __restrict__ qkv, const int* __restric
                                    const float* __restrict__ cos_t, const float* __restrict__ sin_t,
                                    __half* __restrict__ k_cache, __half* __restrict__ v_cache,
                                    int n_heads, int n_kv, int D, int Dv, int rope_dim, int neox, int n_ctx) {
+    wait_primary();
     trigger_dependents();
     const int t = blockIdx.x, p = pos[t];
     if (p < 0 || p >= n_ctx) return;

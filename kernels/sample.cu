@@ -57,20 +57,25 @@ template <typename F> __device__ void argmax_final(const F* ws_v, const int* ws_
 }
 
 extern "C" __global__ void argmax_blocks_f32(const float* v, const unsigned char* allowed, int n, float* ws_v, int* ws_i) {
+    wait_primary(); trigger_dependents();
     argmax_blocks(v, allowed, n, ws_v, ws_i);
 }
 extern "C" __global__ void argmax_blocks_f64(const double* v, const unsigned char* allowed, int n, double* ws_v, int* ws_i) {
+    wait_primary(); trigger_dependents();
     argmax_blocks(v, allowed, n, ws_v, ws_i);
 }
 extern "C" __global__ void argmax_final_f32(const float* ws_v, const int* ws_i, int nb, int* out) {
+    wait_primary(); trigger_dependents();
     argmax_final(ws_v, ws_i, nb, out);
 }
 extern "C" __global__ void argmax_final_f64(const double* ws_v, const int* ws_i, int nb, int* out) {
+    wait_primary(); trigger_dependents();
     argmax_final(ws_v, ws_i, nb, out);
 }
 
 extern "C" __global__ void sample_logits(const float* __restrict__ logits, const unsigned char* __restrict__ allowed,
                                          double* __restrict__ z, int n) {
+    wait_primary();
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) z[i] = allowed[i] ? (double)logits[i] : -__longlong_as_double(0x7ff0000000000000LL);
 }
@@ -79,6 +84,7 @@ extern "C" __global__ void sample_logits(const float* __restrict__ logits, const
 extern "C" __global__ void sample_penalties(double* __restrict__ z, const int* __restrict__ ids,
                                             const double* __restrict__ counts, int m, int n,
                                             double repetition, double presence, double frequency) {
+    wait_primary();
     const int e = blockIdx.x * blockDim.x + threadIdx.x;
     if (e >= m) return;
     const int id = ids[e];
@@ -93,6 +99,7 @@ extern "C" __global__ void sample_penalties(double* __restrict__ z, const int* _
 extern "C" __global__ void sample(const double* __restrict__ ps, const double* __restrict__ cs,
                                   const long long* __restrict__ order, const unsigned char* __restrict__ allowed,
                                   int V, int top_k, double top_p, double min_p, double u, int* __restrict__ out) {
+    wait_primary();
     __shared__ int red[32];
     int c = 0;
     for (int i = threadIdx.x; i < V; i += blockDim.x) c += allowed[i] != 0;

@@ -10,7 +10,7 @@ __all__ = ['MATVEC_KERNELS', 'FLOAT_TYPES', 'X_BITS', 'V2_TYPES', 'PART_DTYPE', 
            'v2_expr', 'pair_layout', 'plan_linear', 'precompile', 'assign_ctas', 'Linear', 'expert_linear',
            'expert_linear_ref', 'prmt_ref', 'mxfp4_pairs_ref', 'dequantize_rows', 'dequantize']
 
-# %% ../nbs/06a_cuda_matvec.ipynb #2fab7fed
+# %% ../nbs/06a_cuda_matvec.ipynb #debf208e
 import functools, math, os
 import numpy as np
 from .cuda import load_kernel, _check, cuda_device, kernel_source
@@ -18,12 +18,12 @@ from .quants import (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q
                          quantize, dequantize as np_dequantize)   # `dequantize` here is the device one, below
 from .ops import rms_norm
 
-# %% ../nbs/06a_cuda_matvec.ipynb #9d735ee5
+# %% ../nbs/06a_cuda_matvec.ipynb #9f8e498b
 def matvec_ref(w: np.ndarray, x: np.ndarray, rows: int, ggml_type: int) -> np.ndarray:
     "numpy reference: `W @ x` with `W` given as the raw `ggml_type` bytes of a `(rows, K)` weight."
     return np_dequantize(np.asarray(w, np.uint8).reshape(-1), ggml_type).reshape(rows, -1) @ x.astype(np.float32)
 
-# %% ../nbs/06a_cuda_matvec.ipynb #0e5c36d5
+# %% ../nbs/06a_cuda_matvec.ipynb #706335af
 MATVEC_KERNELS = {Q8_0: 'matvec_q8_0', Q4_K: 'matvec_q4_k', Q6_K: 'matvec_q6_k', Q5_0: 'matvec_q5_0',
                   MXFP4: 'matvec_mxfp4'}
 
@@ -44,7 +44,7 @@ def matvec(w, x, rows: int, ggml_type: int, y=None, warps_per_block: int = 4):
     load_kernel(name, name)(grid, (32 * warps_per_block,), (w, x, y, np.int32(rows), np.int32(K)))
     return y
 
-# %% ../nbs/06a_cuda_matvec.ipynb #2d98ad8d
+# %% ../nbs/06a_cuda_matvec.ipynb #0177f9d5
 FLOAT_TYPES = (F32, F16, BF16)
 X_BITS = 16     # default width of the staged input's codes (8: llama.cpp's q8_1, faster, 256 times coarser)
 
@@ -76,7 +76,7 @@ def linear_ref(parts, x, bias=None, y=None, bits: int = X_BITS, norm=None, eps: 
         if extra is not None: ref, mag = ref + extra, mag + np.abs(extra)
     return ref, mag, errx
 
-# %% ../nbs/06a_cuda_matvec.ipynb #94c02ce9
+# %% ../nbs/06a_cuda_matvec.ipynb #756009ed
 _SCALE = {Q4_0: .2, Q4_1: .1, Q5_0: .1, Q5_1: .05, Q8_0: .01, Q4_K: .004, Q5_K: .002, Q6_K: .001}
 
 def random_weight(rng, ggml_type, rows, K):
@@ -91,7 +91,7 @@ def random_weight(rng, ggml_type, rows, K):
     if ggml_type == MXFP4: blocks['e'] = rng.choice(np.r_[0:3, 120:130], blocks.size)   # subnormal and normal
     return b
 
-# %% ../nbs/06a_cuda_matvec.ipynb #723bb19c
+# %% ../nbs/06a_cuda_matvec.ipynb #08d110e2
 # ggml type -> (trait in kernels/matvec_v2.cuh, values per chunk, default batch U)
 V2_TYPES = {F32: ('tF32', 4, 2), F16: ('tF16', 8, 2), BF16: ('tBF16', 8, 2), Q4_0: ('tQ4_0', 32, 2),
             Q4_1: ('tQ4_1', 32, 2), Q5_0: ('tQ5_0', 32, 2), Q5_1: ('tQ5_1', 32, 2), Q8_0: ('tQ8_0', 32, 1),
@@ -157,7 +157,7 @@ def _smem_bytes(K, q8, f32, bits: int = X_BITS, pair: bool = False):
     qb = K if bits == 8 else (144 * ((K // 32 + 1) // 2) + 127) // 128 * 128 if pair else (2 * K + 127) // 128 * 128
     return ((qb + K // 8 + K // 4 + 15) // 16 * 16 if q8 else 0) + (4 * K if f32 else 0)
 
-# %% ../nbs/06a_cuda_matvec.ipynb #a90eae2b
+# %% ../nbs/06a_cuda_matvec.ipynb #a99b8acd
 _V2_FUNCS = {}
 
 def precompile(exprs):
@@ -187,41 +187,11 @@ def _ctas_per_sm(kernel, threads, smem):
     by_smem = smem_sm // (smem + kernel.shared_size_bytes + 1024)
     return max(1, min(32, threads_sm // threads, by_regs, by_smem))
 
-# %% ../nbs/06a_cuda_matvec.ipynb #8abbebd1
+# %% ../nbs/06a_cuda_matvec.ipynb #85494de9
 import ctypes
+from .cuda import _PdlLaunch, _has_pdl     # the launch itself lives in 06_cuda: the other kernels use it too
 
-class _LaunchAttr(ctypes.Structure):          # CUlaunchAttribute
-    _fields_ = [('id', ctypes.c_int), ('pad', ctypes.c_int), ('value', ctypes.c_ubyte * 64)]
-
-class _LaunchConfig(ctypes.Structure):        # CUlaunchConfig
-    _fields_ = [('grid', ctypes.c_uint * 3), ('block', ctypes.c_uint * 3), ('smem', ctypes.c_uint),
-                ('stream', ctypes.c_void_p), ('attrs', ctypes.POINTER(_LaunchAttr)), ('nattrs', ctypes.c_uint)]
-
-_PROGRAMMATIC_STREAM_SERIALIZATION = 6
-
-@functools.lru_cache(maxsize=None)
-def _cu_launch_kernel_ex():
-    f = ctypes.CDLL('libcuda.so.1').cuLaunchKernelEx
-    f.restype, f.argtypes = ctypes.c_int, [ctypes.POINTER(_LaunchConfig), ctypes.c_void_p,
-                                           ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p]
-    return f
-
-class _PdlLaunch:
-    "Launches `kernel` (a cupy RawKernel) with programmatic stream serialization on the current stream."
-    def __init__(self, kernel, grid, block, smem):
-        self.fn, self.attr = ctypes.c_void_p(kernel.kernel.ptr), _LaunchAttr(_PROGRAMMATIC_STREAM_SERIALIZATION)
-        self.attr.value[0] = 1                  # programmaticStreamSerializationAllowed
-        self.cfg = _LaunchConfig((grid, 1, 1), (block, 1, 1), smem, None, ctypes.pointer(self.attr), 1)
-
-    def __call__(self, *args):
-        "args: ctypes values, in the kernel's parameter order."
-        import cupy
-        self.cfg.stream = cupy.cuda.get_current_stream().ptr
-        params = (ctypes.c_void_p * len(args))(*(ctypes.cast(ctypes.pointer(a), ctypes.c_void_p) for a in args))
-        r = _cu_launch_kernel_ex()(ctypes.byref(self.cfg), self.fn, params, None)
-        if r: raise RuntimeError(f'cuLaunchKernelEx failed (CUresult {r})')
-
-# %% ../nbs/06a_cuda_matvec.ipynb #d9ae4b2f
+# %% ../nbs/06a_cuda_matvec.ipynb #96760e66
 def _check_parts(parts, K):
     for w, rows, t in parts:
         if t not in V2_TYPES:
@@ -248,12 +218,7 @@ def assign_ctas(tile_ends, grid: int) -> np.ndarray:
     if grid >= 1 << 16: raise ValueError(f'assign_ctas: grid {grid} does not fit 16 bits')
     return (first | count << 16).astype(np.int32)
 
-@functools.lru_cache(maxsize=None)
-def _has_pdl():
-    import cupy
-    return int(cupy.cuda.Device().compute_capability) >= 90
-
-# %% ../nbs/06a_cuda_matvec.ipynb #cd51df50
+# %% ../nbs/06a_cuda_matvec.ipynb #5adc4c1d
 class Linear:
     "y = W x (+ b) (+ y when accumulate); W = `parts` stacked along rows, all reading the same input x (K,)."
     def __init__(self, parts, K: int, bias=None, *, warps=None, tpr=None, unroll=None, ctas_per_sm=None, pdl=None,
@@ -317,7 +282,7 @@ class Linear:
         return (f'Linear({self.rows}x{self.K}, {" | ".join(f"{r} {QUANT_TYPES[t].name}" for _, r, t in self.parts)}; '
                 f'{self.expr}, G={self.tpr}, grid={self._grid}{", pdl" if self.pdl else ""}{", part-major" if self.part_major else ""})')
 
-# %% ../nbs/06a_cuda_matvec.ipynb #375aa95d
+# %% ../nbs/06a_cuda_matvec.ipynb #4761e6bb
 def expert_linear(experts, K: int, ids, per_expert_x: bool = False, **kw) -> Linear:
     """y (k·Σrows) = for j < k, for each (w, E, rows, ggml_type) of `experts`: W[ids[j]] x_j, W the (E, rows, K)
     blocks w (cupy uint8), ids (k,) int32 on the device, read when the kernel runs; x_j = x, or x[jK:(j+1)K]."""
@@ -345,7 +310,7 @@ def expert_linear_ref(experts, K, ids, x, per_expert_x=False, bits: int = X_BITS
             out.append(linear_ref([(w[e * n:(e + 1) * n], rows, t)], xj, bits=bits))
     return tuple(np.concatenate(c) for c in zip(*out))
 
-# %% ../nbs/06a_cuda_matvec.ipynb #59cde7bc
+# %% ../nbs/06a_cuda_matvec.ipynb #64afeeeb
 def prmt_ref(a, b, s):
     "numpy emulation of PTX `prmt.b32 d, a, b, s` (default mode): byte i of d from nibble i of s (bit 3: sign fill)."
     a, b, s = (np.asarray(v, np.uint64) for v in (a, b, s))
@@ -364,7 +329,7 @@ def mxfp4_pairs_ref(q):
     neg = prmt_ref(0x03020100, 0x0c080604, q ^ np.uint32(0x8888))
     return prmt_ref(0x03020100, 0x0c080604, q) | ((np.uint32(0x80808080) - neg) ^ np.uint32(0x80808080))
 
-# %% ../nbs/06a_cuda_matvec.ipynb #7b684e75
+# %% ../nbs/06a_cuda_matvec.ipynb #afa1ca4e
 def _row_bytes(ggml_type, K, name):
     qt = QUANT_TYPES[ggml_type]
     if K <= 0 or K % qt.block_size: raise ValueError(f'{name}: K={K} is not a multiple of the {qt.name} block ({qt.block_size})')
@@ -395,7 +360,7 @@ def dequantize(w, ggml_type: int, rows: int, K: int, dtype=np.float16, out=None)
                                                                  _NULL, np.int32(rows), out, np.float32(1)))
     return out
 
-# %% ../nbs/06a_cuda_matvec.ipynb #3ceee5fb
+# %% ../nbs/06a_cuda_matvec.ipynb #cd2253e7
 MATMUL_MODE = 'tf32'
 _CUDA_R_32F, _CUDA_R_16F, _OP_N, _OP_T = 0, 2, 0, 1
 _COMPUTE = {'f16': 68, 'f32': 68, 'tf32': 77}      # CUBLAS_COMPUTE_32F, CUBLAS_COMPUTE_32F_FAST_TF32

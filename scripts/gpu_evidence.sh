@@ -47,6 +47,15 @@ if has peer; then
   (bash .carry/llamacpp-peer build .carry/llamacpp-src.tgz > "$OUT/peer-build.log" 2>&1; echo "exit $?" >> "$OUT/peer-build.log") &
   PEER=$!
 fi
+# AB_ENV="A=1 B=1;C=1": after each model's bench, the bench again under each ';'-separated set of variables (A/B)
+ab_variants() {
+  [ -n "${AB_ENV:-}" ] || return 0
+  IFS=';' read -ra VS <<< "$AB_ENV"
+  for v in "${VS[@]}"; do
+    echo "== $1 with $v" | tee -a "$OUT/bench.log"
+    env $v timeout 200 python3 -m orcd.cli bench $2 --device cuda $3 2>&1 | tee -a "$OUT/bench.log"
+  done
+}
 PT="python3 -m pytest -o addopts= -p no:cacheprovider -q -rs"
 if has kernels; then
   timeout 200 $PT ${KTESTS:-tests/test_cuda.py tests/test_cuda_matvec.py tests/test_cuda_ops.py} --maxfail=${MAXFAIL:-4} -k "${KSEL:-not ship_in_the_wheel}" 2>&1 | tee "$OUT/kernels.log" | tail -5
@@ -95,22 +104,20 @@ if has peer; then wait $PEER; tail -n 3 "$OUT/peer-build.log"; LB=/tmp/llamacpp-
 if has gptoss && [ "${GOSS_FULL:-1}" = 1 ]; then
   wait $GOSSF; tail -n 2 "$OUT/gptoss-full.log"; ls -la /tmp/goss
   G=/tmp/goss/gpt-oss-20b.gguf
-  timeout 100 python3 scripts/gpu_gptoss.py $G 2>&1 | tee "$OUT/gptoss.log"
+  [ "${GOSS_SCRIPT:-1}" = 1 ] && timeout 100 python3 scripts/gpu_gptoss.py $G 2>&1 | tee "$OUT/gptoss.log"
   if [ -n "$LB" ]; then                                   # the bench with its peer (or alone: GOSS_BENCH=1)
     timeout 160 python3 -m orcd.cli bench $G --device cuda --llama-bench $LB 2>&1 | tee -a "$OUT/bench.log" \
       || timeout 120 $LB -m $G -ngl 99 -fa 1 -p 512 -n 128 -r 3 -o md 2>&1 | tee -a "$OUT/bench.log"
   elif [ -n "${GOSS_BENCH:-}" ]; then
     timeout 160 python3 -m orcd.cli bench $G --device cuda 2>&1 | tee -a "$OUT/bench.log"
   fi
+  ab_variants gpt-oss-20b $G ""
 fi
 if has bench; then
   for n in ${BENCH_MODELS:-qwen2.5-coder-0.5b-instruct smollm2-135m-instruct}; do
     M=$ORCD_SHAPED_DIR/$n.gguf
     timeout 200 python3 -m orcd.cli bench $M --device cuda --depth 4096 ${LB:+--llama-bench $LB} 2>&1 | tee -a "$OUT/bench.log" \
       || { [ -n "$LB" ] && timeout 120 $LB -m $M -ngl 99 -fa 1 -p 512 -n 128 -d 0,4096 -r 3 -o md 2>&1 | tee -a "$OUT/bench.log"; }
-    if [ -n "${AB_ENV:-}" ]; then
-      echo "== $n with $AB_ENV" | tee -a "$OUT/bench.log"
-      env $AB_ENV timeout 200 python3 -m orcd.cli bench $M --device cuda --depth 4096 2>&1 | tee -a "$OUT/bench.log"
-    fi
+    ab_variants $n $M "--depth 4096"
   done
 fi

@@ -33,9 +33,50 @@ def test_every_kernel_compiles_with_the_shared_header():
 def test_kernel_options_early_trigger(monkeypatch):
     "ORCD_EARLY_TRIGGER=1 compiles the small kernels with the early trigger of dependent launches; off otherwise."
     monkeypatch.delenv('ORCD_EARLY_TRIGGER', raising=False)
+    monkeypatch.setattr(cuda, 'PDL_ALL', False)
     assert '-DORCD_EARLY_TRIGGER' not in cuda.kernel_options() and '-std=c++17' in cuda.kernel_options()
     monkeypatch.setenv('ORCD_EARLY_TRIGGER', '1')
     assert cuda.kernel_options()[-1] == '-DORCD_EARLY_TRIGGER'
     for name, kernels in (('attention', 2), ('moe', 3), ('norm_rows', 2), ('rope_kv', 1), ('elementwise', 2)):
         src = cuda.kernel_source(name)       # every kernel of the small-kernel files triggers, first thing
         assert src.count('trigger_dependents();') == src.count('extern "C" __global__') == kernels, name
+    monkeypatch.delenv('ORCD_EARLY_TRIGGER')
+    monkeypatch.setattr(cuda, 'PDL_ALL', True)                  # PDL everywhere needs the triggers too
+    assert cuda.kernel_options()[-1] == '-DORCD_EARLY_TRIGGER'
+
+
+def test_pdl_files_wait_before_reading():
+    """Every kernel of a file whose kernels may be launched with programmatic stream serialization waits for the
+    previous kernel (griddepcontrol.wait) as its first statement."""
+    import re
+    for name in sorted(cuda.PDL_FILES):
+        src = cuda.kernel_source(name)
+        bodies = re.findall(r'extern "C" __global__[^{]*\{\s*(?://[^\n]*\s*)*([^;]*;)', src)
+        assert bodies and len(bodies) == src.count('extern "C" __global__'), name
+        assert all('wait_primary()' in b or 'griddepcontrol.wait' in b for b in bodies), (name, bodies)
+
+
+@needs_gpu
+@pytest.mark.parametrize('pdl', [False, True], ids=['plain', 'pdl'])
+def test_dependent_chain_of_small_kernels(pdl):
+    """Forty dependent in-place launches (a += b, b += a, ...; 2M elements each), captured in a CUDA graph and
+    replayed: with PDL each waits for the one before it, so the result is exactly numpy's sequence of float32 adds."""
+    k = cuda.load_kernel('elementwise', 'elementwise', pdl=pdl)
+    assert k.pdl == (pdl and cuda._has_pdl())
+    rng, n = np.random.default_rng(1), 1 << 21
+    a0, b0 = rng.standard_normal(n).astype(np.float32) * 1e-3, rng.standard_normal(n).astype(np.float32) * 1e-3
+    a, b = cp.asarray(a0), cp.asarray(b0)
+    args = lambda x, y: (x, y, np.int32(n), np.int32(0), np.float32(1))
+    stream = cp.cuda.Stream(non_blocking=True)
+    with stream:
+        stream.begin_capture()
+        for i in range(40): k((n // 256,), (256,), args(a, b) if i % 2 == 0 else args(b, a))
+        g = stream.end_capture()
+        for _ in range(2): g.launch(stream)
+        stream.synchronize()
+    ra, rb = a0.copy(), b0.copy()
+    for _ in range(2):
+        for i in range(40):
+            if i % 2 == 0: ra += rb
+            else: rb += ra
+    assert np.array_equal(cp.asnumpy(a), ra) and np.array_equal(cp.asnumpy(b), rb)

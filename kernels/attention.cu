@@ -76,8 +76,6 @@ extern "C" __global__ void __launch_bounds__(256, 2) attention(
         float* __restrict__ out,                              // prefill: [T, n_heads * Dv]; decode with counters: [n_heads * Dv]
         float* __restrict__ ws, int max_splits, int min_tiles,  // decode: m, l [n_heads, max_splits], acc [.., Dv]
         int* __restrict__ counters) {                         // decode: null (attention_merge follows), or [gridDim.x]
-    wait_primary();
-    trigger_dependents();
     extern __shared__ float smem[];
     const int G = n_heads / n_kv, nz = gridDim.x / n_kv;      // nz blocks of up to Gb heads per KV head
     const int h = blockIdx.x / nz, g0 = (blockIdx.x % nz) * Gb, gcount = min(Gb, G - g0);
@@ -119,7 +117,14 @@ extern "C" __global__ void __launch_bounds__(256, 2) attention(
                                  : make_uint4(0, 0, 0, 0);    // zero rows past the keys: 0 * V, never 0 * garbage
         }
     };
-    fetch(kb);
+    // Launched with PDL, this block may run before RoPE (the kernel before) has written q and this token's key and
+    // value. The cache rows of earlier positions were written by earlier steps, and the position by the step's
+    // bookkeeping: decode fetches its first tile before waiting when that tile holds no key of this token.
+    const bool early = pos_dev && min(kb + ATT_TK, ke) <= base;
+    if (early) fetch(kb);
+    wait_primary();
+    trigger_dependents();
+    if (!early) fetch(kb);
     for (int e = tid; e < R * D; e += ATT_NT) {
         const int r = e / D, d = e % D, qi = r / Gb, gi = r % Gb;
         Qs[e] = (qi < tcount && gi < gcount) ? qkv[(size_t)(t0 + qi) * q_stride + (h * G + g0 + gi) * D + d] : 0.f;

@@ -7,13 +7,30 @@
 // src(r) = ids[r] when ids is given (an embedding lookup), else r. A row id outside [0, rows) gives NaNs.
 // One thread per output value; a warp writes 32 consecutive values (coalesced) and reads its block's header
 // as a broadcast. The block type is a runtime argument: this runs once per prefill (or per token for an
-// embedding row), not in the decode loop, so one kernel for all twelve types is the simpler choice.
+// embedding row), not in the decode loop, so one kernel for all twelve types is the simpler choice; the exception
+// is dequant_mxfp4_f16 (one thread per MXFP4 block), for the 0.8 G values of gpt-oss's experts a prompt dequantises
+// per layer.
 // Numpy reference: orcd.quants.dequantize.
 #include <cuda_fp16.h>
 
 typedef unsigned char u8;
 
-__constant__ float DQ_MXFP4[16] = {0.f, 1.f, 2.f, 3.f, 4.f, 6.f, 8.f, 12.f, 0.f, -1.f, -2.f, -3.f, -4.f, -6.f, -8.f, -12.f};
+// MXFP4's code c (E2M1, doubled: 0 1 2 3 4 6 8 12, bit 3 the sign) from two packed words, not a __constant__ table:
+// lanes of a warp look up different codes, and the constant cache serialises different addresses.
+__device__ __forceinline__ float dq_e2m1(unsigned c) {
+    const unsigned m = c & 7, v = ((m < 4 ? 0x03020100u : 0x0C080604u) >> (8 * (m & 3))) & 0xff;
+    return (c & 8) ? -(float)v : (float)v;
+}
+
+// t * 2^(e-128), MXFP4's value of E8M0 exponent e and code value t, exactly as numpy computes it in float32.
+__device__ __forceinline__ float dq_mxfp4(unsigned e, float t) {
+    if (e >= 2) return __fmul_rn(__uint_as_float((e - 1) << 23), t);   // 2^(e-128) normal: exact (or inf)
+    // 2^(e-128) is subnormal, which CuPy's -ftz=true would flush: build t * 2^(e-128) = M * 2^-149 from integers
+    // (exact, as numpy's product), subnormal when M < 2^23, else re-biased from float(M).
+    const unsigned M = (unsigned)fabsf(t) << (e + 21);
+    const unsigned bits = M < 0x800000u ? M : __float_as_uint((float)M) - (149u << 23);
+    return __uint_as_float(bits | (t < 0.f ? 0x80000000u : 0u));
+}
 
 __device__ __forceinline__ float dq_half(const u8* p) { return __half2float(__ushort_as_half((unsigned short)(p[0] | p[1] << 8))); }
 
@@ -55,14 +72,7 @@ __device__ float dq_value(const u8* row, int type, int k) {
     }
     case 39: {                                                                                     // MXFP4
         const u8* b = row + (k / 32) * 17; const int j = k % 32;
-        const unsigned e = b[0], code = (b[1 + j % 16] >> (4 * (j / 16))) & 15;
-        const float t = DQ_MXFP4[code];
-        if (e >= 2) return __fmul_rn(__uint_as_float((e - 1) << 23), t);   // 2^(e-128) normal: exact (or inf)
-        // 2^(e-128) is subnormal, which CuPy's -ftz=true would flush: build t * 2^(e-128) = M * 2^-149 from integers
-        // (exact, as numpy's product), subnormal when M < 2^23, else re-biased from float(M).
-        const unsigned M = (unsigned)fabsf(t) << (e + 21);
-        const unsigned bits = M < 0x800000u ? M : __float_as_uint((float)M) - (149u << 23);
-        return __uint_as_float(bits | (t < 0.f ? 0x80000000u : 0u));
+        return dq_mxfp4(b[0], dq_e2m1((b[1 + j % 16] >> (4 * (j / 16))) & 15));
     }
     case 12: case 13: {                                                                            // Q4_K, Q5_K
         const bool q5 = type == 13;
@@ -106,20 +116,25 @@ __device__ __forceinline__ long long dq_row_bytes(int type, int K) {
     return 0;
 }
 
+// Grid: x over the row's values (blockDim.x each), y over rows (a block walks rows y, y + gridDim.y, ...): no
+// 64-bit division of a flat index per value (it cost more than all the rest).
 template <class OUT>
 __device__ __forceinline__ void dq_body(const u8* __restrict__ w, int type, int rows, int K, const int* __restrict__ ids,
                                         int nout, OUT* __restrict__ out, float scale) {
-    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (long long)nout * K) return;
-    const int r = (int)(i / K), k = (int)(i % K);
-    const int src = ids ? ids[r] : r;
-    float v = __int_as_float(0x7fffffff);
-    if (src >= 0 && src < rows) {
-        v = dq_value(w + src * dq_row_bytes(type, K), type, k);
-        if (scale != 1.f) v = dq_scale(scale, v);
+    const int k = blockIdx.x * blockDim.x + threadIdx.x;
+    if (k >= K) return;
+    const long long row_bytes = dq_row_bytes(type, K);
+    for (int r = blockIdx.y; r < nout; r += gridDim.y) {
+        const int src = ids ? ids[r] : r;
+        float v = __int_as_float(0x7fffffff);
+        if (src >= 0 && src < rows) {
+            v = dq_value(w + src * row_bytes, type, k);
+            if (scale != 1.f) v = dq_scale(scale, v);
+        }
+        const long long i = (long long)r * K + k;
+        if constexpr (sizeof(OUT) == 2) out[i] = __float2half_rn(v);
+        else out[i] = v;
     }
-    if constexpr (sizeof(OUT) == 2) out[i] = __float2half_rn(v);
-    else out[i] = v;
 }
 
 extern "C" __global__ void dequant(const u8* __restrict__ w, int type, int rows, int K, const int* __restrict__ ids,
@@ -130,4 +145,24 @@ extern "C" __global__ void dequant(const u8* __restrict__ w, int type, int rows,
 extern "C" __global__ void dequant_f16(const u8* __restrict__ w, int type, int rows, int K, const int* __restrict__ ids,
                                        int nout, __half* __restrict__ out, float scale) {
     dq_body<__half>(w, type, rows, K, ids, nout, out, scale);
+}
+
+// MXFP4 blocks to float16, one thread per block of 32 values (a prompt dequantises gpt-oss's experts, 0.8 G values a
+// layer, this way): 17 bytes in, the 64 bytes out as four 16-byte stores. Bit for bit as dequant_f16.
+extern "C" __global__ void dequant_mxfp4_f16(const u8* __restrict__ w, long long nblocks, __half* __restrict__ out) {
+    const long long b = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (b >= nblocks) return;
+    const u8* p = w + b * 17;
+    const unsigned e = p[0];
+    __align__(16) __half h[32];
+#pragma unroll
+    for (int j = 0; j < 16; ++j) {
+        const unsigned q = p[1 + j];
+        h[j] = __float2half_rn(dq_mxfp4(e, dq_e2m1(q & 15)));
+        h[j + 16] = __float2half_rn(dq_mxfp4(e, dq_e2m1(q >> 4)));
+    }
+    uint4* o = reinterpret_cast<uint4*>(out + b * 32);
+    const uint4* s = reinterpret_cast<const uint4*>(h);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) o[i] = s[i];
 }

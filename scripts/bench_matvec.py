@@ -146,7 +146,7 @@ def experts_table(copy_bw, sweep=False, profile=False, bits=None):
             (('gate + up', [(gh, E, n), (uh, E, n)], d, xh, False), ('down', [(dh, E, d)], n, ah, True)), plans),
             ((None, False), (None, True), (False, False))):
         dev = [(cp.asarray(w), e, r, MXFP4) for w, e, r in parts]
-        lins = [cm.expert_linear(dev, K, cp.asarray(c), per_expert_x=pe, bits=bits, pair=pair, part_major=pm, **plan)
+        lins = [cm.expert_linear(dev, K, cp.asarray(c), per_expert_x=pe, bits=bits, pair=pair, **{**plan, 'part_major': pm})
                 for c in choices]
         x, out = cp.asarray(xin), cp.empty(lins[0].rows, np.float32)
         us = graph_us([(lambda l=l: l(x, out)) for l in lins] * 25)

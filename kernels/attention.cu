@@ -75,7 +75,9 @@ extern "C" __global__ void __launch_bounds__(256, 2) attention(
         const float* __restrict__ sinks,                      // [n_heads] or null
         float* __restrict__ out,                              // prefill: [T, n_heads * Dv]; decode with counters: [n_heads * Dv]
         float* __restrict__ ws, int max_splits, int min_tiles,  // decode: m, l [n_heads, max_splits], acc [.., Dv]
-        int* __restrict__ counters) {                         // decode: null (attention_merge follows), or [gridDim.x]
+        int* __restrict__ counters,                           // decode: null (attention_merge follows), or [gridDim.x]
+        const float* __restrict__ cos_t, const float* __restrict__ sin_t, int rope_dim, int neox,  // decode: RoPE fused
+        __half* k_new, __half* v_new) {                       // (cos_t given): this token's k, v go there (the caches)
     extern __shared__ float smem[];
     const int G = n_heads / n_kv, nz = gridDim.x / n_kv;      // nz blocks of up to Gb heads per KV head
     const int h = blockIdx.x / nz, g0 = (blockIdx.x % nz) * Gb, gcount = min(Gb, G - g0);
@@ -120,14 +122,38 @@ extern "C" __global__ void __launch_bounds__(256, 2) attention(
     // Launched with PDL, this block may run before RoPE (the kernel before) has written q and this token's key and
     // value. The cache rows of earlier positions were written by earlier steps, and the position by the step's
     // bookkeeping: decode fetches its first tile before waiting when that tile holds no key of this token.
-    const bool early = pos_dev && min(kb + ATT_TK, ke) <= base;
+    // With RoPE fused (decode, cos_t given) the kernel before is the qkv product, which writes no cache row: the first
+    // tile is always fetched early (this token's row, if in it, is patched in shared memory below).
+    const bool rope = cos_t != nullptr;
+    const bool early = pos_dev && (rope || min(kb + ATT_TK, ke) <= base);
     if (early) fetch(kb);
     wait_primary();
     trigger_dependents();
     if (!early) fetch(kb);
+    // RoPE fused: q is rotated as it is loaded. The block whose split holds this token's position rotates the token's
+    // key (KV head h), keeps it and the value in shared memory for its tile, and (the first block of the group) writes
+    // both to the caches for the steps after — the work of rope_kv, whose launch this saves.
+    __shared__ float knew[256], vnew[256];                    // D, Dv <= 256
+    const float* rc = rope ? cos_t + (size_t)base * (rope_dim / 2) : nullptr;
+    const float* rs = rope ? sin_t + (size_t)base * (rope_dim / 2) : nullptr;
+    const bool has_new = rope && kb <= base && base < ke;     // uniform over the block
+    if (has_new) {
+        const float* kx = qkv + (size_t)n_heads * D + (size_t)h * D;
+        const float* vx = qkv + (size_t)(n_heads + n_kv) * D + (size_t)h * Dv;
+        for (int d = tid; d < D; d += ATT_NT) {
+            const float y = rope_value(kx, d, rc, rs, rope_dim, neox);
+            knew[d] = y;
+            if (g0 == 0) k_new[(khead + base) * D + d] = __float2half_rn(y);
+        }
+        for (int d = tid; d < Dv; d += ATT_NT) {
+            vnew[d] = vx[d];
+            if (g0 == 0) v_new[(khead + base) * Dv + d] = __float2half_rn(vx[d]);
+        }
+    }
     for (int e = tid; e < R * D; e += ATT_NT) {
         const int r = e / D, d = e % D, qi = r / Gb, gi = r % Gb;
-        Qs[e] = (qi < tcount && gi < gcount) ? qkv[(size_t)(t0 + qi) * q_stride + (h * G + g0 + gi) * D + d] : 0.f;
+        const float* qh = qkv + (size_t)(t0 + qi) * q_stride + (h * G + g0 + gi) * D;
+        Qs[e] = (qi < tcount && gi < gcount) ? (rope ? rope_value(qh, d, rc, rs, rope_dim, neox) : qh[d]) : 0.f;
     }
     // warp `warp` owns row `warp`: its token, head, position, running max and (per lane) running sum
     const int qi = warp / Gb, gi = warp % Gb;
@@ -159,6 +185,12 @@ extern "C" __global__ void __launch_bounds__(256, 2) attention(
             if (e * 8 < ATT_TK * Dv) *reinterpret_cast<uint4*>(Vs + e * 8) = vr[i];
         }
         __syncthreads();
+        if (has_new && base >= kt && base < kt + ATT_TK) {    // this tile holds the token's own key and value
+            const int j = base - kt;
+            for (int d2 = tid; d2 < D / 2; d2 += ATT_NT) Ks[j * kstride + d2] = __floats2half2_rn(knew[2 * d2], knew[2 * d2 + 1]);
+            for (int d = tid; d < Dv; d += ATT_NT) Vs[j * Dv + d] = __float2half_rn(vnew[d]);
+            __syncthreads();
+        }
         if (kt + ATT_TK < ke) fetch(kt + ATT_TK);
         if (warp < R) {
             const int k = kt + lane;

@@ -64,6 +64,24 @@ __device__ __forceinline__ void key_split(int lo, int hi, int max_splits, int mi
 // The keys a query at position p sees: [lo, p] (window > 0: only keys with p - k < window).
 __device__ __forceinline__ int window_lo(int p, int window) { return window > 0 ? max(0, p - window + 1) : 0; }
 
+// One rotated pair of RoPE, x0' = x0 c - x1 s, x1' = x0 s + x1 c, each rounding spelled out (no fused multiply-add):
+// rope_kv and the attention with RoPE fused round alike.
+__device__ __forceinline__ void rope_pair(float x0, float x1, float c, float s, float& y0, float& y1) {
+    y0 = __fsub_rn(__fmul_rn(x0, c), __fmul_rn(x1, s));
+    y1 = __fadd_rn(__fmul_rn(x0, s), __fmul_rn(x1, c));
+}
+
+// Value d of one head x (D values) rotated at the angles c, s (rope_dim / 2 each): pairs (i, i + rope_dim/2) (NEOX)
+// or (2i, 2i + 1); dims >= rope_dim as they are.
+__device__ __forceinline__ float rope_value(const float* x, int d, const float* c, const float* s, int rope_dim, int neox) {
+    if (d >= rope_dim) return x[d];
+    const int half = rope_dim / 2, i = neox ? (d < half ? d : d - half) : d / 2;
+    const int i0 = neox ? i : 2 * i, i1 = neox ? i + half : 2 * i + 1;
+    float y0, y1;
+    rope_pair(x[i0], x[i1], c[i], s[i], y0, y1);
+    return d == i0 ? y0 : y1;
+}
+
 // Programmatic dependent launch (PDL), the waiting side: with the launch attribute (orcd.cuda.load_kernel with
 // ORCD_PDL_ALL=1, and every v2 matvec), this kernel may start while the one before it in the stream still runs;
 // griddepcontrol.wait blocks until that kernel has completed and its writes are visible. Every kernel of the files in

@@ -29,9 +29,8 @@ extern "C" __global__ void rope_kv(float* __restrict__ qkv, const int* __restric
         const int h = e / half, i = e % half;
         const int i0 = neox ? i : 2 * i, i1 = neox ? i + half : 2 * i + 1;
         float* x = q + h * D;                                  // k heads follow the q heads
-        const float x0 = x[i0], x1 = x[i1], ci = c[i], si = s[i];
-        const float y0 = __fsub_rn(__fmul_rn(x0, ci), __fmul_rn(x1, si));
-        const float y1 = __fadd_rn(__fmul_rn(x0, si), __fmul_rn(x1, ci));
+        float y0, y1;
+        rope_pair(x[i0], x[i1], c[i], s[i], y0, y1);
         x[i0] = y0; x[i1] = y1;
         if (h >= n_heads) {
             __half* kc = k_cache + ((size_t)(h - n_heads) * n_ctx + p) * D;

@@ -8,13 +8,13 @@ __all__ = ['FUSED_MERGE', 'ACT_KINDS', 'rms_norm', 'layer_norm', 'head_rms_norm'
            'DecodeAttention', 'attention_prefill', 'act_ref', 'act', 'add', 'scale_', 'softcap', 'Argmax',
            'sample_token_ref', 'sample_token', 'time_graph']
 
-# %% ../nbs/06b_cuda_ops.ipynb #b665ec06
+# %% ../nbs/06b_cuda_ops.ipynb #3145efcd
 import os
 import numpy as np
 from . import ops
 from .cuda import load_kernel, _check, cuda_device
 
-# %% ../nbs/06b_cuda_ops.ipynb #ce6b8686
+# %% ../nbs/06b_cuda_ops.ipynb #39e6b380
 _NULL = np.uint64(0)          # a null pointer argument (CuPy turns None into -1, not 0)
 def _ptr(a): return _NULL if a is None else a
 
@@ -24,7 +24,7 @@ def _sm_count() -> int:
 
 def _blocks(n: int, threads: int) -> int: return max(1, -(-n // threads))
 
-# %% ../nbs/06b_cuda_ops.ipynb #598f0967
+# %% ../nbs/06b_cuda_ops.ipynb #b9428a17
 def _norm(name, x, w, b, out, eps, residual, layer):
     T, d = (1, x.size) if x.ndim == 1 else x.shape
     if d > 8192: raise ValueError(f'{name}: rows of {d} values; the kernel keeps at most 8192 in registers')
@@ -44,7 +44,7 @@ def layer_norm(x, w, b, out, eps, residual=None):
     "`out = (x - mean) / sqrt(var + eps) * w + b` (`w`, `b` may be None); with `residual`, first `x += residual`."
     _norm('layer_norm', x, w, b, out, eps, residual, 1)
 
-# %% ../nbs/06b_cuda_ops.ipynb #549a18c4
+# %% ../nbs/06b_cuda_ops.ipynb #21c6647c
 def head_rms_norm(buf, w, n_heads, head_dim, eps, col_offset, row_stride, T):
     "In place: RMSNorm (weight `w (head_dim,)`) of `buf[t, col_offset + h*head_dim :][:head_dim]`, `h < n_heads`, `t < T`."
     _check('head_rms_norm', buf, 'buf', np.float32, T * row_stride)
@@ -55,7 +55,7 @@ def head_rms_norm(buf, w, n_heads, head_dim, eps, col_offset, row_stride, T):
         buf, w, np.int32(n_heads), np.int32(head_dim), np.float32(eps), np.int32(col_offset), np.int32(row_stride),
         np.int32(T)))
 
-# %% ../nbs/06b_cuda_ops.ipynb #7cd3cd66
+# %% ../nbs/06b_cuda_ops.ipynb #0a535ead
 def rope_kv_ref(qkv, pos, cos, sin, k_cache, v_cache, n_heads, n_kv, head_dim, head_dim_v, rope_dim, neox):
     "numpy reference of `rope_kv`: returns the rotated `qkv` and updated copies of the fp16 caches."
     T = len(pos); nq, nk = n_heads * head_dim, n_kv * head_dim
@@ -69,7 +69,7 @@ def rope_kv_ref(qkv, pos, cos, sin, k_cache, v_cache, n_heads, n_kv, head_dim, h
     vc[:, pos] = qkv[:, nq + nk:].reshape(T, n_kv, head_dim_v).transpose(1, 0, 2).astype(np.float16)
     return qkv, kc, vc
 
-# %% ../nbs/06b_cuda_ops.ipynb #dbbde136
+# %% ../nbs/06b_cuda_ops.ipynb #6b941c8a
 def rope_kv(qkv, pos, cos, sin, k_cache, v_cache, n_heads, n_kv, head_dim, head_dim_v, rope_dim, neox, T):
     "Rotate q, k of `qkv (T, ...)` in place at positions `pos` (int32, device); write k, v fp16 into the caches."
     row = (n_heads + n_kv) * head_dim + n_kv * head_dim_v
@@ -88,7 +88,7 @@ def rope_kv(qkv, pos, cos, sin, k_cache, v_cache, n_heads, n_kv, head_dim, head_
         np.int32(n_heads), np.int32(n_kv), np.int32(head_dim), np.int32(head_dim_v), np.int32(rope_dim),
         np.int32(bool(neox)), np.int32(n_ctx)))
 
-# %% ../nbs/06b_cuda_ops.ipynb #37572c9c
+# %% ../nbs/06b_cuda_ops.ipynb #810abd9b
 def attention_ref(qkv, k_cache, v_cache, positions, scale, n_heads, n_kv, head_dim, head_dim_v, window=0, sinks=None):
     "numpy reference: `orcd.ops.attention` of the queries in `qkv (T, ...)` at `positions` over the fp16 caches."
     positions = np.asarray(positions); T, S = len(positions), int(positions.max()) + 1
@@ -118,8 +118,18 @@ def _attn_check(name, qkv, k_cache, v_cache, out, sinks, T, n_ctx, n_heads, n_kv
     if sinks is not None: _check(name, sinks, 'sinks', np.float32, n_heads)
     return row
 
-# %% ../nbs/06b_cuda_ops.ipynb #f1d980b5
+# %% ../nbs/06b_cuda_ops.ipynb #7062b945
 FUSED_MERGE = os.environ.get('ORCD_FUSED_MERGE') == '1'   # default of DecodeAttention(fused_merge=...)
+
+def _rope_args(name, rope, D, n_ctx):
+    "The kernel's (cos, sin, rope_dim, neox) of `rope` = None or (cos, sin, rope_dim, neox), checked."
+    if rope is None: return _NULL, _NULL, 0, 0
+    cos, sin, rd, neox = rope
+    if rd % 2 or not 0 < rd <= D: raise ValueError(f'{name}: rope_dim {rd} must be even and in (0, {D}]')
+    for a, n in ((cos, 'cos'), (sin, 'sin')):
+        if a.ndim != 2 or a.shape[0] < n_ctx: raise ValueError(f'{name}: {n} must be a table (>= {n_ctx}, {rd // 2})')
+        _check(name, a, n, np.float32, a.shape[0] * (rd // 2))
+    return cos, sin, int(rd), int(bool(neox))
 
 class DecodeAttention:
     "Attention of one token over the cache, keys split among blocks (flash-decoding); the workspace lives here."
@@ -138,21 +148,25 @@ class DecodeAttention:
         self.fused_merge = FUSED_MERGE if fused_merge is None else bool(fused_merge)
         self.counters = cupy.zeros(n_kv * self.nz, np.int32) if self.fused_merge else None   # the last block zeroes them
 
-    def __call__(self, qkv, k_cache, v_cache, pos, out, window=0, sinks=None):
-        "`out (n_heads*head_dim_v,)` <- attention of `qkv[0]`'s q at position `pos[0]` (device int32) over keys 0..pos."
+    def __call__(self, qkv, k_cache, v_cache, pos, out, window=0, sinks=None, rope=None):
+        """`out (n_heads*head_dim_v,)` <- attention of `qkv[0]`'s q at position `pos[0]` (device int32) over keys 0..pos.
+        `rope=(cos, sin, rope_dim, neox)`: RoPE fused — q and this token's k rotated here, k and v written into the
+        caches at `pos[0]` (what `rope_kv` does, which then does not run); `qkv` is left as it is."""
         nh, nkv, D, Dv, n_ctx = self.shape
         row = _attn_check('DecodeAttention', qkv, k_cache, v_cache, out, sinks, 1, n_ctx, nh, nkv, D, Dv)
         _check('DecodeAttention', pos, 'pos', np.int32, 1)
         i32, ms, mt, sk = np.int32, np.int32(self.max_splits), np.int32(self.min_tiles), _ptr(sinks)
+        cos, sin, rd, neox = _rope_args('DecodeAttention', rope, D, n_ctx)
         self._k[0]((nkv * self.nz, 1, self.max_splits), (256,), (
             qkv, i32(row), k_cache, v_cache, i32(n_ctx), pos, i32(0), i32(1), i32(nh), i32(nkv), i32(D), i32(Dv),
             np.float32(self.scale), i32(window), i32(self.Gb), i32(1), sk, out if self.fused_merge else _NULL, self.ws, ms,
-            mt, _NULL if self.counters is None else self.counters), shared_mem=self.smem)
+            mt, _NULL if self.counters is None else self.counters, cos, sin, i32(rd), i32(neox),
+            k_cache if rope else _NULL, v_cache if rope else _NULL), shared_mem=self.smem)
         if not self.fused_merge:
             self._k[1]((nh, -(-Dv // 32)), (256,), (self.ws, pos, i32(nh), i32(Dv), i32(n_ctx), i32(window), ms, mt, sk,
                                                     out), shared_mem=4 * self.max_splits)
 
-# %% ../nbs/06b_cuda_ops.ipynb #e1971710
+# %% ../nbs/06b_cuda_ops.ipynb #978a2e0a
 def attention_prefill(qkv, k_cache, v_cache, pos0, T, out, scale, n_heads, n_kv, head_dim, head_dim_v,
                       window=0, sinks=None):
     "`out (T, n_heads*head_dim_v)` <- causal attention of the T queries of `qkv` at pos0.. over the cache."
@@ -166,9 +180,10 @@ def attention_prefill(qkv, k_cache, v_cache, pos0, T, out, scale, n_heads, n_kv,
     load_kernel('attention', 'attention')((n_kv * nz, _blocks(T, BQ), 1), (256,), (
         qkv, i32(row), k_cache, v_cache, i32(n_ctx), _NULL, i32(pos0), i32(T), i32(n_heads), i32(n_kv),
         i32(head_dim), i32(head_dim_v), np.float32(scale), i32(window), i32(Gb), i32(BQ), _ptr(sinks), out,
-        _NULL, i32(0), i32(1), _NULL), shared_mem=_attn_smem(Gb * BQ, head_dim, head_dim_v))
+        _NULL, i32(0), i32(1), _NULL, _NULL, _NULL, i32(0), i32(0), _NULL, _NULL),
+        shared_mem=_attn_smem(Gb * BQ, head_dim, head_dim_v))
 
-# %% ../nbs/06b_cuda_ops.ipynb #c9bd461b
+# %% ../nbs/06b_cuda_ops.ipynb #8b5bb9a4
 ACT_KINDS = {'swiglu': 0, 'geglu': 1, 'swiglu_oai': 2, 'gelu': 3}
 
 def act_ref(kind, gu, n):
@@ -202,7 +217,7 @@ def softcap(x, cap: float):
     "`x = tanh(x / cap) * cap`."
     _elementwise('softcap', x, None, 2, cap)
 
-# %% ../nbs/06b_cuda_ops.ipynb #1677ddfb
+# %% ../nbs/06b_cuda_ops.ipynb #cf69d466
 def _argmax(v, allowed, out, ws_v, ws_i, sfx):
     n, nb = v.size, ws_i.size
     load_kernel('sample', f'argmax_blocks_{sfx}')((nb,), (256,), (v, _ptr(allowed), np.int32(n), ws_v, ws_i))
@@ -223,7 +238,7 @@ class Argmax:
         _check('Argmax', out, 'out', np.int32, 1)
         _argmax(logits, allowed, out, self.ws_v, self.ws_i, 'f32')
 
-# %% ../nbs/06b_cuda_ops.ipynb #bac7f415
+# %% ../nbs/06b_cuda_ops.ipynb #1f98954d
 def sample_token_ref(logits, allowed, params, u: float, penalty_ids=None, penalty_counts=None) -> int:
     "The id `orcd.engine.Sampler` draws from `logits` with uniform `u` (its `distribution` + its cumulative rule)."
     from collections import Counter
@@ -235,7 +250,7 @@ def sample_token_ref(logits, allowed, params, u: float, penalty_ids=None, penalt
     cs = np.cumsum(probs)
     return int(ids[min(int(np.searchsorted(cs, u * cs[-1], side='right')), len(ids) - 1)])
 
-# %% ../nbs/06b_cuda_ops.ipynb #be2c4214
+# %% ../nbs/06b_cuda_ops.ipynb #72bee7d8
 def sample_token(logits, allowed, params, u: float, penalty_ids=None, penalty_counts=None) -> int:
     "Draw the next id from `logits (vocab,)` f32 as `orcd.engine.Sampler` does, with uniform `u` in [0, 1)."
     import cupy
@@ -266,7 +281,7 @@ def sample_token(logits, allowed, params, u: float, penalty_ids=None, penalty_co
         np.int32(p.top_k), np.float64(p.top_p), np.float64(p.min_p), np.float64(u), out))
     return int(out[0])
 
-# %% ../nbs/06b_cuda_ops.ipynb #31c35d6d
+# %% ../nbs/06b_cuda_ops.ipynb #43b44b96
 def time_graph(fn, n: int = 200, graph: bool = True) -> float:
     "µs per call of `fn()` (kernel launches only): `n` calls captured in a CUDA graph (or eager), CUDA events."
     import cupy

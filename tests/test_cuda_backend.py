@@ -42,7 +42,10 @@ def _top2_margin(x):
 def test_gpu_matches_cpu(path):
     """Logits within 1e-2 of the largest CPU logit after the prompt and at every step of a 32-token greedy
     continuation; the tokens are identical except where the CPU's top-2 margin is itself within that bound."""
-    _check_matches_cpu(path)
+    gpu = _check_matches_cpu(path)
+    from orcd import cuda_backend
+    ops = [s.op for s, _ in cuda_backend._fused(gpu)]
+    assert ('rope_attention' in ops) == (cuda_backend.FUSE_ROPE and gpu.tables is not None), ops
 
 @pytest.mark.parametrize('path', [p for p in MODELS if p.stem not in ('gpt2', 'gpt-oss', 'gpt-oss-2l')], ids=lambda p: p.stem)
 @pytest.mark.parametrize('fused', [True, False], ids=['fused_norm', 'unfused_norm'])
@@ -54,6 +57,16 @@ def test_norm_fusion_both_ways(path, fused, monkeypatch):
     gpu = _check_matches_cpu(path)
     ops = [s.op for s, _ in cuda_backend._fused(gpu)]
     assert ('norm_linear' in ops) == fused, ops
+
+@pytest.mark.parametrize('path', [p for p in MODELS if p.stem != 'gpt2'], ids=lambda p: p.stem)
+def test_rope_fusion_off(path, monkeypatch):
+    """The same with RoPE and the cache write as their own kernel before decode attention (cuda_backend.FUSE_ROPE
+    off; on, the default, test_gpu_matches_cpu: attention rotates q and writes the token's key and value itself)."""
+    from orcd import cuda_backend
+    monkeypatch.setattr(cuda_backend, 'FUSE_ROPE', False)
+    gpu = _check_matches_cpu(path)
+    ops = [s.op for s, _ in cuda_backend._fused(gpu)]
+    assert 'rope_attention' not in ops and 'rope_kv' in ops, ops
 
 def _check_matches_cpu(path):
     cpu, gpu = _backends(path)

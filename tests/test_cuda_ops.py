@@ -245,6 +245,62 @@ def test_decode_attention_in_a_captured_graph(fused_merge):
             assert_close(cp.asnumpy(out), ref, **ATT_TOL, name=f'pos {p}')
 
 
+FUSED_ROPE = [(m, S) for m in ('qwen2.5-0.5b', 'smollm2-135m', 'gemma3-270m', 'gpt-oss', 'phi3', 'partial-neox',
+                                  'partial-normal', 'g16') for S in (1, 33, 100, 1000)]
+
+
+def rope_heads(model):
+    if model.startswith('partial'):
+        return dict(nh=6, nkv=2, D=64, rope_dim=32, rope='neox' if model.endswith('neox') else 'normal', window=0,
+                    sinks=False)
+    if model == 'g16': return dict(nh=16, nkv=1, D=64, rope_dim=64, rope='neox', window=50, sinks=True)
+    return MODELS[model]
+
+
+@needs_gpu
+@pytest.mark.parametrize('fused_merge', [False, True], ids=['merge_kernel', 'fused_merge'])
+@pytest.mark.parametrize('model,S', FUSED_ROPE, ids=[f'{m}-S{S}' for m, S in FUSED_ROPE])
+def test_decode_attention_rope_fused(model, S, fused_merge):
+    """RoPE fused into decode attention: the output as rope_kv then attention (the references), this token's key and
+    value in both caches bit for bit as rope_kv_ref writes them, the rest of the caches and qkv untouched."""
+    c = rope_heads(model); nh, nkv, D, rd, win = c['nh'], c['nkv'], c['D'], c['rope_dim'], c['window']
+    rng, n_ctx, p = np.random.default_rng(S + D), S + 40, S - 1
+    qkv, kc, vc, sk = att_data(rng, 1, nh, nkv, D, n_ctx, c['sinks'])
+    cos, sin = ops.rope_cos_sin(np.arange(n_ctx), rd, 10000.0)
+    neox = c['rope'] == 'neox'
+    qkv_r, kc_r, vc_r = co.rope_kv_ref(qkv, np.array([p]), cos, sin, kc, vc, nh, nkv, D, D, rd, neox)
+    ref = co.attention_ref(qkv_r, kc_r, vc_r, [p], D ** -0.5, nh, nkv, D, D, win, sk)[0]
+    att = co.DecodeAttention(nh, nkv, D, D, n_ctx, D ** -0.5, fused_merge=fused_merge)
+    Q, K, V, out = cp.asarray(qkv), cp.asarray(kc), cp.asarray(vc), cp.full(nh * D, np.nan, np.float32)
+    att(Q, K, V, cp.asarray([p], np.int32), out, win, None if sk is None else cp.asarray(sk),
+        rope=(cp.asarray(cos), cp.asarray(sin), rd, neox))
+    report(f'decode, RoPE fused, {model} S={S}', cp.asnumpy(out), ref)
+    assert_close(cp.asnumpy(out), ref, **ATT_TOL, name=model)
+    np.testing.assert_array_equal(cp.asnumpy(K), kc_r); np.testing.assert_array_equal(cp.asnumpy(V), vc_r)
+    np.testing.assert_array_equal(cp.asnumpy(Q), qkv)
+
+
+@needs_gpu
+def test_decode_attention_rope_fused_in_a_graph():
+    "Forty captured steps, each at the next position (read on the device): each writes its own cache row and matches."
+    rng, nh, nkv, D, n_ctx = np.random.default_rng(5), 64, 8, 64, 256              # gpt-oss heads, window 128
+    qkv, kc, vc, sk = att_data(rng, 1, nh, nkv, D, n_ctx, True)
+    cos, sin = ops.rope_cos_sin(np.arange(n_ctx), D, 10000.0)
+    att = co.DecodeAttention(nh, nkv, D, D, n_ctx, 0.125)
+    Q, K, V, SK = cp.asarray(qkv), cp.asarray(kc), cp.asarray(vc), cp.asarray(sk)
+    C, Sn, pos, out = cp.asarray(cos), cp.asarray(sin), cp.zeros(1, np.int32), cp.empty(nh * D, np.float32)
+    s = cp.cuda.Stream(non_blocking=True)
+    with s:
+        s.begin_capture(); att(Q, K, V, pos, out, 128, SK, rope=(C, Sn, D, True)); g = s.end_capture()
+        for p in range(100, 140):
+            pos[...] = p
+            g.launch(s); s.synchronize()
+            qkv_r, kc, vc = co.rope_kv_ref(qkv, np.array([p]), cos, sin, kc, vc, nh, nkv, D, D, D, True)
+            ref = co.attention_ref(qkv_r, kc, vc, [p], 0.125, nh, nkv, D, D, 128, sk)[0]
+            assert_close(cp.asnumpy(out), ref, **ATT_TOL, name=f'pos {p}')
+    np.testing.assert_array_equal(cp.asnumpy(K), kc); np.testing.assert_array_equal(cp.asnumpy(V), vc)
+
+
 PREFILL = [(m, T, p0) for m in ('qwen2.5-0.5b', 'gemma3-270m', 'gpt-oss', 'phi3', 'gpt2', 'smollm2-135m')
            for T, p0 in ((1, 0), (5, 0), (64, 0), (300, 0), (5, 37), (64, 1000), (300, 200))]
 PREFILL += [('g16', 70, 10), ('g8d256', 5, 37), ('g8d256', 40, 0)]

@@ -18,8 +18,8 @@ typedef unsigned char u8;
 // MXFP4's code c (E2M1, doubled: 0 1 2 3 4 6 8 12, bit 3 the sign) from two packed words, not a __constant__ table:
 // lanes of a warp look up different codes, and the constant cache serialises different addresses.
 __device__ __forceinline__ float dq_e2m1(unsigned c) {
-    const unsigned m = c & 7, v = ((m < 4 ? 0x03020100u : 0x0C080604u) >> (8 * (m & 3))) & 0xff;
-    return (c & 8) ? -(float)v : (float)v;
+    const int m = c & 7, v = ((m < 4 ? 0x03020100 : 0x0C080604) >> (8 * (m & 3))) & 0xff;
+    return (float)((c & 8) ? -v : v);                         // code 8 is +0, as in ggml's table (not -0)
 }
 
 // t * 2^(e-128), MXFP4's value of E8M0 exponent e and code value t, exactly as numpy computes it in float32.

@@ -8,7 +8,7 @@ __all__ = ['EXPERT_PLAN', 'MOE_PREFILL_BYTES', 'MOE_PAD', 'MOE_PAD_SLACK', 'MOE_
            'moe_act_ref', 'moe_act', 'moe_combine_ref', 'moe_combine', 'MoE', 'moe_groups', 'moe_prefill_workspace',
            'moe_prefill_row_bytes', 'padded_batches', 'gemm_batched']
 
-# %% ../nbs/06d_cuda_moe.ipynb #59a6f3bf
+# %% ../nbs/06d_cuda_moe.ipynb #cc45f3e3
 import numpy as np
 from . import ops
 from .cuda import load_kernel, _check, cuda_device
@@ -16,7 +16,7 @@ from .cuda_ops import _ptr
 from .errors import BackendUnavailableError
 from .quants import MXFP4
 
-# %% ../nbs/06d_cuda_moe.ipynb #133f8deb
+# %% ../nbs/06d_cuda_moe.ipynb #9466bbef
 def moe_topk_ref(logits, k: int):
     "numpy reference: `(ids (T, k) int32, weights (T, k) float32)` of router logits (T, E)."
     ids, wts = ops.moe_route(np.asarray(logits, np.float32), k)
@@ -32,7 +32,7 @@ def moe_topk(logits, k: int, ids, wts):
     load_kernel('moe', 'moe_topk')((-(-T // 4),), (128,), (logits, np.int32(T), np.int32(E), np.int32(k), ids, wts))
     return ids, wts
 
-# %% ../nbs/06d_cuda_moe.ipynb #a79d9fe0
+# %% ../nbs/06d_cuda_moe.ipynb #458beba4
 def moe_act_ref(gu, ids, bg, bu, n: int):
     "numpy reference: a (k, n) = swiglu_oai(gate + bg[ids], up + bu[ids]) of gu (k, 2n)."
     gu = np.asarray(gu, np.float32).reshape(len(ids), 2 * n)
@@ -62,7 +62,7 @@ def moe_combine(y, ids, wts, bd, d: int, out):
     load_kernel('moe', 'moe_combine')((-(-d // 256),), (256,), (y, ids, wts, _ptr(bd), np.int32(k), np.int32(d), out))
     return out
 
-# %% ../nbs/06d_cuda_moe.ipynb #73115d54
+# %% ../nbs/06d_cuda_moe.ipynb #19b23428
 EXPERT_PLAN = {MXFP4: (dict(warps=16, tpr=16, unroll={MXFP4: 2}, part_major=True),
                        dict(warps=16, tpr=32, unroll={MXFP4: 3}, part_major=True))}
 
@@ -101,7 +101,7 @@ class MoE:
         for _, f in self.launches(x, out): f()
         return out
 
-# %% ../nbs/06d_cuda_moe.ipynb #787f9f51
+# %% ../nbs/06d_cuda_moe.ipynb #7ed7b9df
 def moe_groups(ids, E: int, xp=np):
     """The T·k pairs of ids (T, k) in expert order: `(order, experts, counts)`, order the flat indices t·k + j sorted by
     expert (tokens ascending within one), experts their expert ids, counts (E,) the run lengths. xp: numpy or cupy."""
@@ -109,7 +109,7 @@ def moe_groups(ids, E: int, xp=np):
     order = xp.argsort(flat * flat.size + xp.arange(flat.size))   # unique keys: stable without a stable sort
     return order, flat[order], xp.bincount(flat, minlength=E)
 
-# %% ../nbs/06d_cuda_moe.ipynb #69d8f24c
+# %% ../nbs/06d_cuda_moe.ipynb #bc26e96d
 MOE_PREFILL_BYTES = 512 << 20
 MOE_PAD, MOE_PAD_SLACK = 2, 256
 
@@ -144,7 +144,7 @@ def padded_batches(counts, e0: int, e1: int, pad: int = MOE_PAD, slack: int = MO
         out.append((a, b, M))
     return out
 
-# %% ../nbs/06d_cuda_moe.ipynb #0d888674
+# %% ../nbs/06d_cuda_moe.ipynb #826bebca
 def gemm_batched(W, X, Y):
     "Y[b] (M, rows) = X[b] (M, K) @ W[b] (rows, K)^T for every b, one cublasGemmStridedBatchedEx on the current stream."
     import cupy
@@ -164,7 +164,7 @@ def gemm_batched(W, X, Y):
                                 Y.strides[1] // 4, Y.strides[0] // 4, B, _COMPUTE['f16'], -1)
     return Y
 
-# %% ../nbs/06d_cuda_moe.ipynb #34d0b0b1
+# %% ../nbs/06d_cuda_moe.ipynb #08b6ab1c
 import os
 MOE_BATCHED = os.environ.get('ORCD_MOE_BATCHED', '1') != '0'
 
@@ -195,7 +195,7 @@ def _combine(self, Y, wts, order, experts, OUT):
     OUT[...] = back.reshape(OUT.shape[0], self.k, self.d).sum(1)
     return OUT
 
-# %% ../nbs/06d_cuda_moe.ipynb #2a7ec708
+# %% ../nbs/06d_cuda_moe.ipynb #efc7144e
 def _batch(self, Wg, Wu, Wd, Xs, Y, rows, a, b, M, e0):
     "Experts a .. b-1 (of the dequantised Wg, Wu, Wd, which start at expert e0) over their sorted rows of Xs into Y."
     import cupy
@@ -232,7 +232,7 @@ def _moe_prefill_batched(self, X, OUT):
         del Wg, Wu, Wd
     return _combine(self, Y, wts, order, experts, OUT)
 
-# %% ../nbs/06d_cuda_moe.ipynb #ac5cbac2
+# %% ../nbs/06d_cuda_moe.ipynb #273ad801
 def _moe_prefill_per_expert(self, X, OUT):
     "OUT (T, d) = the block of the T tokens X (T, d), three cuBLAS products per expert present."
     import cupy

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Decode matvec benchmark on the GPU: v1 and v2 (orcd.cuda_matvec) on the real models' weight shapes, against the
 card's measured device-to-device copy bandwidth; one Qwen2.5-0.5B decode step's matvecs captured as one CUDA graph;
-the prefill matmul at T = 512. Prints markdown tables (pasted into nbs/06a_cuda_matvec.ipynb).
+the prefill matmul at T = 512 and the dequantisation before it. Prints markdown tables (pasted into nbs/06a_cuda_matvec.ipynb).
 
 Timing: every figure is a CUDA graph of many calls replayed several times (so Python's launch cost is out, as in
 the backend, which captures its decode step), timed with CUDA events. Each matvec cycles through enough copies of
@@ -290,11 +290,34 @@ def matmul_table():
             print(f'| {what} | {lin.rows}x{K} | {mode} | {us:.0f} | {2 * 512 * lin.rows * K / us / 1e6:.1f} |', flush=True)
 
 
+def dequant_table(copy_bw):
+    "Prefill's dequantisation to float16 (cuda_matvec.dequantize): bytes read + written per second, against copy."
+    print('\n## Dequantisation to float16 (prefill), bytes read + written')
+    print('| weight | rows x K | kernel | µs | GB/s | / copy |')
+    print('|---|---|---|---|---|---|')
+    rng = np.random.default_rng(0)
+    for what, t, rows, K in [('gpt-oss experts (10 of gate)', MXFP4, 10 * 2880, 2880), ('gpt-oss qkv', Q8_0, 5120, 2880),
+                             ('Qwen gate', Q5_0, 4864, 896), ('Qwen down', Q4_K, 896, 4864)]:
+        w = cp.asarray(cm.random_weight(rng, t, rows, K))
+        out = cp.empty((rows, K), np.float16)
+        cm.dequantize(w, t, rows, K, np.float16, out=out)
+        e0, e1 = cp.cuda.Event(), cp.cuda.Event()
+        e0.record()
+        for _ in range(10): cm.dequantize(w, t, rows, K, np.float16, out=out)
+        e1.record(); e1.synchronize()
+        us = cp.cuda.get_elapsed_time(e0, e1) * 1e3 / 10
+        nbytes = w.nbytes + out.nbytes
+        kern = 'dequant_mxfp4_f16' if t == MXFP4 else 'dequant_f16'
+        print(f'| {what} | {rows}x{K} {N[t]} | {kern} | {us:.0f} | {nbytes / us / 1e3:.0f} | {nbytes * 1e12 / us / 1e6 / copy_bw:.2f} |',
+              flush=True)
+        del w, out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--sweep', action='store_true', help='also sweep launch shapes on a few shapes')
     ap.add_argument('--bits', type=int, choices=[8, 16], help='staged input of the expert products (default: X_BITS)')
-    ap.add_argument('--only', choices=['shapes', 'experts', 'experts-profile', 'qwen', 'matmul', 'sweep'], help='run one section')
+    ap.add_argument('--only', choices=['shapes', 'experts', 'experts-profile', 'qwen', 'matmul', 'dequant', 'sweep'], help='run one section')
     a = ap.parse_args()
     dev = cp.cuda.runtime.getDeviceProperties(0)['name'].decode()
     bw = copy_bandwidth()
@@ -306,6 +329,7 @@ def main():
     if a.only == 'experts-profile': experts_table(bw, profile=True)
     if a.only in (None, 'qwen'): qwen_step()
     if a.only in (None, 'matmul'): matmul_table()
+    if a.only in (None, 'dequant'): dequant_table(bw)
     if a.only in (None, 'sweep') and (a.sweep or a.only == 'sweep'): sweep()
     print(f'\n({time.time() - t0:.0f} s)', file=sys.stderr)
 

@@ -17,11 +17,6 @@ extern "C" __global__ void elementwise(float* __restrict__ x, const float* __res
     else x[i] = tanhf(x[i] / s) * s;
 }
 
-__device__ __forceinline__ float gelu_tanh(float x) {
-    const float c = 0.7978845608028654f;                      // sqrt(2 / pi)
-    return 0.5f * x * (1.f + tanhf(c * (x + 0.044715f * x * x * x)));
-}
-
 extern "C" __global__ void act(const float* __restrict__ gu, float* __restrict__ out, int n, int T, int kind) {
     wait_primary();
     trigger_dependents();
@@ -29,10 +24,5 @@ extern "C" __global__ void act(const float* __restrict__ gu, float* __restrict__
     if (i >= n * T) return;
     if (kind == 3) { out[i] = gelu_tanh(gu[i]); return; }
     const int t = i / n, j = i % n;
-    const float g = gu[(size_t)t * 2 * n + j], u = gu[(size_t)t * 2 * n + n + j];
-    float y;
-    if (kind == 0) y = g * sigmoidf(g) * u;
-    else if (kind == 1) y = gelu_tanh(g) * u;
-    else y = swiglu_oai(g, u);
-    out[i] = y;
+    out[i] = gated_act(kind, gu[(size_t)t * 2 * n + j], gu[(size_t)t * 2 * n + n + j]);
 }

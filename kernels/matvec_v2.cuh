@@ -20,6 +20,7 @@
 // loads are issued before the staging, so the weight's DRAM latency overlaps the staging.
 #pragma once
 #include <cuda_fp16.h>
+#include "ops_common.cuh"                                   // gated_act
 
 namespace mv {
 
@@ -427,9 +428,13 @@ __device__ __forceinline__ float4 ld_x4(const float* __restrict__ x, int i, bool
 
 // x[i] / den * nw[i] for the 4 values of group i (RMSNorm fused into the staging), or x as it is (nw null).
 __device__ __forceinline__ float4 ld_x4_norm(const float* __restrict__ x, const float* __restrict__ nw, float den,
-                                             int i, bool vec) {
+                                             int act, int K, int i, bool vec) {
     float4 v = ld_x4(x, i, vec);
-    if (nw) {
+    if (act >= 0) {           // x is [gate (K) | up (K)]: the staged input is the activation, as the act kernel's
+        const float4 u = ld_x4(x + K, i, vec);
+        v.x = gated_act(act, v.x, u.x); v.y = gated_act(act, v.y, u.y);
+        v.z = gated_act(act, v.z, u.z); v.w = gated_act(act, v.w, u.w);
+    } else if (nw) {
         const float4 w = ld_x4(nw, i, (reinterpret_cast<size_t>(nw) & 15) == 0);
         v.x = v.x / den * w.x; v.y = v.y / den * w.y; v.z = v.z / den * w.z; v.w = v.w / den * w.w;
     }
@@ -438,7 +443,7 @@ __device__ __forceinline__ float4 ld_x4_norm(const float* __restrict__ x, const 
 
 template <int NT, int XB, bool PL>
 __device__ __forceinline__ void stage_q8(const float* __restrict__ x, int K, int* q, float* d, int* s16,
-                                         const float* __restrict__ nw, float den) {
+                                         const float* __restrict__ nw, float den, int act) {
     constexpr float QMAX = XB == 8 ? 127.f : 32767.f;
     constexpr int P = 4;           // float4 groups per thread per pass; 8 consecutive threads share a 32-value block
     const int n4 = K / 4;
@@ -448,7 +453,7 @@ __device__ __forceinline__ void stage_q8(const float* __restrict__ x, int K, int
 #pragma unroll
         for (int j = 0; j < P; ++j) {
             const int i = i0 + j * NT + threadIdx.x;
-            v[j] = i < n4 ? ld_x4_norm(x, nw, den, i, vec) : make_float4(0.f, 0.f, 0.f, 0.f);
+            v[j] = i < n4 ? ld_x4_norm(x, nw, den, act, K, i, vec) : make_float4(0.f, 0.f, 0.f, 0.f);
         }
 #pragma unroll
         for (int j = 0; j < P; ++j) {
@@ -491,10 +496,10 @@ __device__ __forceinline__ void stage_q8(const float* __restrict__ x, int K, int
 
 template <int NT>
 __device__ __forceinline__ void stage_f32(const float* __restrict__ x, int K, float* f, const float* __restrict__ nw,
-                                          float den) {
+                                          float den, int act) {
     const bool vec = (reinterpret_cast<size_t>(x) & 15) == 0;
 #pragma unroll 4
-    for (int i = threadIdx.x; i < K / 4; i += NT) reinterpret_cast<float4*>(f)[i] = ld_x4_norm(x, nw, den, i, vec);
+    for (int i = threadIdx.x; i < K / 4; i += NT) reinterpret_cast<float4*>(f)[i] = ld_x4_norm(x, nw, den, act, K, i, vec);
 }
 
 // RMSNorm fused into the staging: sqrt(mean(x²) + eps) over the K values at x, summed by the whole CTA (each CTA
@@ -582,15 +587,16 @@ __device__ __forceinline__ void load_batch(typename T::Raw (&r)[U], const u8* w,
 
 template <bool SQ8, bool SF32, int NT, class X>
 __device__ __forceinline__ void stage(const float* __restrict__ x, int K, const X& xs, const float* __restrict__ nw,
-                                      float eps) {
+                                      float eps, int act) {
     const float den = nw ? rms_den<NT>(x, K, eps) : 1.f;     // uniform over the CTA (nw is a kernel argument)
-    if (SQ8) stage_q8<NT, X::xb, X::pl>(x, K, const_cast<int*>(xs.q), const_cast<float*>(xs.d), const_cast<int*>(xs.s16), nw, den);
-    if (SF32) stage_f32<NT>(x, K, const_cast<float*>(xs.f), nw, den);
+    if (SQ8) stage_q8<NT, X::xb, X::pl>(x, K, const_cast<int*>(xs.q), const_cast<float*>(xs.d), const_cast<int*>(xs.s16), nw, den, act);
+    if (SF32) stage_f32<NT>(x, K, const_cast<float*>(xs.f), nw, den, act);
 }
 
 struct Args {
     const float* x; float* y; const float* bias; int K; int accumulate; const int* route_ids;
     const float* norm_w; float norm_eps;   // RMSNorm of x fused into the staging (norm_w null: none)
+    int act;                               // >= 0: x is [gate | up] (2K values), the staged input gated_act(act, .)
 };
 
 // All tiles of one part that this CTA owns.
@@ -627,7 +633,7 @@ __device__ __forceinline__ void run_part(const Part& P0, int tile_begin, const A
         asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
         if (staged != -1) __syncthreads();                    // the previous part's x may still be read
-        stage<SQ8, SF32, NT>(a.x + P.xoff, a.K, xs, a.norm_w, a.norm_eps); __syncthreads(); staged = P.xoff;
+        stage<SQ8, SF32, NT>(a.x + P.xoff, a.K, xs, a.norm_w, a.norm_eps, a.act); __syncthreads(); staged = P.xoff;
     }
     float acc = 0.f;
     for (;;) {
@@ -675,7 +681,7 @@ template <int NW, int XB, class... Cs>
 __device__ __forceinline__ void matvec_v2_body(const Part* __restrict__ parts, int nparts, const float* __restrict__ x,
                                                float* y, const float* __restrict__ bias, int K, int accumulate,
                                                const int* __restrict__ route_ids, const float* __restrict__ norm_w,
-                                               float norm_eps) {
+                                               float norm_eps, int act) {
     constexpr bool SQ8 = (Cs::type::Q8X || ...);
     constexpr bool SF32 = (!Cs::type::Q8X || ...);
     extern __shared__ int4 mv_smem[];
@@ -683,7 +689,7 @@ __device__ __forceinline__ void matvec_v2_body(const Part* __restrict__ parts, i
     constexpr bool PL = XB == 16 && (pair_layout<typename Cs::type>::value && ...);
     typedef XS<XB, PL> X;
     const X xs = smem_layout<X>(mv_smem, K, SQ8);
-    const Args a = {x, y, bias, K, accumulate, route_ids, norm_w, norm_eps};
+    const Args a = {x, y, bias, K, accumulate, route_ids, norm_w, norm_eps, act};
     // Let the next kernel in the stream launch now if it was launched with programmatic stream serialization: it
     // prefetches its weights, then waits (griddepcontrol.wait) for this whole grid to complete.
 #if __CUDA_ARCH__ >= 900
@@ -711,6 +717,6 @@ __global__ void __launch_bounds__(NW * 32) matvec_v2_k(const mv::Part* __restric
                                                       const float* __restrict__ x, float* y,
                                                       const float* __restrict__ bias, int K, int accumulate,
                                                       const int* __restrict__ route_ids,
-                                                      const float* __restrict__ norm_w, float norm_eps) {
-    mv::matvec_v2_body<NW, XB, Cs...>(parts, nparts, x, y, bias, K, accumulate, route_ids, norm_w, norm_eps);
+                                                      const float* __restrict__ norm_w, float norm_eps, int act) {
+    mv::matvec_v2_body<NW, XB, Cs...>(parts, nparts, x, y, bias, K, accumulate, route_ids, norm_w, norm_eps, act);
 }

@@ -43,6 +43,20 @@ __device__ __forceinline__ float swiglu_oai(float g, float u) {
     return gc * sigmoidf(1.702f * gc) * (uc + 1.f);
 }
 
+__device__ __forceinline__ float gelu_tanh(float x) {
+    const float c = 0.7978845608028654f;                      // sqrt(2 / pi)
+    return 0.5f * x * (1.f + tanhf(c * (x + 0.044715f * x * x * x)));
+}
+
+// The gated activations of a feed-forward block, of one (gate, up) pair (orcd.cuda_ops.ACT_KINDS): 0 swiglu
+// silu(g)·u, 1 geglu gelu(g)·u, 2 swiglu_oai. The act kernel and a matvec staging its input (Linear(..., act=)) both
+// use it, so they round alike.
+__device__ __forceinline__ float gated_act(int kind, float g, float u) {
+    if (kind == 0) return g * sigmoidf(g) * u;
+    if (kind == 1) return gelu_tanh(g) * u;
+    return swiglu_oai(g, u);
+}
+
 // Keys per attention tile: one lane of a warp per key.
 #define ATT_TK 32
 

@@ -134,6 +134,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                    'orcd.cuda_backend._graph_seconds': ('cuda_backend.html#_graph_seconds', 'orcd/cuda_backend.py'),
                                    'orcd.cuda_backend._is_oom': ('cuda_backend.html#_is_oom', 'orcd/cuda_backend.py'),
                                    'orcd.cuda_backend._lo_act': ('cuda_backend.html#_lo_act', 'orcd/cuda_backend.py'),
+                                   'orcd.cuda_backend._lo_act_linear': ('cuda_backend.html#_lo_act_linear', 'orcd/cuda_backend.py'),
                                    'orcd.cuda_backend._lo_add': ('cuda_backend.html#_lo_add', 'orcd/cuda_backend.py'),
                                    'orcd.cuda_backend._lo_add_norm': ('cuda_backend.html#_lo_add_norm', 'orcd/cuda_backend.py'),
                                    'orcd.cuda_backend._lo_attention': ('cuda_backend.html#_lo_attention', 'orcd/cuda_backend.py'),

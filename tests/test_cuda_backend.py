@@ -46,6 +46,8 @@ def test_gpu_matches_cpu(path):
     from orcd import cuda_backend
     ops = [s.op for s, _ in cuda_backend._fused(gpu)]
     assert ('rope_attention' in ops) == (cuda_backend.FUSE_ROPE and gpu.tables is not None), ops
+    gated = any(s.op == 'act' and s.arg in cuda_backend._GATED for s in gpu.block)
+    assert any(o.startswith('act_linear') for o in ops) == (cuda_backend.FUSE_ACT and gated), ops
 
 @pytest.mark.parametrize('path', [p for p in MODELS if p.stem not in ('gpt2', 'gpt-oss', 'gpt-oss-2l')], ids=lambda p: p.stem)
 @pytest.mark.parametrize('fused', [True, False], ids=['fused_norm', 'unfused_norm'])
@@ -67,6 +69,16 @@ def test_rope_fusion_off(path, monkeypatch):
     gpu = _check_matches_cpu(path)
     ops = [s.op for s, _ in cuda_backend._fused(gpu)]
     assert 'rope_attention' not in ops and 'rope_kv' in ops, ops
+
+@pytest.mark.parametrize('path', [p for p in MODELS if p.stem not in ('gpt2', 'gpt-oss', 'gpt-oss-2l')], ids=lambda p: p.stem)
+def test_act_fusion_off(path, monkeypatch):
+    """The same with the gated activation as its own kernel before the down product (cuda_backend.FUSE_ACT off; on,
+    the default, test_gpu_matches_cpu: the down product stages the activation of [gate | up] itself)."""
+    from orcd import cuda_backend
+    monkeypatch.setattr(cuda_backend, 'FUSE_ACT', False)
+    gpu = _check_matches_cpu(path)
+    ops = [s.op for s, _ in cuda_backend._fused(gpu)]
+    assert 'act' in ops and not any(o.startswith('act_linear') for o in ops), ops
 
 def _check_matches_cpu(path):
     cpu, gpu = _backends(path)

@@ -376,6 +376,33 @@ def test_v2_fused_rms_norm(stack, pdl):
         lin(cp.asarray(x), cp.empty(lin.rows, np.float32), norm=cp.asarray(nw[:-1]))
 
 
+DOWNS = {'qwen-down-q4k': ([(896, Q4_K)], 4864), 'qwen-down-q6k': ([(896, Q6_K)], 4864),
+         'gemma-down': ([(640, Q8_0)], 2048), 'small-all-types': STACKS['small-all-types']}
+
+
+@needs_gpu
+@pytest.mark.parametrize('pdl', [False, True], ids=['plain', 'pdl'])
+@pytest.mark.parametrize('kind', ['swiglu', 'geglu', 'swiglu_oai'])
+@pytest.mark.parametrize('stack', list(DOWNS))
+def test_v2_fused_act(stack, kind, pdl):
+    """Linear(gu, act=kind): the gated activation of gu = [gate | up] computed while it is staged equals the act
+    kernel's reference (ops.swiglu / geglu / swiglu_oai), then the product; accumulating into y as well."""
+    from orcd.cuda_ops import ACT_KINDS
+    spec, K = DOWNS[stack]
+    rng = np.random.default_rng(11)
+    parts = [(*weight(t, r, K, seed=i), r, t) for i, (r, t) in enumerate(spec)]
+    gu = (rng.standard_normal(2 * K) * 2).astype(np.float32)
+    a = cm.GATED[ACT_KINDS[kind]](gu[:K], gu[K:]).astype(np.float32)
+    lin = cm.Linear([(wd, r, t) for _, wd, r, t in parts], K, pdl=pdl)
+    got = cp.asnumpy(lin(cp.asarray(gu), cp.full(lin.rows, np.nan, np.float32), act=ACT_KINDS[kind]))
+    check_linear(got, [(w, r, t) for w, _, r, t in parts], a, what=f'{stack} with {kind} fused')
+    y0 = rng.standard_normal(lin.rows).astype(np.float32)
+    got = cp.asnumpy(lin(cp.asarray(gu), cp.asarray(y0), accumulate=True, act=ACT_KINDS[kind]))
+    check_linear(got, [(w, r, t) for w, _, r, t in parts], a, y0=y0, what=f'{stack} with {kind} fused, accumulating')
+    with pytest.raises(ValueError, match='x must have'):
+        lin(cp.asarray(gu[:K]), cp.empty(lin.rows, np.float32), act=ACT_KINDS[kind])
+
+
 @needs_gpu
 @pytest.mark.parametrize('name,rows,K', [('Q8_0', 3000, 896), ('Q4_K', 300, 4864), ('Q6_K', 96, 2048),
                                          ('MXFP4', 700, 2880), ('Q5_0', 129, 640), ('F16', 257, 1536)])

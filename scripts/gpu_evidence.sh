@@ -12,6 +12,7 @@
 #   matvec    scripts/bench_matvec.py (per-shape GB/s, one Qwen step's matvecs)
 #   experts   scripts/bench_matvec.py --only experts (gpt-oss's routed MXFP4 expert products: GB/s, error)
 #   profile   ncu on those two products, and the SASS of the MXFP4 kernels CuPy compiled (in $OUT)
+#   stepprof  ncu: each kernel of one decode step alone (scripts/profile_step.py; PROF_DEPTHS, PROF_MODEL), CSV in $OUT
 #   serverbench  scripts/bench_server.py on the Qwen layout: tok/s through HTTP + SSE / the engine's (needs httpx-sse, psutil in whl/)
 #   peer      build llama.cpp's llama-bench (in the background, from .carry/llamacpp-src.tgz)
 #   bench     orcd bench on the Qwen and SmolLM2 layouts (BENCH_MODELS), with llama-bench when peer was built;
@@ -27,9 +28,10 @@ tools/gpu-setup || exit 1
 export PYTHONUNBUFFERED=1 ORCD_SHAPED_DIR=/tmp/shaped
 mkdir -p $ORCD_SHAPED_DIR; t=$(date +%s)
 for n in ${SHAPED:-qwen2.5-coder-0.5b-instruct smollm2-135m-instruct gemma-3-270m}; do
+  [ -s $ORCD_SHAPED_DIR/$n.gguf ] && continue     # made by an earlier invocation on this machine
   python3 scripts/make_shaped_model.py .carry/skel/$n $ORCD_SHAPED_DIR/$n.gguf --workers 5 > "$OUT/shaped-$n.log" 2>&1 &
 done; wait
-echo "shaped models in $(( $(date +%s) - t )) s:"; ls -la $ORCD_SHAPED_DIR; tail -n1 "$OUT"/shaped-*.log
+echo "shaped models in $(( $(date +%s) - t )) s:"; ls -la $ORCD_SHAPED_DIR; tail -n1 "$OUT"/shaped-*.log 2>/dev/null
 if has gptoss; then       # gpt-oss-20b's layout: 2 layers with synthetic values (tests), all 24 of random blocks (speed)
   V=$ORCD_SHAPED_DIR/smollm2-135m-instruct.gguf; mkdir -p /tmp/goss /tmp/goss2
   if [ "${GOSS2L:-1}" = 1 ]; then   # GOSS2L=0: no 2-layer file (and no test on it)
@@ -83,6 +85,13 @@ if has profile; then      # why the MXFP4 expert products are slow: Nsight Compu
     cuobjdump -sass "$f" 2>/dev/null | grep -q "tMXFP4" && cuobjdump -sass "$f" > "$OUT/sass-$(basename "$f" .cubin).txt"
   done; ls "$OUT" | grep -c '^sass-' || true
 fi
+if has stepprof; then     # one decode step's kernels timed alone (ncu) beside the step as one graph, per depth
+  for d in ${PROF_DEPTHS:-0 4096}; do
+    timeout 150 ncu --profile-from-start off --cache-control none --clock-control none --metrics gpu__time_duration.sum \
+      --csv python3 scripts/profile_step.py ${PROF_MODEL:-$ORCD_SHAPED_DIR/qwen2.5-coder-0.5b-instruct.gguf} --depth $d \
+      > "$OUT/step-$d.csv" 2> "$OUT/step-$d.log"; tail -n 2 "$OUT/step-$d.log"
+  done
+fi
 if has serverbench; then  # decode through HTTP + SSE against the engine alone (the performance issue asks >= 95 %)
   python3 -m pip install -q --no-index --find-links .carry/whl httpx-sse psutil 2>&1 | tail -1
   timeout 240 python3 scripts/bench_server.py --model $ORCD_SHAPED_DIR/qwen2.5-coder-0.5b-instruct.gguf --device cuda \
@@ -99,7 +108,7 @@ if has gptoss; then       # the 2-layer file against the CPU backend, while the 
     ORCD_SHAPED_DIR=/tmp/goss2 timeout 150 $PT tests/test_cuda_backend.py -s -x -k "gpu_matches_cpu and gpt-oss-2l" 2>&1 | tee "$OUT/gptoss-2l-test.log" | tail -5
   fi
 fi
-LB=
+LB=${LB:-}      # llama-bench built by an earlier invocation (or set by hand)
 if has peer; then wait $PEER; tail -n 3 "$OUT/peer-build.log"; LB=/tmp/llamacpp-peer/build/bin/llama-bench; fi
 if has gptoss && [ "${GOSS_FULL:-1}" = 1 ]; then
   wait $GOSSF; tail -n 2 "$OUT/gptoss-full.log"; ls -la /tmp/goss

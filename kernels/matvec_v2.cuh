@@ -443,7 +443,7 @@ __device__ __forceinline__ float4 ld_x4_norm(const float* __restrict__ x, const 
 
 template <int NT, int XB, bool PL>
 __device__ __forceinline__ void stage_q8(const float* __restrict__ x, int K, int* q, float* d, int* s16,
-                                         const float* __restrict__ nw, float den, int act) {
+                                         const float* __restrict__ nw, float den, int act, const float4* pre = nullptr) {
     constexpr float QMAX = XB == 8 ? 127.f : 32767.f;
     constexpr int P = 4;           // float4 groups per thread per pass; 8 consecutive threads share a 32-value block
     const int n4 = K / 4;
@@ -453,7 +453,8 @@ __device__ __forceinline__ void stage_q8(const float* __restrict__ x, int K, int
 #pragma unroll
         for (int j = 0; j < P; ++j) {
             const int i = i0 + j * NT + threadIdx.x;
-            v[j] = i < n4 ? ld_x4_norm(x, nw, den, act, K, i, vec) : make_float4(0.f, 0.f, 0.f, 0.f);
+            v[j] = pre ? (j == 0 ? *pre : make_float4(0.f, 0.f, 0.f, 0.f))     // pre: K <= 4 NT, one pass
+                 : i < n4 ? ld_x4_norm(x, nw, den, act, K, i, vec) : make_float4(0.f, 0.f, 0.f, 0.f);
         }
 #pragma unroll
         for (int j = 0; j < P; ++j) {
@@ -492,6 +493,30 @@ __device__ __forceinline__ void stage_q8(const float* __restrict__ x, int K, int
             }
         }
     }
+}
+
+// RMSNorm fused into the staging when K <= 4 NT (each thread at most one group of 4 values): x and the norm weights
+// are loaded once, the sum of squares reduced over the CTA from registers, then the normalised group quantised as
+// stage_q8 does (it is called with that group): one L2 round trip for x instead of two (rms_den's, then stage_q8's).
+template <int NT>
+__device__ __forceinline__ float4 normed_group(const float* __restrict__ x, int K, const float* __restrict__ nw,
+                                               float eps) {
+    __shared__ float part[NT / 32], total;
+    const int i = threadIdx.x, n4 = K / 4;
+    const bool vx = (reinterpret_cast<size_t>(x) & 15) == 0, vw = (reinterpret_cast<size_t>(nw) & 15) == 0;
+    const float4 z = make_float4(0.f, 0.f, 0.f, 0.f), v = i < n4 ? ld_x4(x, i, vx) : z, w = i < n4 ? ld_x4(nw, i, vw) : z;
+    float s = fmaf(v.x, v.x, fmaf(v.y, v.y, fmaf(v.z, v.z, v.w * v.w)));
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = s;
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        float t = threadIdx.x < NT / 32 ? part[threadIdx.x] : 0.f;
+        for (int o = 16; o > 0; o >>= 1) t += __shfl_xor_sync(0xffffffffu, t, o);
+        if (threadIdx.x == 0) total = sqrtf(t / (float)K + eps);
+    }
+    __syncthreads();
+    const float den = total;
+    return make_float4(v.x / den * w.x, v.y / den * w.y, v.z / den * w.z, v.w / den * w.w);
 }
 
 template <int NT>
@@ -553,8 +578,20 @@ struct Part {
     int xoff;        // the part reads x + xoff (the parts of one CTA's tiles are staged one after the other)
     int ctas;        // 0: the CTAs take the tiles of all parts in turn (tile T: CTA T mod gridDim.x); else the part's own
                      // CTAs: [ctas & 0xffff, + (ctas >> 16)), tile t to CTA first + t mod count (orcd.cuda_matvec.assign_ctas)
+    int prefetch;    // 1: before it waits for the kernel before it, the CTA asks L2 for all the bytes of its tiles (a
+                     // small Linear, whose later batches would otherwise each wait a DRAM round trip after the staging)
+    int pad_;
     long long stride;
 };
+
+__device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];" :: "l"(p)); }
+
+// Every 128-byte line of [b, b + n) into L2, the CTA's threads taking lines in turn.
+template <int NT>
+__device__ __forceinline__ void prefetch_range(const u8* b, size_t n) {
+    const size_t a = reinterpret_cast<size_t>(b) & ~(size_t)127, end = reinterpret_cast<size_t>(b) + n;
+    for (size_t o = a + (size_t)threadIdx.x * 128; o < end; o += (size_t)NT * 128) prefetch_l2(reinterpret_cast<const void*>(o));
+}
 
 // Sum over the G threads of a row group; the result is complete in the group's first thread.
 template <int NW>
@@ -588,6 +625,13 @@ __device__ __forceinline__ void load_batch(typename T::Raw (&r)[U], const u8* w,
 template <bool SQ8, bool SF32, int NT, class X>
 __device__ __forceinline__ void stage(const float* __restrict__ x, int K, const X& xs, const float* __restrict__ nw,
                                       float eps, int act) {
+    if constexpr (SQ8 && !SF32 && !X::pl) {                    // the normed staging from registers (see normed_group)
+        if (nw && K <= 4 * NT) {                              // uniform over the CTA (kernel arguments)
+            const float4 v = normed_group<NT>(x, K, nw, eps);
+            stage_q8<NT, X::xb, X::pl>(x, K, const_cast<int*>(xs.q), const_cast<float*>(xs.d), const_cast<int*>(xs.s16), nw, 1.f, act, &v);
+            return;
+        }
+    }
     const float den = nw ? rms_den<NT>(x, K, eps) : 1.f;     // uniform over the CTA (nw is a kernel argument)
     if (SQ8) stage_q8<NT, X::xb, X::pl>(x, K, const_cast<int*>(xs.q), const_cast<float*>(xs.d), const_cast<int*>(xs.s16), nw, den, act);
     if (SF32) stage_f32<NT>(x, K, const_cast<float*>(xs.f), nw, den, act);
@@ -622,6 +666,11 @@ __device__ __forceinline__ void run_part(const Part& P0, int tile_begin, const A
     if (t >= ntiles) return;                                  // uniform over the CTA
     Part P = P0;                                              // a routed part: route_ids were waited for (body)
     if (P.route >= 0) P.w += (size_t)a.route_ids[P.route] * (size_t)P.stride;
+    else if (P.prefetch)                                      // this CTA's tiles: t, t + stride, ... (rows contiguous)
+        for (int tt = t; tt < ntiles; tt += stride) {
+            const int r0 = tt * rpc, r1 = min(r0 + rpc, P.rows);
+            if (r1 > r0) prefetch_range<NT>(P.w + (size_t)r0 * row_bytes, (size_t)(r1 - r0) * row_bytes);
+        }
     typename T::Raw cur[U], nxt[U];
     int k = 0;
     load_batch<T, U>(cur, P.w, row_bytes, t * rpc + grp, P.rows, g, G, nchunk);

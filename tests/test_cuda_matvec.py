@@ -316,7 +316,8 @@ STACKS = {'qwen-qkv': ([(896, Q5_0), (128, Q5_0), (128, Q8_0)], 896),
           'qwen-gate-up': ([(4864, Q5_0), (4864, Q5_0)], 896),
           'gemma-qkv': ([(1024, Q5_0), (256, Q5_0), (256, Q8_0)], 640),
           'small-mixed-float-and-quant': ([(40, F16), (33, Q8_0), (7, Q4_K), (64, BF16)], 512),
-          'small-all-types': ([(3 + i, t) for i, t in enumerate(cm.V2_TYPES)], 256)}
+          'small-all-types': ([(3 + i, t) for i, t in enumerate(cm.V2_TYPES)], 256),
+          'wide-input': ([(100, Q8_0), (36, Q5_0)], 2880)}      # K > 4 x threads: the norm's own pass (rms_den)
 
 
 def test_assign_ctas():
@@ -355,6 +356,23 @@ def test_v2_stacked_parts(stack, pdl, part_major):
     got = cp.asnumpy(buf)
     assert (got[:50] == 7).all() and (got[50 + rows:] == 7).all()
     check_linear(got[50:50 + rows], [(w, r, t) for w, _, r, t in parts], x, b, what=stack)
+
+
+@needs_gpu
+@pytest.mark.parametrize('stack', STACKS)
+def test_v2_l2_prefetch(stack):
+    "Linear(prefetch=True) asks L2 for its weights first: the product is the same, bit for bit, and the reference's."
+    spec, K = STACKS[stack]
+    rng = np.random.default_rng(6)
+    parts = [(*weight(t, r, K, seed=i), r, t) for i, (r, t) in enumerate(spec)]
+    x = cp.asarray(rng.standard_normal(K).astype(np.float32))
+    got = {}
+    for pf in (False, True):
+        lin = cm.Linear([(wd, r, t) for _, wd, r, t in parts], K, prefetch=pf)
+        assert lin.prefetch == pf and ('L2 prefetch' in repr(lin)) == pf
+        got[pf] = cp.asnumpy(lin(x, cp.full(lin.rows, np.nan, np.float32)))
+    np.testing.assert_array_equal(got[True], got[False])
+    check_linear(got[True], [(w, r, t) for w, _, r, t in parts], cp.asnumpy(x), what=f'{stack} with L2 prefetch')
 
 
 @needs_gpu

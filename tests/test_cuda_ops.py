@@ -38,7 +38,8 @@ def assert_close(got, ref, rtol, atol, name=''):
 
 def test_kernel_sources():
     for f, names in {'norm_rows': ['norm_rows', 'head_rms_norm'], 'rope_kv': ['rope_kv'],
-                     'attention': ['attention', 'attention_merge'], 'elementwise': ['elementwise', 'act'],
+                     'attention': ['attention', 'attention_merge'],
+                     'attention_mma': ['attention_mma_64', 'attention_mma_96', 'attention_mma_128'], 'elementwise': ['elementwise', 'act'],
                      'sample': ['sample', 'sample_logits', 'sample_penalties', 'argmax_blocks_f32', 'argmax_final_f32',
                                 'argmax_blocks_f64', 'argmax_final_f64']}.items():
         src = cuda.kernel_source(f)
@@ -186,6 +187,7 @@ DECODE += [('g8d256', 100, 0), ('g8d256', 1000, 0)]    # 8 heads of 256 per KV h
 def heads(model):
     if model == 'g16': return dict(nh=16, nkv=1, D=64, sinks=True)
     if model == 'g8d256': return dict(nh=16, nkv=2, D=256, sinks=False)
+    if model == 'g4d128': return dict(nh=8, nkv=2, D=128, sinks=True)
     return MODELS[model]
 
 
@@ -303,24 +305,38 @@ def test_decode_attention_rope_fused_in_a_graph():
 
 PREFILL = [(m, T, p0) for m in ('qwen2.5-0.5b', 'gemma3-270m', 'gpt-oss', 'phi3', 'gpt2', 'smollm2-135m')
            for T, p0 in ((1, 0), (5, 0), (64, 0), (300, 0), (5, 37), (64, 1000), (300, 200))]
-PREFILL += [('g16', 70, 10), ('g8d256', 5, 37), ('g8d256', 40, 0)]
+PREFILL += [('g16', 70, 10), ('g8d256', 5, 37), ('g8d256', 40, 0), ('g4d128', 130, 20), ('g4d128', 1, 7),
+            ('qwen2.5-0.5b', 700, 300)]
 
 
 @needs_gpu
+@pytest.mark.parametrize('mma', [False, True], ids=['scalar', 'mma'])
 @pytest.mark.parametrize('model,T,pos0', PREFILL, ids=[f'{m}-T{T}-p{p}' for m, T, p in PREFILL])
-def test_attention_prefill(model, T, pos0):
+def test_attention_prefill(model, T, pos0, mma):
+    """Against attention_ref: the scalar kernel within ATT_TOL; the tensor-core one (heads of 64/96/128) within twice
+    the bound of its one extra rounding, p in fp16 (2^-11 max|v|)."""
     c = heads(model); nh, nkv, D = c['nh'], c['nkv'], c['D']
+    if mma and not co.mma_heads(D, D): pytest.skip(f'head_dim {D}: the scalar kernel only')
     window = MODELS.get(model, {}).get('window', 0) or (50 if model == 'g16' else 0)
     if model == 'gemma3-270m' and T > 64: window = 100                         # a window the queries straddle
     rng, n_ctx = np.random.default_rng(T + pos0), pos0 + T + 3
     qkv, kc, vc, sk = att_data(rng, T, nh, nkv, D, n_ctx, c['sinks'])
     out = cp.full((T, nh * D), np.nan, np.float32)
     co.attention_prefill(cp.asarray(qkv), cp.asarray(kc), cp.asarray(vc), pos0, T, out, D ** -0.5, nh, nkv, D, D,
-                         window, None if sk is None else cp.asarray(sk))
+                         window, None if sk is None else cp.asarray(sk), mma=mma)
     ref = co.attention_ref(qkv, kc, vc, np.arange(pos0, pos0 + T), D ** -0.5, nh, nkv, D, D, window, sk)
     got = cp.asnumpy(out)
-    report(f'prefill {model} T={T} pos0={pos0} window={window}', got, ref)
-    assert_close(got, ref, **ATT_TOL, name=model)
+    report(f'prefill {"mma" if mma else "scalar"} {model} T={T} pos0={pos0} window={window}', got, ref)
+    tol = dict(rtol=2 ** -16, atol=2 * 2 ** -11 * float(np.abs(vc).max())) if mma else ATT_TOL
+    assert_close(got, ref, **tol, name=model)
+
+
+@needs_gpu
+def test_attention_mma_rejects_other_heads():
+    with pytest.raises(ValueError, match='mma=True needs head_dim'):
+        co.attention_prefill(cp.zeros((2, 6 * 256), np.float32), cp.zeros((1, 4, 256), np.float16),
+                             cp.zeros((1, 4, 256), np.float16), 0, 2, cp.zeros((2, 4 * 256), np.float32), 0.1, 4, 1,
+                             256, 256, mma=True)
 
 
 @needs_gpu

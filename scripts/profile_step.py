@@ -2,8 +2,9 @@
 is the kernels themselves and how much the gaps between them (launch, drain, the wait for the kernel before).
     ncu --profile-from-start off --cache-control none --clock-control none --metrics gpu__time_duration.sum --csv \
         python3 scripts/profile_step.py MODEL.gguf [--depth 0] > step.csv
-Prints (to stderr) the fused steps in launch order and the decode breakdown (graph µs per kind, `step` the whole);
-ncu's CSV (stdout) has one row per kernel of the profiled step, in the same order."""
+Prints (to stderr) the fused steps in launch order and the decode breakdown (graph µs per kind, `step` the whole;
+under ncu every launch is intercepted, so take those figures from a run without it, e.g. `orcd bench`); ncu's CSV
+(stdout) has one row per kernel of the profiled step, in the same order."""
 import argparse, sys
 import numpy as np
 

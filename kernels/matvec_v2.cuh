@@ -495,17 +495,10 @@ __device__ __forceinline__ void stage_q8(const float* __restrict__ x, int K, int
     }
 }
 
-// RMSNorm fused into the staging when K <= 4 NT (each thread at most one group of 4 values): x and the norm weights
-// are loaded once, the sum of squares reduced over the CTA from registers, then the normalised group quantised as
-// stage_q8 does (it is called with that group): one L2 round trip for x instead of two (rms_den's, then stage_q8's).
+// sqrt(Σ s / K + eps), the sum over the CTA of each thread's s (two __syncthreads), in every thread.
 template <int NT>
-__device__ __forceinline__ float4 normed_group(const float* __restrict__ x, int K, const float* __restrict__ nw,
-                                               float eps) {
+__device__ __forceinline__ float cta_rms_den(float s, int K, float eps) {
     __shared__ float part[NT / 32], total;
-    const int i = threadIdx.x, n4 = K / 4;
-    const bool vx = (reinterpret_cast<size_t>(x) & 15) == 0, vw = (reinterpret_cast<size_t>(nw) & 15) == 0;
-    const float4 z = make_float4(0.f, 0.f, 0.f, 0.f), v = i < n4 ? ld_x4(x, i, vx) : z, w = i < n4 ? ld_x4(nw, i, vw) : z;
-    float s = fmaf(v.x, v.x, fmaf(v.y, v.y, fmaf(v.z, v.z, v.w * v.w)));
     for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
     if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = s;
     __syncthreads();
@@ -515,7 +508,19 @@ __device__ __forceinline__ float4 normed_group(const float* __restrict__ x, int 
         if (threadIdx.x == 0) total = sqrtf(t / (float)K + eps);
     }
     __syncthreads();
-    const float den = total;
+    return total;
+}
+
+// RMSNorm fused into the staging when K <= 4 NT (each thread at most one group of 4 values): x and the norm weights
+// are loaded once, the sum of squares reduced over the CTA from registers, then the normalised group quantised as
+// stage_q8 does (it is called with that group): one L2 round trip for x instead of two (rms_den's, then stage_q8's).
+template <int NT>
+__device__ __forceinline__ float4 normed_group(const float* __restrict__ x, int K, const float* __restrict__ nw,
+                                               float eps) {
+    const int i = threadIdx.x, n4 = K / 4;
+    const bool vx = (reinterpret_cast<size_t>(x) & 15) == 0, vw = (reinterpret_cast<size_t>(nw) & 15) == 0;
+    const float4 z = make_float4(0.f, 0.f, 0.f, 0.f), v = i < n4 ? ld_x4(x, i, vx) : z, w = i < n4 ? ld_x4(nw, i, vw) : z;
+    const float den = cta_rms_den<NT>(fmaf(v.x, v.x, fmaf(v.y, v.y, fmaf(v.z, v.z, v.w * v.w))), K, eps);
     return make_float4(v.x / den * w.x, v.y / den * w.y, v.z / den * w.z, v.w / den * w.w);
 }
 
@@ -532,19 +537,9 @@ __device__ __forceinline__ void stage_f32(const float* __restrict__ x, int K, fl
 // x / den * w, as norm_rows computes it (orcd.ops.rms_norm).
 template <int NT>
 __device__ __forceinline__ float rms_den(const float* __restrict__ x, int K, float eps) {
-    __shared__ float part[NT / 32], total;
     float s = 0.f;
     for (int i = threadIdx.x; i < K; i += NT) { const float v = x[i]; s = fmaf(v, v, s); }
-    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-    if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = s;
-    __syncthreads();
-    if (threadIdx.x < 32) {
-        float t = threadIdx.x < NT / 32 ? part[threadIdx.x] : 0.f;
-        for (int o = 16; o > 0; o >>= 1) t += __shfl_xor_sync(0xffffffffu, t, o);
-        if (threadIdx.x == 0) total = sqrtf(t / (float)K + eps);
-    }
-    __syncthreads();
-    return total;
+    return cta_rms_den<NT>(s, K, eps);
 }
 
 // Shared-memory layout (dynamic): [q: K bytes (8-bit), 2K rounded up to 128 (16-bit), or 144 bytes per two blocks

@@ -426,22 +426,29 @@ __device__ __forceinline__ float4 ld_x4(const float* __restrict__ x, int i, bool
     return vec ? __ldg(reinterpret_cast<const float4*>(x) + i) : make_float4(x[4 * i], x[4 * i + 1], x[4 * i + 2], x[4 * i + 3]);
 }
 
-// x[i] / den * nw[i] for the 4 values of group i (RMSNorm fused into the staging), or x as it is (nw null).
+// What a kernel stages (its template parameter IN, a compile-time choice: each input path is compiled only into the
+// kernels that use it, which keeps the others' code as small as it was without them; orcd.cuda_matvec.V2_INPUTS):
+// IN_X x as it is; IN_NORM rms_norm(x) * nw (RMSNorm fused into the staging); IN_ACT gated_act(act, gate, up) of
+// x = [gate (K) | up (K)] (the feed-forward activation fused into the staging, as the act kernel computes it).
+enum { IN_X = 0, IN_NORM = 1, IN_ACT = 2 };
+
+// Group i's 4 staged values: x[i] / den * nw[i] (IN_NORM), the activation (IN_ACT), or x as it is (IN_X).
+template <int IN>
 __device__ __forceinline__ float4 ld_x4_norm(const float* __restrict__ x, const float* __restrict__ nw, float den,
                                              int act, int K, int i, bool vec) {
     float4 v = ld_x4(x, i, vec);
-    if (act >= 0) {           // x is [gate (K) | up (K)]: the staged input is the activation, as the act kernel's
+    if constexpr (IN == IN_ACT) {
         const float4 u = ld_x4(x + K, i, vec);
         v.x = gated_act(act, v.x, u.x); v.y = gated_act(act, v.y, u.y);
         v.z = gated_act(act, v.z, u.z); v.w = gated_act(act, v.w, u.w);
-    } else if (nw) {
+    } else if constexpr (IN == IN_NORM) {
         const float4 w = ld_x4(nw, i, (reinterpret_cast<size_t>(nw) & 15) == 0);
         v.x = v.x / den * w.x; v.y = v.y / den * w.y; v.z = v.z / den * w.z; v.w = v.w / den * w.w;
     }
     return v;
 }
 
-template <int NT, int XB, bool PL>
+template <int NT, int XB, bool PL, int IN>
 __device__ __forceinline__ void stage_q8(const float* __restrict__ x, int K, int* q, float* d, int* s16,
                                          const float* __restrict__ nw, float den, int act, const float4* pre = nullptr) {
     constexpr float QMAX = XB == 8 ? 127.f : 32767.f;
@@ -454,7 +461,7 @@ __device__ __forceinline__ void stage_q8(const float* __restrict__ x, int K, int
         for (int j = 0; j < P; ++j) {
             const int i = i0 + j * NT + threadIdx.x;
             v[j] = pre ? (j == 0 ? *pre : make_float4(0.f, 0.f, 0.f, 0.f))     // pre: K <= 4 NT, one pass
-                 : i < n4 ? ld_x4_norm(x, nw, den, act, K, i, vec) : make_float4(0.f, 0.f, 0.f, 0.f);
+                 : i < n4 ? ld_x4_norm<IN>(x, nw, den, act, K, i, vec) : make_float4(0.f, 0.f, 0.f, 0.f);
         }
 #pragma unroll
         for (int j = 0; j < P; ++j) {
@@ -524,12 +531,12 @@ __device__ __forceinline__ float4 normed_group(const float* __restrict__ x, int 
     return make_float4(v.x / den * w.x, v.y / den * w.y, v.z / den * w.z, v.w / den * w.w);
 }
 
-template <int NT>
+template <int NT, int IN>
 __device__ __forceinline__ void stage_f32(const float* __restrict__ x, int K, float* f, const float* __restrict__ nw,
                                           float den, int act) {
     const bool vec = (reinterpret_cast<size_t>(x) & 15) == 0;
 #pragma unroll 4
-    for (int i = threadIdx.x; i < K / 4; i += NT) reinterpret_cast<float4*>(f)[i] = ld_x4_norm(x, nw, den, act, K, i, vec);
+    for (int i = threadIdx.x; i < K / 4; i += NT) reinterpret_cast<float4*>(f)[i] = ld_x4_norm<IN>(x, nw, den, act, K, i, vec);
 }
 
 // RMSNorm fused into the staging: sqrt(mean(x²) + eps) over the K values at x, summed by the whole CTA (each CTA
@@ -617,29 +624,30 @@ __device__ __forceinline__ void load_batch(typename T::Raw (&r)[U], const u8* w,
         if (c0 + u * G < nchunk) r[u] = T::load(rp, c0 + u * G);
 }
 
-template <bool SQ8, bool SF32, int NT, class X>
+template <bool SQ8, bool SF32, int NT, int IN, class X>
 __device__ __forceinline__ void stage(const float* __restrict__ x, int K, const X& xs, const float* __restrict__ nw,
                                       float eps, int act) {
-    if constexpr (SQ8 && !SF32 && !X::pl) {                    // the normed staging from registers (see normed_group)
-        if (nw && K <= 4 * NT) {                              // uniform over the CTA (kernel arguments)
+    int* q = const_cast<int*>(xs.q); float* d = const_cast<float*>(xs.d); int* s16 = const_cast<int*>(xs.s16);
+    if constexpr (IN == IN_NORM && SQ8 && !SF32 && !X::pl) {  // the normed staging from registers (see normed_group)
+        if (K <= 4 * NT) {                                    // uniform over the CTA (a kernel argument)
             const float4 v = normed_group<NT>(x, K, nw, eps);
-            stage_q8<NT, X::xb, X::pl>(x, K, const_cast<int*>(xs.q), const_cast<float*>(xs.d), const_cast<int*>(xs.s16), nw, 1.f, act, &v);
+            stage_q8<NT, X::xb, X::pl, IN>(x, K, q, d, s16, nw, 1.f, act, &v);
             return;
         }
     }
-    const float den = nw ? rms_den<NT>(x, K, eps) : 1.f;     // uniform over the CTA (nw is a kernel argument)
-    if (SQ8) stage_q8<NT, X::xb, X::pl>(x, K, const_cast<int*>(xs.q), const_cast<float*>(xs.d), const_cast<int*>(xs.s16), nw, den, act);
-    if (SF32) stage_f32<NT>(x, K, const_cast<float*>(xs.f), nw, den, act);
+    const float den = IN == IN_NORM ? rms_den<NT>(x, K, eps) : 1.f;
+    if (SQ8) stage_q8<NT, X::xb, X::pl, IN>(x, K, q, d, s16, nw, den, act);
+    if (SF32) stage_f32<NT, IN>(x, K, const_cast<float*>(xs.f), nw, den, act);
 }
 
 struct Args {
     const float* x; float* y; const float* bias; int K; int accumulate; const int* route_ids;
-    const float* norm_w; float norm_eps;   // RMSNorm of x fused into the staging (norm_w null: none)
-    int act;                               // >= 0: x is [gate | up] (2K values), the staged input gated_act(act, .)
+    const float* norm_w; float norm_eps;   // IN_NORM: the RMSNorm's weights and epsilon
+    int act;                               // IN_ACT: the gated activation's kind (x is [gate | up], 2K values)
 };
 
 // All tiles of one part that this CTA owns.
-template <class C, int NW, bool SQ8, bool SF32, class X>
+template <class C, int NW, bool SQ8, bool SF32, int IN, class X>
 __device__ __forceinline__ void run_part(const Part& P0, int tile_begin, const Args& a, const X& xs, float* red,
                                          int& staged) {
     typedef typename C::type T;
@@ -677,7 +685,7 @@ __device__ __forceinline__ void run_part(const Part& P0, int tile_begin, const A
         asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
         if (staged != -1) __syncthreads();                    // the previous part's x may still be read
-        stage<SQ8, SF32, NT>(a.x + P.xoff, a.K, xs, a.norm_w, a.norm_eps, a.act); __syncthreads(); staged = P.xoff;
+        stage<SQ8, SF32, NT, IN>(a.x + P.xoff, a.K, xs, a.norm_w, a.norm_eps, a.act); __syncthreads(); staged = P.xoff;
     }
     float acc = 0.f;
     for (;;) {
@@ -711,17 +719,17 @@ __device__ __forceinline__ void run_part(const Part& P0, int tile_begin, const A
     }
 }
 
-template <int NW, bool SQ8, bool SF32, int I, class X>
+template <int NW, bool SQ8, bool SF32, int IN, int I, class X>
 __device__ __forceinline__ void dispatch(int, const Part&, int, const Args&, const X&, float*, int&) {}
 
-template <int NW, bool SQ8, bool SF32, int I, class X, class C, class... Rest>
+template <int NW, bool SQ8, bool SF32, int IN, int I, class X, class C, class... Rest>
 __device__ __forceinline__ void dispatch(int slot, const Part& P, int tb, const Args& a, const X& xs, float* red,
                                          int& staged) {
-    if (slot == I) run_part<C, NW, SQ8, SF32, X>(P, tb, a, xs, red, staged);
-    else dispatch<NW, SQ8, SF32, I + 1, X, Rest...>(slot, P, tb, a, xs, red, staged);
+    if (slot == I) run_part<C, NW, SQ8, SF32, IN, X>(P, tb, a, xs, red, staged);
+    else dispatch<NW, SQ8, SF32, IN, I + 1, X, Rest...>(slot, P, tb, a, xs, red, staged);
 }
 
-template <int NW, int XB, class... Cs>
+template <int NW, int XB, int IN, class... Cs>
 __device__ __forceinline__ void matvec_v2_body(const Part* __restrict__ parts, int nparts, const float* __restrict__ x,
                                                float* y, const float* __restrict__ bias, int K, int accumulate,
                                                const int* __restrict__ route_ids, const float* __restrict__ norm_w,
@@ -746,7 +754,7 @@ __device__ __forceinline__ void matvec_v2_body(const Part* __restrict__ parts, i
     int tile_begin = 0;
     for (int p = 0; p < nparts; ++p) {
         const Part P = parts[p];
-        dispatch<NW, SQ8, SF32, 0, X, Cs...>(P.slot, P, tile_begin, a, xs, red, staged);
+        dispatch<NW, SQ8, SF32, IN, 0, X, Cs...>(P.slot, P, tile_begin, a, xs, red, staged);
         tile_begin = P.tile_end;
     }
 }
@@ -754,13 +762,13 @@ __device__ __forceinline__ void matvec_v2_body(const Part* __restrict__ parts, i
 }  // namespace mv
 
 // The kernel the launcher instantiates (orcd.cuda_matvec.precompile compiles this header alone, with NVRTC name
-// expressions such as matvec_v2_k<8, 16, mv::cfg<mv::tQ5_0, 2>, mv::cfg<mv::tQ8_0, 1>>): NW warps per CTA, XB-bit
-// staged input (8 or 16), one cfg per block type present in the Linear's parts.
-template <int NW, int XB, class... Cs>
+// expressions such as matvec_v2_k<8, 16, 0, mv::cfg<mv::tQ5_0, 2>, mv::cfg<mv::tQ8_0, 1>>): NW warps per CTA, XB-bit
+// staged input (8 or 16), what it stages (IN: mv::IN_X, IN_NORM or IN_ACT), one cfg per block type in the parts.
+template <int NW, int XB, int IN, class... Cs>
 __global__ void __launch_bounds__(NW * 32) matvec_v2_k(const mv::Part* __restrict__ parts, int nparts,
                                                       const float* __restrict__ x, float* y,
                                                       const float* __restrict__ bias, int K, int accumulate,
                                                       const int* __restrict__ route_ids,
                                                       const float* __restrict__ norm_w, float norm_eps, int act) {
-    mv::matvec_v2_body<NW, XB, Cs...>(parts, nparts, x, y, bias, K, accumulate, route_ids, norm_w, norm_eps, act);
+    mv::matvec_v2_body<NW, XB, IN, Cs...>(parts, nparts, x, y, bias, K, accumulate, route_ids, norm_w, norm_eps, act);
 }

@@ -179,6 +179,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'orcd.cuda_matvec.Linear.__call__': ('cuda_matvec.html#linear.__call__', 'orcd/cuda_matvec.py'),
                                   'orcd.cuda_matvec.Linear.__init__': ('cuda_matvec.html#linear.__init__', 'orcd/cuda_matvec.py'),
                                   'orcd.cuda_matvec.Linear.__repr__': ('cuda_matvec.html#linear.__repr__', 'orcd/cuda_matvec.py'),
+                                  'orcd.cuda_matvec.Linear.launch': ('cuda_matvec.html#linear.launch', 'orcd/cuda_matvec.py'),
                                   'orcd.cuda_matvec.Linear.matmul': ('cuda_matvec.html#linear.matmul', 'orcd/cuda_matvec.py'),
                                   'orcd.cuda_matvec._base_tpr': ('cuda_matvec.html#_base_tpr', 'orcd/cuda_matvec.py'),
                                   'orcd.cuda_matvec._check_parts': ('cuda_matvec.html#_check_parts', 'orcd/cuda_matvec.py'),

@@ -227,13 +227,17 @@ def test_linear_ref_bounds(name, bits):
 def test_plan_linear():
     expr, cfgs, table, tiles, warps = cm.plan_linear([(None, 896, Q5_0), (None, 128, Q5_0), (None, 128, Q8_0)], 896,
                                                      warps=8, tpr=[32, 32, 16])
-    assert expr == 'matvec_v2_k<8, 16, mv::cfg<mv::tQ5_0, 2>, mv::cfg<mv::tQ8_0, 2>>' and warps == 8
+    assert expr == 'matvec_v2_k<8, 16, 0, mv::cfg<mv::tQ5_0, 2>, mv::cfg<mv::tQ8_0, 2>>' and warps == 8
     assert list(table['tpr']) == [32, 32, 16] and list(table['tile_end']) == [112, 128, 136] and tiles == 136
     assert list(table['row0']) == [0, 896, 1024] and list(table['slot']) == [0, 0, 1]
-    assert cm.plan_linear([(None, 896, Q4_K)], 4864)[0] == 'matvec_v2_k<16, 16, mv::cfg<mv::tQ4_K, 3>>'
-    assert cm.plan_linear([(None, 896, Q4_K)], 4864, bits=8)[0] == 'matvec_v2_k<16, 8, mv::cfg<mv::tQ4_K, 3>>'
+    assert cm.plan_linear([(None, 896, Q4_K)], 4864)[0] == 'matvec_v2_k<16, 16, 0, mv::cfg<mv::tQ4_K, 3>>'
+    assert cm.plan_linear([(None, 896, Q4_K)], 4864, bits=8)[0] == 'matvec_v2_k<16, 8, 0, mv::cfg<mv::tQ4_K, 3>>'
     with pytest.raises(ValueError, match='bits must be 8 or 16'):
         cm.plan_linear([(None, 8, Q8_0)], 64, bits=12)
+    assert cm.v2_expr(8, [(Q8_0, 1)], inp='norm') == 'matvec_v2_k<8, 16, 1, mv::cfg<mv::tQ8_0, 1>>'
+    assert cm.v2_expr(8, [(Q8_0, 1)], inp='act') == 'matvec_v2_k<8, 16, 2, mv::cfg<mv::tQ8_0, 1>>'
+    with pytest.raises(ValueError, match="inp must be one of"):
+        cm.v2_expr(8, [(Q8_0, 1)], inp='gelu')
     with pytest.raises(ValueError, match='tpr=48 is not a power of two'):
         cm.plan_linear([(None, 8, Q8_0)], 64, tpr=48)
     with pytest.raises(ValueError, match='tpr=512 is not a power of two <= 256'):
@@ -250,8 +254,8 @@ def test_plan_linear():
 def test_pair_layout_plan_and_lookup():
     """MXFP4's pair layout: chosen only for all-MXFP4 parts of 16-bit input whose bytes end 4-byte aligned; its shared
     memory mirrors the kernel's; the prmt lookup (emulated) gives the signed E2M1 values for every selector."""
-    assert cm.plan_linear([(None, 2880, MXFP4)] * 8, 2880)[0] == 'matvec_v2_k<8, 16, mv::cfg<mv::tMXFP4P, 2>>'
-    assert cm.plan_linear([(None, 2880, MXFP4)], 2880, pair=False)[0] == 'matvec_v2_k<8, 16, mv::cfg<mv::tMXFP4, 3>>'
+    assert cm.plan_linear([(None, 2880, MXFP4)] * 8, 2880)[0] == 'matvec_v2_k<8, 16, 0, mv::cfg<mv::tMXFP4P, 2>>'
+    assert cm.plan_linear([(None, 2880, MXFP4)], 2880, pair=False)[0] == 'matvec_v2_k<8, 16, 0, mv::cfg<mv::tMXFP4, 3>>'
     assert 'tMXFP4P' not in cm.plan_linear([(None, 7, MXFP4)], 2880)[0]                 # 7 x 1530 bytes: 2 mod 4
     assert 'tMXFP4P' not in cm.plan_linear([(None, 8, MXFP4), (None, 8, Q8_0)], 2880)[0]
     assert 'tMXFP4P' not in cm.plan_linear([(None, 8, MXFP4)], 2880, bits=8)[0]
@@ -392,6 +396,30 @@ def test_v2_fused_rms_norm(stack, pdl):
                  what=f'{stack} with the norm fused')
     with pytest.raises(ValueError, match='norm must have'):
         lin(cp.asarray(x), cp.empty(lin.rows, np.float32), norm=cp.asarray(nw[:-1]))
+
+
+
+@needs_gpu
+@pytest.mark.parametrize('pdl', [False, True], ids=['plain', 'pdl'])
+def test_v2_staged_inputs_are_separate_kernels(pdl):
+    """One Linear called with x, with norm= and with act= in turn launches three instantiations (the IN template
+    parameter), each right whatever ran before it; the plain kernel is the one compiled at construction."""
+    from orcd.cuda_ops import ACT_KINDS
+    spec, K = STACKS['qwen-qkv']
+    rng = np.random.default_rng(12)
+    parts = [(*weight(t, r, K, seed=i), r, t) for i, (r, t) in enumerate(spec)]
+    host = [(w, r, t) for w, _, r, t in parts]
+    lin = cm.Linear([(wd, r, t) for _, wd, r, t in parts], K, pdl=pdl)
+    x, nw = rng.standard_normal(2 * K).astype(np.float32), rng.uniform(0.5, 1.5, K).astype(np.float32)
+    for _ in range(2):
+        y = lambda: cp.full(lin.rows, np.nan, np.float32)
+        check_linear(cp.asnumpy(lin(cp.asarray(x[:K]), y())), host, x[:K], what='plain')
+        check_linear(cp.asnumpy(lin(cp.asarray(x[:K]), y(), norm=cp.asarray(nw), eps=1e-6)), host,
+                     ops.rms_norm(x[:K], nw, 1e-6).astype(np.float32), what='norm')
+        check_linear(cp.asnumpy(lin(cp.asarray(x), y(), act=ACT_KINDS['swiglu'])), host,
+                     ops.swiglu(x[:K], x[K:]).astype(np.float32), what='act')
+    kernels = {inp: lin.launch(inp)[0] for inp in cm.V2_INPUTS}
+    assert len({id(k) for k in kernels.values()}) == 3 and lin._kernel is kernels['x']
 
 
 DOWNS = {'qwen-down-q4k': ([(896, Q4_K)], 4864), 'qwen-down-q6k': ([(896, Q6_K)], 4864),

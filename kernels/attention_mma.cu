@@ -16,26 +16,10 @@
 // Needs sm_80 (mma.sync with fp16, cp.async, ldmatrix); D = Dv in {64, 96, 128}: attention_mma_64 / _96 / _128.
 #include <cuda_fp16.h>
 #include "ops_common.cuh"
+#include "mma_common.cuh"                                 // mma16816, cp_async16, pack_half2
 
 #define AM_ROWS 64       // query rows per block (4 warps x 16)
 #define AM_TK 64         // keys per tile
-
-__device__ __forceinline__ unsigned pack_half2(float lo, float hi) {
-    const __half2 h = __floats2half2_rn(lo, hi);
-    return *reinterpret_cast<const unsigned*>(&h);
-}
-
-__device__ __forceinline__ void mma16816(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-// 16 bytes global -> shared, asynchronously; `n` = 16 copies them, 0 writes zeros (keys past the range).
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, int n) {
-    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" :: "r"(s), "l"(gmem), "r"(n));
-}
 
 template <int D>
 __device__ __forceinline__ void attention_mma_body(

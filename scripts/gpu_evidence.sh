@@ -16,7 +16,8 @@
 #   serverbench  scripts/bench_server.py on the Qwen layout: tok/s through HTTP + SSE / the engine's (needs httpx-sse, psutil in whl/)
 #   peer      build llama.cpp's llama-bench (in the background, from .carry/llamacpp-src.tgz)
 #   bench     orcd bench on the Qwen and SmolLM2 layouts (BENCH_MODELS), with llama-bench when peer was built;
-#             AB_ENV="NAME=VALUE ...": each also with those variables (e.g. ORCD_FUSE_NORM=0, ORCD_PART_MAJOR=1), peer not re-run
+#             AB_ENV="NAME=VALUE ...": each also with those variables (e.g. ORCD_FUSE_NORM=0, ORCD_PART_MAJOR=1), peer not re-run;
+#             AB_MODELS="gpt-oss-20b ...": the A/B only for those
 #   gptoss    gpt-oss-20b's layout: a 2-layer file with synthetic values for the tests (start it before `tests`; GOSS2L=0: none),
 #             the full 11.27 GiB file of random blocks: scripts/gpu_gptoss.py and orcd bench (with llama-bench)
 set -uo pipefail
@@ -50,8 +51,9 @@ if has peer; then
   PEER=$!
 fi
 # AB_ENV="A=1 B=1;C=1": after each model's bench, the bench again under each ';'-separated set of variables (A/B)
-ab_variants() {
+ab_variants() {      # AB_MODELS="name ...": only for those models (default: every one benched)
   [ -n "${AB_ENV:-}" ] || return 0
+  [ -z "${AB_MODELS:-}" ] || [[ " $AB_MODELS " == *" $1 "* ]] || return 0
   IFS=';' read -ra VS <<< "$AB_ENV"
   for v in "${VS[@]}"; do
     echo "== $1 with $v" | tee -a "$OUT/bench.log"

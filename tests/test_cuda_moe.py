@@ -81,8 +81,49 @@ def test_moe_layer_matches_cpu_step():
         env = {'h': X}
         CPU_OPS['moe'](ad, Step('moe', 'h', 'f', arg='swiglu_oai'), ad.layers[li], env)
         scale = np.abs(env['f']).max()
-        got = cp.asnumpy(moe.prefill(cp.asarray(X), cp.empty((23, mw.hp.d_model), np.float32)))
-        assert np.abs(got - env['f']).max() <= 1e-3 * scale
+        for mode in ('mma', 'batched', 'per_expert'):
+            got = cp.asnumpy(moe.prefill(cp.asarray(X), cp.empty((23, mw.hp.d_model), np.float32), mode=mode))
+            assert np.abs(got - env['f']).max() <= 1e-3 * scale, (li, mode)
         for t in (0, 11, 22):
             one = cp.asnumpy(moe.decode(cp.asarray(X[t]), cp.empty(mw.hp.d_model, np.float32)))
             assert np.abs(one - env['f'][t]).max() <= 1e-3 * scale, (li, t)
+
+
+@pytest.mark.parametrize('E,rows,K,counts,two,bias', [
+    (32, 2880, 2880, 'pp512', True, True),           # gpt-oss-20b's gate|up at a 512-token chunk (top-4)
+    (32, 2880, 2880, 'pp512', False, True),          # its down projection
+    (2, 64, 64, [4, 5], False, True), (3, 128, 192, [0, 130, 1], True, False), (5, 64, 128, [64, 0, 0, 65, 7], True, True),
+    (4, 192, 64, [1, 1, 1, 1], False, False)])
+def test_moe_mma(E, rows, K, counts, two, bias):
+    """The experts' products on the tensor cores, from MXFP4 blocks, against numpy over the float16-rounded operands
+    (the kernel's only freedom: the order of its fp32 sums); runs of 0, 1, 64 and more than 64 rows; gate|up (two
+    tensors, one launch) and one tensor; with and without biases. Rows outside the runs' output are not written."""
+    from orcd import cuda_moe as M
+    from orcd.cuda_matvec import random_weight
+    rng = np.random.default_rng(rows + K + E)
+    if counts == 'pp512': counts = np.bincount(rng.integers(0, E, 2048), minlength=E)
+    counts = np.asarray(counts); R = int(counts.sum())
+    ws = [random_weight(rng, MXFP4, E * rows, K) for _ in range(1 + two)]
+    bs = [rng.standard_normal((E, rows)).astype(np.float32) if bias else None for _ in range(1 + two)]
+    X = rng.standard_normal((R, K)).astype(np.float32)
+    tiles = cp.asarray(M.moe_tiles(counts))
+    Y = cp.full((R, (1 + two) * rows + 2), np.nan, np.float32)        # two columns beyond: never written
+    M.moe_mma(cp.asarray(ws[0]), E, rows, K, cp.asarray(X.astype(np.float16)), tiles, Y,
+              None if bs[0] is None else cp.asarray(bs[0]), cp.asarray(ws[1]) if two else None,
+              cp.asarray(bs[1]) if two and bias else None)
+    got = cp.asnumpy(Y)
+    assert np.isnan(got[:, -2:]).all()
+    for i in range(1 + two):
+        ref, mag = M.moe_mma_ref(ws[i], E, rows, K, X, counts, bs[i])
+        err = np.abs(got[:, i * rows:(i + 1) * rows] - ref)
+        assert np.all(err <= K * 2.0 ** -23 * mag + 1e-30), (i, float((err / (mag + 1e-30)).max()))
+
+def test_moe_mma_rejects():
+    from orcd import cuda_moe as M
+    X, t = cp.zeros((3, 96), np.float16), cp.asarray(M.moe_tiles([3]))
+    with pytest.raises(ValueError, match='multiples of 64'):
+        M.moe_mma(cp.zeros(96 // 32 * 17 * 64, np.uint8), 1, 64, 96, X, t, cp.zeros((3, 64), np.float32))
+    with pytest.raises(TypeError, match='X must be float16'):
+        M.moe_mma(cp.zeros(2 * 17 * 64, np.uint8), 1, 64, 64, cp.zeros((3, 64), np.float32), t, cp.zeros((3, 64), np.float32))
+    with pytest.raises(ValueError, match='Y must be float32'):
+        M.moe_mma(cp.zeros(2 * 17 * 64, np.uint8), 1, 64, 64, cp.zeros((3, 64), np.float16), t, cp.zeros((3, 63), np.float32))

@@ -1,0 +1,137 @@
+// A prompt's expert products on the tensor cores, straight from the MXFP4 blocks (gpt-oss's prefill).
+//
+// After the router, the T·k (token, expert) pairs of a prompt chunk are sorted by expert (orcd.cuda_moe.moe_groups):
+// expert e owns a run of rows of X (R x K, fp16, one row per pair). moe_mma computes, for every run,
+//   Y[r, n] = sum_k X[r, k] W_e[n, k] + bias[e, n]        (W_e: expert e's rows x K weights, MXFP4 blocks of 32 k)
+// for n < rows, and, with a second weight tensor W2 (gate and up of the same experts), Y[r, rows + n] from W2 and
+// bias2 in the same launch. No dequantised copy of the experts is written: each block dequantises the 64 x 64 tile of
+// weights it needs into shared memory, to the fp16 values dequant_mxfp4_f16 writes (so the products equal cuBLAS's on
+// that copy up to the order of the sums), and multiplies it with 64 rows of X by mma.sync m16n8k16 (fp32 sums).
+//
+// Grid: x = the run tiles (`tiles`: int4 {expert, first row, rows <= 64, 0}, a run cut into tiles of 64 rows),
+// y = the 64-column tiles of W (then of W2). 128 threads: warp w computes the 32 x 32 corner (w / 2, w % 2) of the
+// 64 x 64 output tile. Per step of 64 k (two MXFP4 blocks per weight row): X's tile comes by cp.async and the next
+// step's weight bytes are loaded into registers while this step's tiles are multiplied; both are double-buffered.
+// Needs sm_80; K a multiple of 64, rows a multiple of 64 (orcd.cuda_moe.moe_mma checks). Numpy reference:
+// orcd.cuda_moe.moe_mma_ref.
+#include <cuda_fp16.h>
+#include "mma_common.cuh"
+
+#define MM_T 64          // rows of X, columns of W, and k per step of a block's tile
+#define MM_S (MM_T + 8)  // shared-memory row stride in halves (144 bytes: ldmatrix rows land on distinct banks)
+
+typedef unsigned char u8;
+
+// The 17-byte MXFP4 block at p as its exponent and 16 code bytes (4 words): the aligned words covering it, the bytes
+// past the block never read (the tail comes from predicated byte loads).
+struct Mx4 { unsigned e, q[4]; };
+__device__ __forceinline__ Mx4 load_mx4(const u8* p) {
+    const size_t a = reinterpret_cast<size_t>(p);
+    const unsigned* w = reinterpret_cast<const unsigned*>(a & ~(size_t)3);
+    const unsigned o = (unsigned)(a & 3);
+    unsigned v[5];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) v[i] = __ldg(w + i);
+    const u8* t = reinterpret_cast<const u8*>(w + 4);
+    v[4] = o == 0 ? 0u : o == 1 ? (unsigned)__ldg(t) : o == 2 ? (unsigned)__ldg(t) | (unsigned)__ldg(t + 1) << 8
+         : (unsigned)__ldg(t) | (unsigned)__ldg(t + 1) << 8 | (unsigned)__ldg(t + 2) << 16;
+    Mx4 m; m.e = (v[0] >> (8 * o)) & 0xffu;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) m.q[i] = __funnelshift_rc(v[i], v[i + 1], 8 * o + 8);
+    return m;
+}
+
+// E2M1 code c (doubled values 0 1 2 3 4 6 8 12, bit 3 the sign; code 8 is +0) as a float.
+__device__ __forceinline__ float e2m1(unsigned c) {
+    const int m = c & 7, v = ((m < 4 ? 0x03020100 : 0x0C080604) >> (8 * (m & 3))) & 0xff;
+    return (float)((c & 8) ? -v : v);
+}
+
+// The block's 32 values as fp16 into dst[0..31] (value j: low nibble of byte j, j + 16: its high nibble), each
+// __float2half_rn(t * 2^(e-128)) as dequant_mxfp4_f16: for e >= 2 the product is exact in fp32; for e < 2 every
+// value rounds to a signed zero in fp16, which t * 0 gives.
+__device__ __forceinline__ void mx4_to_half(const Mx4& m, __half* dst) {
+    const float s = m.e >= 2 ? __uint_as_float((m.e - 1) << 23) : 0.f;
+    unsigned lo[8], hi[8];
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int b = 0; b < 4; b += 2) {
+            const unsigned q0 = m.q[i] >> (8 * b), q1 = m.q[i] >> (8 * b + 8);
+            lo[2 * i + b / 2] = pack_half2(e2m1(q0 & 15) * s, e2m1(q1 & 15) * s);
+            hi[2 * i + b / 2] = pack_half2(e2m1((q0 >> 4) & 15) * s, e2m1((q1 >> 4) & 15) * s);
+        }
+    uint4* o = reinterpret_cast<uint4*>(dst);
+    o[0] = make_uint4(lo[0], lo[1], lo[2], lo[3]); o[1] = make_uint4(lo[4], lo[5], lo[6], lo[7]);
+    o[2] = make_uint4(hi[0], hi[1], hi[2], hi[3]); o[3] = make_uint4(hi[4], hi[5], hi[6], hi[7]);
+}
+
+extern "C" __global__ void __launch_bounds__(128) moe_mma(
+        const u8* __restrict__ W, const u8* __restrict__ W2, long long expert_bytes, int rows, int K,
+        const __half* __restrict__ X, const int4* __restrict__ tiles, float* __restrict__ Y, int ldy,
+        const float* __restrict__ bias, const float* __restrict__ bias2) {
+    __shared__ __align__(16) __half xs[2][MM_T * MM_S], ws[2][MM_T * MM_S];
+    const int4 tile = tiles[blockIdx.x];
+    const int e = tile.x, r0 = tile.y, nr = tile.z;
+    const int ny = rows / MM_T, second = (int)blockIdx.y >= ny, n0 = ((int)blockIdx.y - (second ? ny : 0)) * MM_T;
+    const u8* wb = (second ? W2 : W) + (size_t)e * (size_t)expert_bytes;
+    const float* b = second ? bias2 : bias;
+    const size_t row_bytes = (size_t)(K / 32) * 17;
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, wm = warp >> 1, wn = warp & 1;
+    const u8* wrow = wb + (size_t)(n0 + tid / 2) * row_bytes + (tid & 1) * 17;    // this thread's weight block
+    const int nk = K / MM_T;
+
+    auto fetch_x = [&](int kt, int buf) {                       // 64 rows x 64 halves: 4 x 16 bytes per thread
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int c = tid + 128 * i, r = c >> 3, c8 = (c & 7) * 8, ok = r < nr;
+            cp_async16(&xs[buf][r * MM_S + c8], X + (size_t)(r0 + (ok ? r : 0)) * K + kt * MM_T + c8, ok ? 16 : 0);
+        }
+        asm volatile("cp.async.commit_group;");
+    };
+    fetch_x(0, 0);
+    Mx4 m = load_mx4(wrow);
+    mx4_to_half(m, &ws[0][(tid / 2) * MM_S + (tid & 1) * 32]);
+
+    float acc[2][4][4] = {};
+    for (int kt = 0; kt < nk; ++kt) {
+        const int buf = kt & 1;
+        const bool more = kt + 1 < nk;
+        if (more) { fetch_x(kt + 1, buf ^ 1); m = load_mx4(wrow + (size_t)(kt + 1) * 2 * 17); }
+        if (more) asm volatile("cp.async.wait_group 1;"); else asm volatile("cp.async.wait_group 0;");
+        __syncthreads();                                        // this step's X and W tiles are in shared memory
+#pragma unroll
+        for (int ks = 0; ks < MM_T / 16; ++ks) {
+            unsigned a[2][4], bf[2][4];
+            const int j = lane / 8, r = lane % 8;
+#pragma unroll
+            for (int i = 0; i < 2; ++i)                         // A: rows wm*32 + 16i .., matrices (rows +8 (j&1), k +8 (j>>1))
+                ldmatrix_x4(a[i], &xs[buf][(wm * 32 + 16 * i + (j & 1) * 8 + r) * MM_S + ks * 16 + (j >> 1) * 8]);
+#pragma unroll
+            for (int p = 0; p < 2; ++p)                         // B: columns wn*32 + 16p .., matrices (k +8 (j&1), n +8 (j>>1))
+                ldmatrix_x4(bf[p], &ws[buf][(wn * 32 + 16 * p + (j >> 1) * 8 + r) * MM_S + ks * 16 + (j & 1) * 8]);
+#pragma unroll
+            for (int i = 0; i < 2; ++i)
+#pragma unroll
+                for (int q = 0; q < 4; ++q)
+                    mma16816(acc[i][q], a[i], bf[q >> 1][2 * (q & 1)], bf[q >> 1][2 * (q & 1) + 1]);
+        }
+        if (more) mx4_to_half(m, &ws[buf ^ 1][(tid / 2) * MM_S + (tid & 1) * 32]);
+        __syncthreads();                                        // before the next step overwrites the other buffers
+    }
+    const int g = lane / 4, t = lane % 4;
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+            const int n = n0 + wn * 32 + 8 * q + 2 * t;
+            const float b0 = b ? b[(size_t)e * rows + n] : 0.f, b1 = b ? b[(size_t)e * rows + n + 1] : 0.f;
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const int r = wm * 32 + 16 * i + g + 8 * h;
+                if (r < nr)
+                    *reinterpret_cast<float2*>(Y + (size_t)(r0 + r) * ldy + (second ? rows : 0) + n) =
+                        make_float2(acc[i][q][2 * h] + b0, acc[i][q][2 * h + 1] + b1);
+            }
+        }
+}

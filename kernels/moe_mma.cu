@@ -22,8 +22,8 @@
 
 typedef unsigned char u8;
 
-// The 17-byte MXFP4 block at p as its exponent and 16 code bytes (4 words): the aligned words covering it, the bytes
-// past the block never read (the tail comes from predicated byte loads).
+// The 17-byte MXFP4 block at p as its exponent and 16 code bytes (4 words): the four aligned words from p rounded
+// down to 4 bytes, then the o + 1 bytes of the block that remain (o = p mod 4); nothing past the block is read.
 struct Mx4 { unsigned e, q[4]; };
 __device__ __forceinline__ Mx4 load_mx4(const u8* p) {
     const size_t a = reinterpret_cast<size_t>(p);
@@ -33,7 +33,7 @@ __device__ __forceinline__ Mx4 load_mx4(const u8* p) {
 #pragma unroll
     for (int i = 0; i < 4; ++i) v[i] = __ldg(w + i);
     const u8* t = reinterpret_cast<const u8*>(w + 4);
-    v[4] = o == 0 ? 0u : o == 1 ? (unsigned)__ldg(t) : o == 2 ? (unsigned)__ldg(t) | (unsigned)__ldg(t + 1) << 8
+    v[4] = o == 3 ? __ldg(w + 4) : o == 0 ? (unsigned)__ldg(t) : o == 1 ? (unsigned)__ldg(t) | (unsigned)__ldg(t + 1) << 8
          : (unsigned)__ldg(t) | (unsigned)__ldg(t + 1) << 8 | (unsigned)__ldg(t + 2) << 16;
     Mx4 m; m.e = (v[0] >> (8 * o)) & 0xffu;
 #pragma unroll

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Decode matvec benchmark on the GPU: v1 and v2 (orcd.cuda_matvec) on the real models' weight shapes, against the
 card's measured device-to-device copy bandwidth; one Qwen2.5-0.5B decode step's matvecs captured as one CUDA graph;
-the prefill matmul at T = 512 and the dequantisation before it. Prints markdown tables (pasted into nbs/06a_cuda_matvec.ipynb).
+the prefill matmul at T = 512 and the dequantisation before it; a prompt chunk's expert products (moe_mma). Prints markdown tables (pasted into nbs/06a_cuda_matvec.ipynb).
 
 Timing: every figure is a CUDA graph of many calls replayed several times (so Python's launch cost is out, as in
 the backend, which captures its decode step), timed with CUDA events. Each matvec cycles through enough copies of
@@ -313,11 +313,44 @@ def dequant_table(copy_bw):
         del w, out
 
 
+def moe_mma_table():
+    """A prompt chunk's expert products (gpt-oss-20b: 32 experts of 2880 x 2880 MXFP4, top-4) on the tensor cores from the
+    blocks (cuda_moe.moe_mma), against dequantising every expert to float16 and one cuBLAS product per expert present."""
+    from orcd import cuda_moe as M
+    print('\n## Expert products of a prompt chunk (gpt-oss-20b, 32 experts, top-4): moe_mma vs dequantise + cuBLAS')
+    print('| tokens | product | moe_mma µs | TFLOP/s | dequant + cuBLAS µs |')
+    print('|---|---|---|---|---|')
+    rng = np.random.default_rng(0)
+    E, n, K = 32, 2880, 2880
+    w = [cp.asarray(cm.random_weight(rng, MXFP4, E * n, K)) for _ in range(2)]
+    def timed(f, reps=5):
+        f(); cp.cuda.get_current_stream().synchronize()
+        e0, e1 = cp.cuda.Event(), cp.cuda.Event()
+        e0.record()
+        for _ in range(reps): f()
+        e1.record(); e1.synchronize()
+        return cp.cuda.get_elapsed_time(e0, e1) * 1e3 / reps
+    for T in (512, 2048):
+        counts = np.bincount(rng.integers(0, E, 4 * T), minlength=E); R = 4 * T
+        tiles, X = cp.asarray(M.moe_tiles(counts)), cp.asarray(rng.standard_normal((R, K)), np.float16)
+        starts = np.cumsum(counts) - counts
+        for what, two in (('gate|up', True), ('down', False)):
+            Y = cp.empty((R, (2 if two else 1) * n), np.float32)
+            us = timed(lambda: M.moe_mma(w[0], E, n, K, X, tiles, Y, None, w[1] if two else None))
+            def dq_gemm():
+                for i in range(1 + two):
+                    W = cm.dequantize(w[i], MXFP4, E * n, K, np.float16).reshape(E, n, K)
+                    for e in range(E):
+                        if counts[e]: cm._gemm(W[e], X[starts[e]:starts[e] + counts[e]], Y[starts[e]:starts[e] + counts[e], i * n:(i + 1) * n], 0.0, 'f16')
+            ref = timed(dq_gemm, reps=2)
+            print(f'| {T} | {what} | {us:.0f} | {2 * R * n * K * (1 + two) / us / 1e6:.0f} | {ref:.0f} |', flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--sweep', action='store_true', help='also sweep launch shapes on a few shapes')
     ap.add_argument('--bits', type=int, choices=[8, 16], help='staged input of the expert products (default: X_BITS)')
-    ap.add_argument('--only', choices=['shapes', 'experts', 'experts-profile', 'qwen', 'matmul', 'dequant', 'sweep'], help='run one section')
+    ap.add_argument('--only', choices=['shapes', 'experts', 'experts-profile', 'qwen', 'matmul', 'dequant', 'moe-mma', 'sweep'], help='run one section')
     a = ap.parse_args()
     dev = cp.cuda.runtime.getDeviceProperties(0)['name'].decode()
     bw = copy_bandwidth()
@@ -330,6 +363,7 @@ def main():
     if a.only in (None, 'qwen'): qwen_step()
     if a.only in (None, 'matmul'): matmul_table()
     if a.only in (None, 'dequant'): dequant_table(bw)
+    if a.only in (None, 'moe-mma'): moe_mma_table()
     if a.only in (None, 'sweep') and (a.sweep or a.only == 'sweep'): sweep()
     print(f'\n({time.time() - t0:.0f} s)', file=sys.stderr)
 

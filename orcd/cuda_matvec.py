@@ -11,7 +11,7 @@ __all__ = ['MATVEC_KERNELS', 'FLOAT_TYPES', 'X_BITS', 'GATED', 'V2_TYPES', 'PART
            'precompile', 'assign_ctas', 'Linear', 'expert_linear', 'expert_linear_ref', 'prmt_ref', 'mxfp4_pairs_ref',
            'dequantize_rows', 'dequantize']
 
-# %% ../nbs/06a_cuda_matvec.ipynb #941f1496
+# %% ../nbs/06a_cuda_matvec.ipynb #637e166f
 import functools, math, os
 import numpy as np
 from .cuda import load_kernel, _check, cuda_device, kernel_source
@@ -20,12 +20,12 @@ from .quants import (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q
 from . import ops
 from .ops import rms_norm
 
-# %% ../nbs/06a_cuda_matvec.ipynb #1b69dd17
+# %% ../nbs/06a_cuda_matvec.ipynb #a54ee5c1
 def matvec_ref(w: np.ndarray, x: np.ndarray, rows: int, ggml_type: int) -> np.ndarray:
     "numpy reference: `W @ x` with `W` given as the raw `ggml_type` bytes of a `(rows, K)` weight."
     return np_dequantize(np.asarray(w, np.uint8).reshape(-1), ggml_type).reshape(rows, -1) @ x.astype(np.float32)
 
-# %% ../nbs/06a_cuda_matvec.ipynb #06a87dfb
+# %% ../nbs/06a_cuda_matvec.ipynb #057a2ca3
 MATVEC_KERNELS = {Q8_0: 'matvec_q8_0', Q4_K: 'matvec_q4_k', Q6_K: 'matvec_q6_k', Q5_0: 'matvec_q5_0',
                   MXFP4: 'matvec_mxfp4'}
 
@@ -46,7 +46,7 @@ def matvec(w, x, rows: int, ggml_type: int, y=None, warps_per_block: int = 4):
     load_kernel(name, name)(grid, (32 * warps_per_block,), (w, x, y, np.int32(rows), np.int32(K)))
     return y
 
-# %% ../nbs/06a_cuda_matvec.ipynb #d0117ee1
+# %% ../nbs/06a_cuda_matvec.ipynb #89301b23
 FLOAT_TYPES = (F32, F16, BF16)
 X_BITS = 16     # default width of the staged input's codes (8: llama.cpp's q8_1, faster, 256 times coarser)
 
@@ -82,7 +82,7 @@ def linear_ref(parts, x, bias=None, y=None, bits: int = X_BITS, norm=None, eps: 
         if extra is not None: ref, mag = ref + extra, mag + np.abs(extra)
     return ref, mag, errx
 
-# %% ../nbs/06a_cuda_matvec.ipynb #3a836bd8
+# %% ../nbs/06a_cuda_matvec.ipynb #b0783b38
 _SCALE = {Q4_0: .2, Q4_1: .1, Q5_0: .1, Q5_1: .05, Q8_0: .01, Q4_K: .004, Q5_K: .002, Q6_K: .001}
 
 def random_weight(rng, ggml_type, rows, K):
@@ -97,7 +97,7 @@ def random_weight(rng, ggml_type, rows, K):
     if ggml_type == MXFP4: blocks['e'] = rng.choice(np.r_[0:3, 120:130], blocks.size)   # subnormal and normal
     return b
 
-# %% ../nbs/06a_cuda_matvec.ipynb #ed4828d2
+# %% ../nbs/06a_cuda_matvec.ipynb #d74baa5b
 # ggml type -> (trait in kernels/matvec_v2.cuh, values per chunk, default batch U)
 V2_TYPES = {F32: ('tF32', 4, 2), F16: ('tF16', 8, 2), BF16: ('tBF16', 8, 2), Q4_0: ('tQ4_0', 32, 2),
             Q4_1: ('tQ4_1', 32, 2), Q5_0: ('tQ5_0', 32, 2), Q5_1: ('tQ5_1', 32, 2), Q8_0: ('tQ8_0', 32, 1),
@@ -168,7 +168,7 @@ def _smem_bytes(K, q8, f32, bits: int = X_BITS, pair: bool = False):
     qb = K if bits == 8 else (144 * ((K // 32 + 1) // 2) + 127) // 128 * 128 if pair else (2 * K + 127) // 128 * 128
     return ((qb + K // 8 + K // 4 + 15) // 16 * 16 if q8 else 0) + (4 * K if f32 else 0)
 
-# %% ../nbs/06a_cuda_matvec.ipynb #86a520da
+# %% ../nbs/06a_cuda_matvec.ipynb #492f9257
 _V2_FUNCS = {}
 
 def precompile(exprs):
@@ -198,11 +198,11 @@ def _ctas_per_sm(kernel, threads, smem):
     by_smem = smem_sm // (smem + kernel.shared_size_bytes + 1024)
     return max(1, min(32, threads_sm // threads, by_regs, by_smem))
 
-# %% ../nbs/06a_cuda_matvec.ipynb #30c9ad25
+# %% ../nbs/06a_cuda_matvec.ipynb #0f770b82
 import ctypes
 from .cuda import _PdlLaunch, _has_pdl     # the launch itself lives in 06_cuda: the other kernels use it too
 
-# %% ../nbs/06a_cuda_matvec.ipynb #2706130f
+# %% ../nbs/06a_cuda_matvec.ipynb #e1d3f323
 def _check_parts(parts, K):
     for w, rows, t in parts:
         if t not in V2_TYPES:
@@ -231,11 +231,12 @@ def assign_ctas(tile_ends, grid: int) -> np.ndarray:
     if grid >= 1 << 16: raise ValueError(f'assign_ctas: grid {grid} does not fit 16 bits')
     return (first | count << 16).astype(np.int32)
 
-# %% ../nbs/06a_cuda_matvec.ipynb #d6dfd8b6
+# %% ../nbs/06a_cuda_matvec.ipynb #82c1d696
 class Linear:
-    "y = W x (+ b) (+ y when accumulate); W = `parts` stacked along rows, all reading the same input x (K,)."
+    """y = W x (+ b) (+ y when accumulate); W = `parts` stacked along rows, all reading the same input x (K,).
+    `routes` [(j, stride, xoff)] per part and `ids`: routed parts (`expert_linear`)."""
     def __init__(self, parts, K: int, bias=None, *, warps=None, tpr=None, unroll=None, ctas_per_sm=None, pdl=None,
-                 bits=None, pair=None, part_major=None, prefetch=None):
+                 bits=None, pair=None, part_major=None, prefetch=None, routes=None, ids=None):
         self.K, self.parts = int(K), [(w, int(rows), int(t)) for w, rows, t in parts]
         if not self.parts: raise ValueError('Linear: no parts')
         _check_parts(self.parts, self.K)
@@ -253,11 +254,13 @@ class Linear:
         self.part_major = bool(PART_MAJOR if part_major is None else part_major) and len(self.parts) > 1
         self.prefetch = bool(L2_PREFETCH and self.nbytes <= L2_PREFETCH_BYTES if prefetch is None else prefetch)
         table['prefetch'] = self.prefetch                 # (a routed part, see expert_linear, never prefetches)
+        if routes is not None: table['route'], table['stride'], table['xoff'] = zip(*routes)   # expert_linear
         self._plan, self._launches = table, {}            # the part table; a launch per staged input (`launch`)
         self._tail = (_NULL if bias is None else bias, np.int32(self.K))
         pdl = PDL if pdl is None else pdl
         self.pdl = _has_pdl() if pdl is None else bool(pdl) and _has_pdl()
-        self.ids, self._xsize = None, self.K          # see expert_linear
+        self.ids = ids                                    # see expert_linear
+        self._xsize = self.K * (1 if routes is None else 1 + max(r[2] for r in routes) // self.K)
         self._kernel, self._grid, self._table, _ = self.launch('x')
 
     def launch(self, inp: str = 'x'):
@@ -266,13 +269,17 @@ class Linear:
         their code). The grid fills the GPU once at that kernel's occupancy; part-major CTAs are assigned for it."""
         if inp not in self._launches:
             import cupy
+            if cupy.cuda.get_current_stream().is_capturing():
+                raise RuntimeError(f"Linear: the {inp!r} kernel is prepared while a stream captures; call launch({inp!r}) before")
             kernel, = precompile([v2_expr(self.warps, self.cfgs, self.bits, self.pair, inp)])
             if self._smem > 48 * 1024: kernel.max_dynamic_shared_size_bytes = self._smem
             cps = self._ctas_per_sm or _ctas_per_sm(kernel, 32 * self.warps, self._smem)
             grid, table = min(self._tiles, self._nsm * cps), self._plan.copy()
             if self.part_major: table['ctas'] = assign_ctas(table['tile_end'], grid)
             pdl = _PdlLaunch(kernel, grid, 32 * self.warps, self._smem) if self.pdl else None
-            self._launches[inp] = (kernel, grid, cupy.asarray(table.view(np.uint8)), pdl)
+            table = cupy.asarray(table.view(np.uint8))
+            cupy.cuda.get_current_stream().synchronize()   # its upload done before a kernel on another stream reads it
+            self._launches[inp] = (kernel, grid, table, pdl)
         return self._launches[inp]
 
     def __call__(self, x, y, accumulate=False, norm=None, eps: float = 0.0, act: int = -1):
@@ -310,7 +317,7 @@ class Linear:
         return (f'Linear({self.rows}x{self.K}, {" | ".join(f"{r} {QUANT_TYPES[t].name}" for _, r, t in self.parts)}; '
                 f'{self.expr}, G={self.tpr}, grid={self._grid}{", pdl" if self.pdl else ""}{", part-major" if self.part_major else ""}{", L2 prefetch" if self.prefetch else ""})')
 
-# %% ../nbs/06a_cuda_matvec.ipynb #ea67efff
+# %% ../nbs/06a_cuda_matvec.ipynb #a3cb6732
 def expert_linear(experts, K: int, ids, per_expert_x: bool = False, **kw) -> Linear:
     """y (k·Σrows) = for j < k, for each (w, E, rows, ggml_type) of `experts`: W[ids[j]] x_j, W the (E, rows, K)
     blocks w (cupy uint8), ids (k,) int32 on the device, read when the kernel runs; x_j = x, or x[jK:(j+1)K]."""
@@ -321,11 +328,7 @@ def expert_linear(experts, K: int, ids, per_expert_x: bool = False, **kw) -> Lin
             stride = w.nbytes // E
             if stride * E != w.nbytes or stride % 16: raise ValueError(f'expert_linear: {w.nbytes} bytes are not {E} 16-byte aligned experts')
             parts.append((w[:stride], rows, t)); routes.append((j, stride, j * K if per_expert_x else 0))
-    lin = Linear(parts, K, **kw)
-    lin._plan['route'], lin._plan['stride'], lin._plan['xoff'] = zip(*routes)
-    lin.ids, lin._xsize, lin._launches = ids, K * (ids.size if per_expert_x else 1), {}     # the launches: the new table
-    lin._kernel, lin._grid, lin._table, _ = lin.launch('x')
-    return lin
+    return Linear(parts, K, routes=routes, ids=ids, **kw)
 
 def expert_linear_ref(experts, K, ids, x, per_expert_x=False, bits: int = X_BITS):
     "numpy reference of `expert_linear` (experts: (numpy bytes, E, rows, ggml_type)): `(ref, mag, errx)` as `linear_ref`."
@@ -337,7 +340,7 @@ def expert_linear_ref(experts, K, ids, x, per_expert_x=False, bits: int = X_BITS
             out.append(linear_ref([(w[e * n:(e + 1) * n], rows, t)], xj, bits=bits))
     return tuple(np.concatenate(c) for c in zip(*out))
 
-# %% ../nbs/06a_cuda_matvec.ipynb #45331c8f
+# %% ../nbs/06a_cuda_matvec.ipynb #1fe237d4
 def prmt_ref(a, b, s):
     "numpy emulation of PTX `prmt.b32 d, a, b, s` (default mode): byte i of d from nibble i of s (bit 3: sign fill)."
     a, b, s = (np.asarray(v, np.uint64) for v in (a, b, s))
@@ -356,7 +359,7 @@ def mxfp4_pairs_ref(q):
     neg = prmt_ref(0x03020100, 0x0c080604, q ^ np.uint32(0x8888))
     return prmt_ref(0x03020100, 0x0c080604, q) | ((np.uint32(0x80808080) - neg) ^ np.uint32(0x80808080))
 
-# %% ../nbs/06a_cuda_matvec.ipynb #72f01f48
+# %% ../nbs/06a_cuda_matvec.ipynb #67cf0911
 def _dq_grid(nout: int, K: int) -> tuple: return (-(-K // 256), min(nout, 65535))
 
 def _row_bytes(ggml_type, K, name):
@@ -392,7 +395,7 @@ def dequantize(w, ggml_type: int, rows: int, K: int, dtype=np.float16, out=None)
         w, np.int32(ggml_type), np.int32(rows), np.int32(K), _NULL, np.int32(rows), out, np.float32(1)))
     return out
 
-# %% ../nbs/06a_cuda_matvec.ipynb #fdd0260f
+# %% ../nbs/06a_cuda_matvec.ipynb #7765d2b3
 MATMUL_MODE = 'tf32'
 _CUDA_R_32F, _CUDA_R_16F, _OP_N, _OP_T = 0, 2, 0, 1
 _COMPUTE = {'f16': 68, 'f32': 68, 'tf32': 77}      # CUBLAS_COMPUTE_32F, CUBLAS_COMPUTE_32F_FAST_TF32

@@ -8,10 +8,11 @@
 // weights it needs into shared memory, to the fp16 values dequant_mxfp4_f16 writes (so the products equal cuBLAS's on
 // that copy up to the order of the sums), and multiplies it with 64 rows of X by mma.sync m16n8k16 (fp32 sums).
 //
-// Grid: x = the run tiles (`tiles`: int4 {expert, first row, rows <= 64, 0}, a run cut into tiles of 64 rows),
-// y = the 64-column tiles of W (then of W2). 128 threads: warp w computes the 32 x 32 corner (w / 2, w % 2) of the
-// 64 x 64 output tile. Per step of 64 k (two MXFP4 blocks per weight row): X's tile comes by cp.async and the next
-// step's weight bytes are loaded into registers while this step's tiles are multiplied; both are double-buffered.
+// Grid: x = the run tiles (`tiles`: int4 {expert, first row, rows <= BM, 0}, a run cut into tiles of BM rows),
+// y = the 64-column tiles of W (then of W2). BM = 64 (moe_mma_64, 128 threads) or 128 (moe_mma_128, 256 threads):
+// warp w computes the 32 x 32 corner (w / 2, w % 2) of the BM x 64 output tile (a warp whose rows are all past the
+// run skips its products). Per step of 64 k (two MXFP4 blocks per weight row): X's tile comes by cp.async and the
+// next step's weight bytes are loaded into registers while this step's tiles are multiplied; both double-buffered.
 // Needs sm_80; K a multiple of 64, rows a multiple of 64 (orcd.cuda_moe.moe_mma checks). Numpy reference:
 // orcd.cuda_moe.moe_mma_ref.
 #include <cuda_fp16.h>
@@ -47,30 +48,34 @@ __device__ __forceinline__ float e2m1(unsigned c) {
     return (float)((c & 8) ? -v : v);
 }
 
-// The block's 32 values as fp16 into dst[0..31] (value j: low nibble of byte j, j + 16: its high nibble), each
-// __float2half_rn(t * 2^(e-128)) as dequant_mxfp4_f16: for e >= 2 the product is exact in fp32; for e < 2 every
-// value rounds to a signed zero in fp16, which t * 0 gives.
-__device__ __forceinline__ void mx4_to_half(const Mx4& m, __half* dst) {
+// Values [16 h, 16 h + 16) of the block (h = 0: the low nibbles of its 16 code bytes, 1: the high ones) as fp16 into
+// dst[0..15], each __float2half_rn(t * 2^(e-128)) as dequant_mxfp4_f16: for e >= 2 the product is exact in fp32; for
+// e < 2 every value rounds to a signed zero in fp16, which t * 0 gives.
+__device__ __forceinline__ void mx4_half_to_half(const Mx4& m, int h, __half* dst) {
     const float s = m.e >= 2 ? __uint_as_float((m.e - 1) << 23) : 0.f;
-    unsigned lo[8], hi[8];
+    unsigned v[8];
 #pragma unroll
     for (int i = 0; i < 4; ++i)
 #pragma unroll
         for (int b = 0; b < 4; b += 2) {
-            const unsigned q0 = m.q[i] >> (8 * b), q1 = m.q[i] >> (8 * b + 8);
-            lo[2 * i + b / 2] = pack_half2(e2m1(q0 & 15) * s, e2m1(q1 & 15) * s);
-            hi[2 * i + b / 2] = pack_half2(e2m1((q0 >> 4) & 15) * s, e2m1((q1 >> 4) & 15) * s);
+            const unsigned q0 = (m.q[i] >> (8 * b + 4 * h)) & 15, q1 = (m.q[i] >> (8 * b + 8 + 4 * h)) & 15;
+            v[2 * i + b / 2] = pack_half2(e2m1(q0) * s, e2m1(q1) * s);
         }
     uint4* o = reinterpret_cast<uint4*>(dst);
-    o[0] = make_uint4(lo[0], lo[1], lo[2], lo[3]); o[1] = make_uint4(lo[4], lo[5], lo[6], lo[7]);
-    o[2] = make_uint4(hi[0], hi[1], hi[2], hi[3]); o[3] = make_uint4(hi[4], hi[5], hi[6], hi[7]);
+    o[0] = make_uint4(v[0], v[1], v[2], v[3]); o[1] = make_uint4(v[4], v[5], v[6], v[7]);
 }
 
-extern "C" __global__ void __launch_bounds__(128) moe_mma(
+// The kernel body for WM warps along the rows (tiles of 32 WM rows of X) and 2 along the 64 columns: 64 WM threads.
+// Per step, the 64 x 64 weight tile is 128 MXFP4 blocks; S = 64 WM / 128 threads share one block (S = 1: all of it;
+// S = 2: half each).
+template <int WM>
+__device__ __forceinline__ void moe_mma_body(
         const u8* __restrict__ W, const u8* __restrict__ W2, long long expert_bytes, int rows, int K,
         const __half* __restrict__ X, const int4* __restrict__ tiles, float* __restrict__ Y, int ldy,
-        const float* __restrict__ bias, const float* __restrict__ bias2) {
-    __shared__ __align__(16) __half xs[2][MM_T * MM_S], ws[2][MM_T * MM_S];
+        const float* __restrict__ bias, const float* __restrict__ bias2, __half* smem) {
+    constexpr int NT = 64 * WM, BM = 32 * WM, S = NT / 128;
+    __half* xs = smem;                                          // [2][BM * MM_S]
+    __half* ws = smem + 2 * BM * MM_S;                          // [2][MM_T * MM_S]
     const int4 tile = tiles[blockIdx.x];
     const int e = tile.x, r0 = tile.y, nr = tile.z;
     const int ny = rows / MM_T, second = (int)blockIdx.y >= ny, n0 = ((int)blockIdx.y - (second ? ny : 0)) * MM_T;
@@ -78,20 +83,27 @@ extern "C" __global__ void __launch_bounds__(128) moe_mma(
     const float* b = second ? bias2 : bias;
     const size_t row_bytes = (size_t)(K / 32) * 17;
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, wm = warp >> 1, wn = warp & 1;
-    const u8* wrow = wb + (size_t)(n0 + tid / 2) * row_bytes + (tid & 1) * 17;    // this thread's weight block
+    const int blk = tid / S, part = tid % S;                    // this thread's weight block of the step (and its half)
+    const u8* wrow = wb + (size_t)(n0 + blk / 2) * row_bytes + (blk & 1) * 17;
+    const int wofs = (blk / 2) * MM_S + (blk & 1) * 32 + part * 16;
+    const bool busy = wm * 32 < nr;                             // uniform over the warp: it has rows of the tile
     const int nk = K / MM_T;
 
-    auto fetch_x = [&](int kt, int buf) {                       // 64 rows x 64 halves: 4 x 16 bytes per thread
+    auto fetch_x = [&](int kt, int buf) {                       // BM rows x 64 halves: 4 x 16 bytes per thread
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-            const int c = tid + 128 * i, r = c >> 3, c8 = (c & 7) * 8, ok = r < nr;
-            cp_async16(&xs[buf][r * MM_S + c8], X + (size_t)(r0 + (ok ? r : 0)) * K + kt * MM_T + c8, ok ? 16 : 0);
+            const int c = tid + NT * i, r = c >> 3, c8 = (c & 7) * 8, ok = r < nr;
+            cp_async16(&xs[buf * BM * MM_S + r * MM_S + c8], X + (size_t)(r0 + (ok ? r : 0)) * K + kt * MM_T + c8, ok ? 16 : 0);
         }
         asm volatile("cp.async.commit_group;");
     };
+    auto dequant = [&](const Mx4& m, int buf) {
+        if (S == 1) { mx4_half_to_half(m, 0, &ws[buf * MM_T * MM_S + wofs]); mx4_half_to_half(m, 1, &ws[buf * MM_T * MM_S + wofs + 16]); }
+        else mx4_half_to_half(m, part, &ws[buf * MM_T * MM_S + wofs]);
+    };
     fetch_x(0, 0);
     Mx4 m = load_mx4(wrow);
-    mx4_to_half(m, &ws[0][(tid / 2) * MM_S + (tid & 1) * 32]);
+    dequant(m, 0);
 
     float acc[2][4][4] = {};
     for (int kt = 0; kt < nk; ++kt) {
@@ -100,25 +112,30 @@ extern "C" __global__ void __launch_bounds__(128) moe_mma(
         if (more) { fetch_x(kt + 1, buf ^ 1); m = load_mx4(wrow + (size_t)(kt + 1) * 2 * 17); }
         if (more) asm volatile("cp.async.wait_group 1;"); else asm volatile("cp.async.wait_group 0;");
         __syncthreads();                                        // this step's X and W tiles are in shared memory
+        if (busy) {
+            const __half* xb = xs + buf * BM * MM_S;
+            const __half* wt = ws + buf * MM_T * MM_S;
 #pragma unroll
-        for (int ks = 0; ks < MM_T / 16; ++ks) {
-            unsigned a[2][4], bf[2][4];
-            const int j = lane / 8, r = lane % 8;
+            for (int ks = 0; ks < MM_T / 16; ++ks) {
+                unsigned a[2][4], bf[2][4];
+                const int j = lane / 8, r = lane % 8;
 #pragma unroll
-            for (int i = 0; i < 2; ++i)                         // A: rows wm*32 + 16i .., matrices (rows +8 (j&1), k +8 (j>>1))
-                ldmatrix_x4(a[i], &xs[buf][(wm * 32 + 16 * i + (j & 1) * 8 + r) * MM_S + ks * 16 + (j >> 1) * 8]);
+                for (int i = 0; i < 2; ++i)                     // A: rows wm*32 + 16i .., matrices (rows +8 (j&1), k +8 (j>>1))
+                    ldmatrix_x4(a[i], &xb[(wm * 32 + 16 * i + (j & 1) * 8 + r) * MM_S + ks * 16 + (j >> 1) * 8]);
 #pragma unroll
-            for (int p = 0; p < 2; ++p)                         // B: columns wn*32 + 16p .., matrices (k +8 (j&1), n +8 (j>>1))
-                ldmatrix_x4(bf[p], &ws[buf][(wn * 32 + 16 * p + (j >> 1) * 8 + r) * MM_S + ks * 16 + (j & 1) * 8]);
+                for (int p = 0; p < 2; ++p)                     // B: columns wn*32 + 16p .., matrices (k +8 (j&1), n +8 (j>>1))
+                    ldmatrix_x4(bf[p], &wt[(wn * 32 + 16 * p + (j >> 1) * 8 + r) * MM_S + ks * 16 + (j & 1) * 8]);
 #pragma unroll
-            for (int i = 0; i < 2; ++i)
+                for (int i = 0; i < 2; ++i)
 #pragma unroll
-                for (int q = 0; q < 4; ++q)
-                    mma16816(acc[i][q], a[i], bf[q >> 1][2 * (q & 1)], bf[q >> 1][2 * (q & 1) + 1]);
+                    for (int q = 0; q < 4; ++q)
+                        mma16816(acc[i][q], a[i], bf[q >> 1][2 * (q & 1)], bf[q >> 1][2 * (q & 1) + 1]);
+            }
         }
-        if (more) mx4_to_half(m, &ws[buf ^ 1][(tid / 2) * MM_S + (tid & 1) * 32]);
+        if (more) dequant(m, buf ^ 1);
         __syncthreads();                                        // before the next step overwrites the other buffers
     }
+    if (!busy) return;
     const int g = lane / 4, t = lane % 4;
 #pragma unroll
     for (int i = 0; i < 2; ++i)
@@ -134,4 +151,20 @@ extern "C" __global__ void __launch_bounds__(128) moe_mma(
                         make_float2(acc[i][q][2 * h] + b0, acc[i][q][2 * h + 1] + b1);
             }
         }
+}
+
+// moe_mma_64: tiles of 64 rows, 128 threads, 36,864 bytes of static shared memory (the first version).
+// moe_mma_128: tiles of 128 rows, 256 threads, 55,296 bytes of dynamic shared memory: each dequantised weight tile
+// serves twice the rows (a prompt of 512 tokens gives each of 32 experts ~64 rows: one tile where the first version
+// cut most runs into a full tile and a nearly empty one, each dequantising the same weights).
+#define MOE_MMA_ARGS const u8* __restrict__ W, const u8* __restrict__ W2, long long expert_bytes, int rows, int K, \
+        const __half* __restrict__ X, const int4* __restrict__ tiles, float* __restrict__ Y, int ldy,          \
+        const float* __restrict__ bias, const float* __restrict__ bias2
+extern "C" __global__ void __launch_bounds__(128) moe_mma_64(MOE_MMA_ARGS) {
+    __shared__ __align__(16) __half smem[2 * (64 + MM_T) * MM_S];
+    moe_mma_body<2>(W, W2, expert_bytes, rows, K, X, tiles, Y, ldy, bias, bias2, smem);
+}
+extern "C" __global__ void __launch_bounds__(256) moe_mma_128(MOE_MMA_ARGS) {
+    extern __shared__ __align__(16) __half mm_smem[];          // 2 * (128 + 64) * MM_S halves
+    moe_mma_body<4>(W, W2, expert_bytes, rows, K, X, tiles, Y, ldy, bias, bias2, mm_smem);
 }

@@ -318,7 +318,7 @@ def moe_mma_table():
     blocks (cuda_moe.moe_mma), against dequantising every expert to float16 and one cuBLAS product per expert present."""
     from orcd import cuda_moe as M
     print('\n## Expert products of a prompt chunk (gpt-oss-20b, 32 experts, top-4): moe_mma vs dequantise + cuBLAS')
-    print('| tokens | product | moe_mma µs | TFLOP/s | dequant + cuBLAS µs |')
+    print('| tokens | product | moe_mma_64 µs (TFLOP/s) | moe_mma_128 µs (TFLOP/s) | dequant + cuBLAS µs |')
     print('|---|---|---|---|---|')
     rng = np.random.default_rng(0)
     E, n, K = 32, 2880, 2880
@@ -332,18 +332,21 @@ def moe_mma_table():
         return cp.cuda.get_elapsed_time(e0, e1) * 1e3 / reps
     for T in (512, 2048):
         counts = np.bincount(rng.integers(0, E, 4 * T), minlength=E); R = 4 * T
-        tiles, X = cp.asarray(M.moe_tiles(counts)), cp.asarray(rng.standard_normal((R, K)), np.float16)
+        X = cp.asarray(rng.standard_normal((R, K)), np.float16)
         starts = np.cumsum(counts) - counts
         for what, two in (('gate|up', True), ('down', False)):
             Y = cp.empty((R, (2 if two else 1) * n), np.float32)
-            us = timed(lambda: M.moe_mma(w[0], E, n, K, X, tiles, Y, None, w[1] if two else None))
+            us = {bm: timed(lambda: M.moe_mma(w[0], E, n, K, X, tiles, Y, None, w[1] if two else None, bm=bm))
+                  for bm in M.MMA_ROWS for tiles in [cp.asarray(M.moe_tiles(counts, bm))]}
             def dq_gemm():
                 for i in range(1 + two):
                     W = cm.dequantize(w[i], MXFP4, E * n, K, np.float16).reshape(E, n, K)
                     for e in range(E):
                         if counts[e]: cm._gemm(W[e], X[starts[e]:starts[e] + counts[e]], Y[starts[e]:starts[e] + counts[e], i * n:(i + 1) * n], 0.0, 'f16')
             ref = timed(dq_gemm, reps=2)
-            print(f'| {T} | {what} | {us:.0f} | {2 * R * n * K * (1 + two) / us / 1e6:.0f} | {ref:.0f} |', flush=True)
+            fl = 2 * R * n * K * (1 + two)
+            print(f'| {T} | {what} | ' + ' | '.join(f'{us[bm]:.0f} ({fl / us[bm] / 1e6:.0f})' for bm in M.MMA_ROWS)
+                  + f' | {ref:.0f} |', flush=True)
 
 
 def main():

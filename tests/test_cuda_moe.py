@@ -89,14 +89,16 @@ def test_moe_layer_matches_cpu_step():
             assert np.abs(one - env['f'][t]).max() <= 1e-3 * scale, (li, t)
 
 
+@pytest.mark.parametrize('bm', [64, 128])
 @pytest.mark.parametrize('E,rows,K,counts,two,bias', [
     (32, 2880, 2880, 'pp512', True, True),           # gpt-oss-20b's gate|up at a 512-token chunk (top-4)
     (32, 2880, 2880, 'pp512', False, True),          # its down projection
     (2, 64, 64, [4, 5], False, True), (3, 128, 192, [0, 130, 1], True, False), (5, 64, 128, [64, 0, 0, 65, 7], True, True),
-    (4, 192, 64, [1, 1, 1, 1], False, False)])
-def test_moe_mma(E, rows, K, counts, two, bias):
+    (4, 192, 64, [1, 1, 1, 1], False, False), (2, 64, 128, [300, 129], True, True)])
+def test_moe_mma(E, rows, K, counts, two, bias, bm):
     """The experts' products on the tensor cores, from MXFP4 blocks, against numpy over the float16-rounded operands
-    (the kernel's only freedom: the order of its fp32 sums); runs of 0, 1, 64 and more than 64 rows; gate|up (two
+    (the kernel's only freedom: the order of its fp32 sums); runs of 0, 1, 64 and more than 128 rows, tiles of 64 and
+    128 rows; gate|up (two
     tensors, one launch) and one tensor; with and without biases. Rows outside the runs' output are not written."""
     from orcd import cuda_moe as M
     from orcd.cuda_matvec import random_weight
@@ -106,11 +108,11 @@ def test_moe_mma(E, rows, K, counts, two, bias):
     ws = [random_weight(rng, MXFP4, E * rows, K) for _ in range(1 + two)]
     bs = [rng.standard_normal((E, rows)).astype(np.float32) if bias else None for _ in range(1 + two)]
     X = rng.standard_normal((R, K)).astype(np.float32)
-    tiles = cp.asarray(M.moe_tiles(counts))
+    tiles = cp.asarray(M.moe_tiles(counts, bm))
     Y = cp.full((R, (1 + two) * rows + 2), np.nan, np.float32)        # two columns beyond: never written
     M.moe_mma(cp.asarray(ws[0]), E, rows, K, cp.asarray(X.astype(np.float16)), tiles, Y,
               None if bs[0] is None else cp.asarray(bs[0]), cp.asarray(ws[1]) if two else None,
-              cp.asarray(bs[1]) if two and bias else None)
+              cp.asarray(bs[1]) if two and bias else None, bm=bm)
     got = cp.asnumpy(Y)
     assert np.isnan(got[:, -2:]).all()
     for i in range(1 + two):

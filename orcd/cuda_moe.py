@@ -9,7 +9,7 @@ __all__ = ['EXPERT_PLAN', 'MOE_PREFILL_BYTES', 'MOE_PAD', 'MOE_PAD_SLACK', 'MOE_
            'MoE', 'moe_groups', 'moe_prefill_workspace', 'moe_prefill_row_bytes', 'padded_batches', 'gemm_batched',
            'moe_tiles', 'moe_mma_ref', 'moe_mma_fits', 'moe_mma']
 
-# %% ../nbs/06d_cuda_moe.ipynb #a55a532c
+# %% ../nbs/06d_cuda_moe.ipynb #d4d5c605
 import numpy as np
 from . import ops
 from .cuda import load_kernel, _check, cuda_device
@@ -17,7 +17,7 @@ from .cuda_ops import _ptr
 from .errors import BackendUnavailableError
 from .quants import MXFP4
 
-# %% ../nbs/06d_cuda_moe.ipynb #b3c545ee
+# %% ../nbs/06d_cuda_moe.ipynb #60b5c60c
 def moe_topk_ref(logits, k: int):
     "numpy reference: `(ids (T, k) int32, weights (T, k) float32)` of router logits (T, E)."
     ids, wts = ops.moe_route(np.asarray(logits, np.float32), k)
@@ -33,7 +33,7 @@ def moe_topk(logits, k: int, ids, wts):
     load_kernel('moe', 'moe_topk')((-(-T // 4),), (128,), (logits, np.int32(T), np.int32(E), np.int32(k), ids, wts))
     return ids, wts
 
-# %% ../nbs/06d_cuda_moe.ipynb #d4d3cf4d
+# %% ../nbs/06d_cuda_moe.ipynb #68fd9a0e
 def moe_act_ref(gu, ids, bg, bu, n: int):
     "numpy reference: a (k, n) = swiglu_oai(gate + bg[ids], up + bu[ids]) of gu (k, 2n)."
     gu = np.asarray(gu, np.float32).reshape(len(ids), 2 * n)
@@ -63,7 +63,7 @@ def moe_combine(y, ids, wts, bd, d: int, out):
     load_kernel('moe', 'moe_combine')((-(-d // 256),), (256,), (y, ids, wts, _ptr(bd), np.int32(k), np.int32(d), out))
     return out
 
-# %% ../nbs/06d_cuda_moe.ipynb #c664177a
+# %% ../nbs/06d_cuda_moe.ipynb #036f3621
 EXPERT_PLAN = {MXFP4: (dict(warps=16, tpr=16, unroll={MXFP4: 2}, part_major=True),
                        dict(warps=16, tpr=32, unroll={MXFP4: 3}, part_major=True))}
 
@@ -102,7 +102,7 @@ class MoE:
         for _, f in self.launches(x, out): f()
         return out
 
-# %% ../nbs/06d_cuda_moe.ipynb #32f6d790
+# %% ../nbs/06d_cuda_moe.ipynb #35b34a8d
 def moe_groups(ids, E: int, xp=np):
     """The T·k pairs of ids (T, k) in expert order: `(order, experts, counts)`, order the flat indices t·k + j sorted by
     expert (tokens ascending within one), experts their expert ids, counts (E,) the run lengths. xp: numpy or cupy."""
@@ -110,7 +110,7 @@ def moe_groups(ids, E: int, xp=np):
     order = xp.argsort(flat * flat.size + xp.arange(flat.size))   # unique keys: stable without a stable sort
     return order, flat[order], xp.bincount(flat, minlength=E)
 
-# %% ../nbs/06d_cuda_moe.ipynb #71059ee0
+# %% ../nbs/06d_cuda_moe.ipynb #46d9c19d
 MOE_PREFILL_BYTES = 512 << 20
 MOE_PAD, MOE_PAD_SLACK = 2, 256
 
@@ -145,7 +145,7 @@ def padded_batches(counts, e0: int, e1: int, pad: int = MOE_PAD, slack: int = MO
         out.append((a, b, M))
     return out
 
-# %% ../nbs/06d_cuda_moe.ipynb #489a73ce
+# %% ../nbs/06d_cuda_moe.ipynb #6176a4b2
 def gemm_batched(W, X, Y):
     "Y[b] (M, rows) = X[b] (M, K) @ W[b] (rows, K)^T for every b, one cublasGemmStridedBatchedEx on the current stream."
     import cupy
@@ -165,7 +165,7 @@ def gemm_batched(W, X, Y):
                                 Y.strides[1] // 4, Y.strides[0] // 4, B, _COMPUTE['f16'], -1)
     return Y
 
-# %% ../nbs/06d_cuda_moe.ipynb #d75431c7
+# %% ../nbs/06d_cuda_moe.ipynb #7542bf70
 import os
 MOE_BATCHED = os.environ.get('ORCD_MOE_BATCHED', '1') != '0'
 
@@ -196,7 +196,7 @@ def _combine(self, Y, wts, order, experts, OUT, bias: bool = True):
     OUT[...] = back.reshape(OUT.shape[0], self.k, self.d).sum(1)
     return OUT
 
-# %% ../nbs/06d_cuda_moe.ipynb #1aa41b67
+# %% ../nbs/06d_cuda_moe.ipynb #eee7f5a3
 def _batch(self, Wg, Wu, Wd, Xs, Y, rows, a, b, M, e0):
     "Experts a .. b-1 (of the dequantised Wg, Wu, Wd, which start at expert e0) over their sorted rows of Xs into Y."
     import cupy
@@ -233,7 +233,7 @@ def _moe_prefill_batched(self, X, OUT):
         del Wg, Wu, Wd
     return _combine(self, Y, wts, order, experts, OUT)
 
-# %% ../nbs/06d_cuda_moe.ipynb #c800ac10
+# %% ../nbs/06d_cuda_moe.ipynb #702547ed
 def _moe_prefill_per_expert(self, X, OUT):
     "OUT (T, d) = the block of the T tokens X (T, d), three cuBLAS products per expert present."
     import cupy
@@ -262,11 +262,11 @@ def _moe_prefill_per_expert(self, X, OUT):
         del Wg, Wu, Wd
     return _combine(self, Y, wts, order, experts, OUT)
 
-# %% ../nbs/06d_cuda_moe.ipynb #ccc12b2c
+# %% ../nbs/06d_cuda_moe.ipynb #8aa5fa13
 MOE_MMA = os.environ.get('ORCD_MOE_MMA', '1') != '0'
 MMA_TILE = 64                   # the columns of a block's output tile, and the multiple rows and K must be
 MMA_ROWS = (64, 128)            # rows of X per tile: the kernels moe_mma_64 and moe_mma_128
-MOE_MMA_ROWS = 128
+MOE_MMA_ROWS = 64              # measured faster than 128 (see above)
 
 def moe_tiles(counts, bm: int = MOE_MMA_ROWS) -> np.ndarray:
     """The row tiles of `moe_mma`: int32 (n, 4), each {expert, first row, rows (<= bm), 0}, every expert's run of rows
@@ -323,7 +323,7 @@ def moe_mma(w, E: int, rows: int, K: int, X, tiles, Y, bias=None, w2=None, bias2
             _ptr(bias), _ptr(bias2)), shared_mem=smem)
     return Y
 
-# %% ../nbs/06d_cuda_moe.ipynb #146bfcc9
+# %% ../nbs/06d_cuda_moe.ipynb #37fa971d
 def _moe_prefill_mma(self, X, OUT):
     "OUT (T, d) = the block of the T tokens X (T, d): the experts' products by `moe_mma`. One host synchronisation."
     import cupy

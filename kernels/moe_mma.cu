@@ -78,6 +78,7 @@ __device__ __forceinline__ void moe_mma_body(
     __half* ws = smem + 2 * BM * MM_S;                          // [2][MM_T * MM_S]
     const int4 tile = tiles[blockIdx.x];
     const int e = tile.x, r0 = tile.y, nr = tile.z;
+    if (nr == 0) return;                                        // a padding tile (moe_sort sizes the grid for the most)
     const int ny = rows / MM_T, second = (int)blockIdx.y >= ny, n0 = ((int)blockIdx.y - (second ? ny : 0)) * MM_T;
     const u8* wb = (second ? W2 : W) + (size_t)e * (size_t)expert_bytes;
     const float* b = second ? bias2 : bias;

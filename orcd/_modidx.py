@@ -238,6 +238,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'orcd.cuda_moe.moe_tiles': ('cuda_moe.html#moe_tiles', 'orcd/cuda_moe.py'),
                                'orcd.cuda_moe.moe_topk': ('cuda_moe.html#moe_topk', 'orcd/cuda_moe.py'),
                                'orcd.cuda_moe.moe_topk_ref': ('cuda_moe.html#moe_topk_ref', 'orcd/cuda_moe.py'),
+                               'orcd.cuda_moe.mxfp4_f16_bits_ref': ('cuda_moe.html#mxfp4_f16_bits_ref', 'orcd/cuda_moe.py'),
                                'orcd.cuda_moe.padded_batches': ('cuda_moe.html#padded_batches', 'orcd/cuda_moe.py')},
             'orcd.cuda_ops': { 'orcd.cuda_ops.Argmax': ('cuda_ops.html#argmax', 'orcd/cuda_ops.py'),
                                'orcd.cuda_ops.Argmax.__call__': ('cuda_ops.html#argmax.__call__', 'orcd/cuda_ops.py'),

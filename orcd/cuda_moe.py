@@ -5,12 +5,11 @@ clamped SwiGLU and the weighted sum, with the choice kept in device memory so on
 
 # %% auto #0
 __all__ = ['EXPERT_PLAN', 'MOE_PREFILL_BYTES', 'MOE_PAD', 'MOE_PAD_SLACK', 'MOE_BATCHED', 'MOE_MMA', 'MMA_TILE', 'MMA_ROWS',
-           'MOE_MMA_ROWS', 'MXFP4_FAST_E', 'moe_topk_ref', 'moe_topk', 'moe_act_ref', 'moe_act', 'moe_combine_ref',
-           'moe_combine', 'MoE', 'moe_groups', 'moe_prefill_workspace', 'moe_prefill_row_bytes', 'padded_batches',
-           'gemm_batched', 'moe_tiles', 'moe_mma_ref', 'moe_mma_fits', 'moe_mma', 'mxfp4_f16_bits_ref', 'moe_sort_ref',
-           'moe_sort']
+           'MOE_MMA_ROWS', 'moe_topk_ref', 'moe_topk', 'moe_act_ref', 'moe_act', 'moe_combine_ref', 'moe_combine',
+           'MoE', 'moe_groups', 'moe_prefill_workspace', 'moe_prefill_row_bytes', 'padded_batches', 'gemm_batched',
+           'moe_tiles', 'moe_mma_ref', 'moe_mma_fits', 'moe_mma']
 
-# %% ../nbs/06d_cuda_moe.ipynb #71dfcbcc
+# %% ../nbs/06d_cuda_moe.ipynb #d4d5c605
 import numpy as np
 from . import ops
 from .cuda import load_kernel, _check, cuda_device
@@ -18,7 +17,7 @@ from .cuda_ops import _ptr
 from .errors import BackendUnavailableError
 from .quants import MXFP4
 
-# %% ../nbs/06d_cuda_moe.ipynb #c09fa853
+# %% ../nbs/06d_cuda_moe.ipynb #60b5c60c
 def moe_topk_ref(logits, k: int):
     "numpy reference: `(ids (T, k) int32, weights (T, k) float32)` of router logits (T, E)."
     ids, wts = ops.moe_route(np.asarray(logits, np.float32), k)
@@ -34,7 +33,7 @@ def moe_topk(logits, k: int, ids, wts):
     load_kernel('moe', 'moe_topk')((-(-T // 4),), (128,), (logits, np.int32(T), np.int32(E), np.int32(k), ids, wts))
     return ids, wts
 
-# %% ../nbs/06d_cuda_moe.ipynb #6b9aacfb
+# %% ../nbs/06d_cuda_moe.ipynb #68fd9a0e
 def moe_act_ref(gu, ids, bg, bu, n: int):
     "numpy reference: a (k, n) = swiglu_oai(gate + bg[ids], up + bu[ids]) of gu (k, 2n)."
     gu = np.asarray(gu, np.float32).reshape(len(ids), 2 * n)
@@ -64,7 +63,7 @@ def moe_combine(y, ids, wts, bd, d: int, out):
     load_kernel('moe', 'moe_combine')((-(-d // 256),), (256,), (y, ids, wts, _ptr(bd), np.int32(k), np.int32(d), out))
     return out
 
-# %% ../nbs/06d_cuda_moe.ipynb #50b6fd80
+# %% ../nbs/06d_cuda_moe.ipynb #036f3621
 EXPERT_PLAN = {MXFP4: (dict(warps=16, tpr=16, unroll={MXFP4: 2}, part_major=True),
                        dict(warps=16, tpr=32, unroll={MXFP4: 3}, part_major=True))}
 
@@ -103,7 +102,7 @@ class MoE:
         for _, f in self.launches(x, out): f()
         return out
 
-# %% ../nbs/06d_cuda_moe.ipynb #ae41b48c
+# %% ../nbs/06d_cuda_moe.ipynb #35b34a8d
 def moe_groups(ids, E: int, xp=np):
     """The T·k pairs of ids (T, k) in expert order: `(order, experts, counts)`, order the flat indices t·k + j sorted by
     expert (tokens ascending within one), experts their expert ids, counts (E,) the run lengths. xp: numpy or cupy."""
@@ -111,7 +110,7 @@ def moe_groups(ids, E: int, xp=np):
     order = xp.argsort(flat * flat.size + xp.arange(flat.size))   # unique keys: stable without a stable sort
     return order, flat[order], xp.bincount(flat, minlength=E)
 
-# %% ../nbs/06d_cuda_moe.ipynb #7e46c4c1
+# %% ../nbs/06d_cuda_moe.ipynb #46d9c19d
 MOE_PREFILL_BYTES = 512 << 20
 MOE_PAD, MOE_PAD_SLACK = 2, 256
 
@@ -146,7 +145,7 @@ def padded_batches(counts, e0: int, e1: int, pad: int = MOE_PAD, slack: int = MO
         out.append((a, b, M))
     return out
 
-# %% ../nbs/06d_cuda_moe.ipynb #db20e453
+# %% ../nbs/06d_cuda_moe.ipynb #6176a4b2
 def gemm_batched(W, X, Y):
     "Y[b] (M, rows) = X[b] (M, K) @ W[b] (rows, K)^T for every b, one cublasGemmStridedBatchedEx on the current stream."
     import cupy
@@ -166,7 +165,7 @@ def gemm_batched(W, X, Y):
                                 Y.strides[1] // 4, Y.strides[0] // 4, B, _COMPUTE['f16'], -1)
     return Y
 
-# %% ../nbs/06d_cuda_moe.ipynb #76a04a5c
+# %% ../nbs/06d_cuda_moe.ipynb #7542bf70
 import os
 MOE_BATCHED = os.environ.get('ORCD_MOE_BATCHED', '1') != '0'
 
@@ -177,18 +176,13 @@ def _experts(self, key: str, e0: int, e1: int):
     rows, K = (self.d, self.ffn) if key == 'down' else (self.ffn, self.d)
     return dequantize(view[e0 * v:e1 * v], t, (e1 - e0) * rows, K, np.float16).reshape(e1 - e0, rows, K)
 
-def _topk(self, X):
-    "Router and top-k of the T tokens X (T, d): `(ids, wts)` (T, k) on the device."
+def _route(self, X):
+    "Router, top-k, grouping: `(ids, wts, order, experts, counts on the host, starts)`."
     import cupy
     T = X.shape[0]
     logits = cupy.empty((T, self.E), np.float32)
     self.router.matmul(X, logits)
-    return moe_topk(logits, self.k, cupy.empty((T, self.k), np.int32), cupy.empty((T, self.k), np.float32))
-
-def _route(self, X):
-    "Router, top-k, grouping: `(ids, wts, order, experts, counts on the host, starts)`."
-    import cupy
-    ids, wts = _topk(self, X)
+    ids, wts = moe_topk(logits, self.k, cupy.empty((T, self.k), np.int32), cupy.empty((T, self.k), np.float32))
     order, experts, counts = moe_groups(ids, self.E, cupy)
     counts = cupy.asnumpy(counts)                                 # the host synchronisation
     return ids, wts, order, experts, counts, np.cumsum(counts) - counts
@@ -202,7 +196,7 @@ def _combine(self, Y, wts, order, experts, OUT, bias: bool = True):
     OUT[...] = back.reshape(OUT.shape[0], self.k, self.d).sum(1)
     return OUT
 
-# %% ../nbs/06d_cuda_moe.ipynb #ec33d319
+# %% ../nbs/06d_cuda_moe.ipynb #eee7f5a3
 def _batch(self, Wg, Wu, Wd, Xs, Y, rows, a, b, M, e0):
     "Experts a .. b-1 (of the dequantised Wg, Wu, Wd, which start at expert e0) over their sorted rows of Xs into Y."
     import cupy
@@ -239,7 +233,7 @@ def _moe_prefill_batched(self, X, OUT):
         del Wg, Wu, Wd
     return _combine(self, Y, wts, order, experts, OUT)
 
-# %% ../nbs/06d_cuda_moe.ipynb #3e8447db
+# %% ../nbs/06d_cuda_moe.ipynb #702547ed
 def _moe_prefill_per_expert(self, X, OUT):
     "OUT (T, d) = the block of the T tokens X (T, d), three cuBLAS products per expert present."
     import cupy
@@ -268,7 +262,7 @@ def _moe_prefill_per_expert(self, X, OUT):
         del Wg, Wu, Wd
     return _combine(self, Y, wts, order, experts, OUT)
 
-# %% ../nbs/06d_cuda_moe.ipynb #d9079132
+# %% ../nbs/06d_cuda_moe.ipynb #8aa5fa13
 MOE_MMA = os.environ.get('ORCD_MOE_MMA', '1') != '0'
 MMA_TILE = 64                   # the columns of a block's output tile, and the multiple rows and K must be
 MMA_ROWS = (64, 128)            # rows of X per tile: the kernels moe_mma_64 and moe_mma_128
@@ -329,48 +323,14 @@ def moe_mma(w, E: int, rows: int, K: int, X, tiles, Y, bias=None, w2=None, bias2
             _ptr(bias), _ptr(bias2)), shared_mem=smem)
     return Y
 
-# %% ../nbs/06d_cuda_moe.ipynb #befdd687
-MXFP4_FAST_E = (99, 128)        # exponents whose blocks moe_mma dequantises by the fp16 shortcut
-
-def mxfp4_f16_bits_ref(e: int, codes) -> np.ndarray:
-    "numpy mirror of moe_mma's fast dequantisation: the float16 values of E2M1 codes (0..15) of a block of exponent e."
-    c = np.asarray(codes, np.uint32)
-    sign = (c << 12) & ((c & 7) + 0x7fff) & 0x8000
-    half = (((c << 9) & 0x0e00) | sign).astype(np.uint16).view(np.float16)
-    return half * np.uint16((int(e) - 113 + 15) << 10).view(np.float16)
-
-# %% ../nbs/06d_cuda_moe.ipynb #36ecdc5b
-def moe_sort_ref(ids, E: int, bm: int = MOE_MMA_ROWS):
-    "numpy reference of `moe_sort`: `(order, experts, counts, tiles)`, tiles padded with zero rows to ⌈N/bm⌉ + E."
-    order, experts, counts = moe_groups(np.asarray(ids), E)
-    t = moe_tiles(counts, bm)
-    tiles = np.zeros((-(-order.size // bm) + E, 4), np.int32); tiles[:len(t)] = t
-    return order.astype(np.int32), experts.astype(np.int32), counts.astype(np.int32), tiles
-
-def moe_sort(ids, E: int, bm: int = MOE_MMA_ROWS):
-    """The T·k pairs of ids (T, k) grouped by expert on the device, with no host synchronisation: `(order, experts,
-    counts, tiles)` int32, as `moe_sort_ref` (`moe_groups` and `moe_tiles` on the host). Capture-safe."""
-    import cupy
-    N = ids.size
-    _check('moe_sort', ids, 'ids', np.int32, N)
-    if not 1 <= E <= 6144: raise ValueError(f'moe_sort: E={E} experts (1 .. 6144)')
-    if bm not in MMA_ROWS: raise ValueError(f'moe_sort: bm must be one of {MMA_ROWS}, got {bm}')
-    mt = -(-N // bm) + E
-    order, experts, counts = cupy.empty(N, np.int32), cupy.empty(N, np.int32), cupy.empty(E, np.int32)
-    tiles = cupy.empty((mt, 4), np.int32)
-    load_kernel('moe', 'moe_sort')((1,), (32,), (ids, np.int32(N), np.int32(E), np.int32(bm), order, experts, counts,
-                                                tiles, np.int32(mt)), shared_mem=8 * E)
-    return order, experts, counts, tiles
-
-# %% ../nbs/06d_cuda_moe.ipynb #c55f286a
+# %% ../nbs/06d_cuda_moe.ipynb #37fa971d
 def _moe_prefill_mma(self, X, OUT):
-    "OUT (T, d) = the block of the T tokens X (T, d): the experts' products by `moe_mma`. No host synchronisation."
+    "OUT (T, d) = the block of the T tokens X (T, d): the experts' products by `moe_mma`. One host synchronisation."
     import cupy
     from orcd.cuda_ops import act
     T, k, n, d = X.shape[0], self.k, self.ffn, self.d
-    ids, wts = _topk(self, X)
-    order, experts, _, tiles = moe_sort(ids, self.E)
-    Xs = X[order // k].astype(np.float16)
+    ids, wts, order, experts, counts, starts = _route(self, X)
+    Xs, tiles = X[order // k].astype(np.float16), cupy.asarray(moe_tiles(counts))
     GU = moe_mma(self.w['gate'][0], self.E, n, d, Xs, tiles, cupy.empty((T * k, 2 * n), np.float32), self.bg,
                  self.w['up'][0], self.bu)
     A = cupy.empty((T * k, n), np.float32)

@@ -106,13 +106,18 @@ class FakeEngine:
         words, out_ids, dec, text, sent = self._text(ids, params), [], tok.stream(), '', 0
         stops = tuple(params.stop or ())
         pending = b''
+        nlp = params.logprobs
+        def lp(i):   # the engine's contract: with `logprobs`, each token's log-probability and its best alternatives
+            if nlp is None: return {}
+            return dict(logprob=-0.5, top_logprobs=[(i, -0.5)] + [((i + j) % 256, -1.0 - j) for j in range(1, nlp)][:max(0, nlp - 1)]
+                        if nlp else [])
         for n in range(params.max_tokens):
             if fail is not None and n == fail[1]: raise getattr(errors, fail[0])(f'fake {fail[0]} at token {n}')
             if cancel is not None and cancel.is_set():
                 yield TokenEvent('', None, n, 'cancelled', len(ids), time.perf_counter() - t0); return
             if self.delay: time.sleep(self.delay)
             if self.eos_after is not None and n >= self.eos_after:
-                yield TokenEvent(text[sent:], 256, n, 'eos', len(ids), time.perf_counter() - t0, eog=True); return
+                yield TokenEvent(text[sent:], 256, n, 'eos', len(ids), time.perf_counter() - t0, eog=True, **lp(256)); return
             if not pending: pending = next(words).encode() * self.chunk if self.chunk > 1 else next(words).encode()
             if self.chunk > 1: i, piece, pending = pending[0], pending.decode('utf-8', 'replace'), b''
             else: i, pending = pending[0], pending[1:]; piece = dec.push(i)
@@ -122,12 +127,12 @@ class FakeEngine:
             for s in stops:
                 k = text.find(s)
                 if k >= 0:
-                    yield TokenEvent(text[:k], i, n, 'stop_sequence', len(ids), time.perf_counter() - t0); return
+                    yield TokenEvent(text[:k], i, n, 'stop_sequence', len(ids), time.perf_counter() - t0, **lp(i)); return
             hold = max((j for s in stops for j in range(1, len(s)) if text.endswith(s[:j])), default=0)
             last = n == params.max_tokens - 1
             out = text if last else text[:len(text) - hold]
             sent = len(out)
-            yield TokenEvent(out, i, n, 'length' if last else None, len(ids), time.perf_counter() - t0)
+            yield TokenEvent(out, i, n, 'length' if last else None, len(ids), time.perf_counter() - t0, **lp(i))
 
 # ---- helpers the server tests share: a real uvicorn process on a free loopback port ----------------------------
 import contextlib, json as _json, os, signal, socket, subprocess, tempfile

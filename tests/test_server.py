@@ -363,6 +363,17 @@ def test_openai_shapes_on_fake(client):
     assert r.status_code == 400 and r.json()['error']['param'] == 'n'
 
 
+def test_logprobs_through_the_fake_engine():
+    """The fake engine keeps the engine's contract (with `logprobs`, each event carries its token's log-probability and
+    alternatives): chat with logprobs and no top_logprobs, the case the fuzzer once found answered by a 500."""
+    with fake_server('--delay', 0) as s:
+        r = httpx.post(s.url + '/v1/chat/completions', json={'messages': [{'role': 'tool'}], 'logprobs': True, 'max_tokens': 4},
+                       timeout=30)
+        assert r.status_code == 200, r.text[:300]
+        content = r.json()['choices'][0]['logprobs']['content']
+        assert len(content) == 4 and all(c['top_logprobs'] == [] and c['logprob'] == -0.5 for c in content)
+
+
 def test_schemathesis_no_5xx():
     """Property-based requests from /openapi.json (bounded examples per operation): never a 5xx, never a crash."""
     import schemathesis

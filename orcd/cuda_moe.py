@@ -5,11 +5,12 @@ clamped SwiGLU and the weighted sum, with the choice kept in device memory so on
 
 # %% auto #0
 __all__ = ['EXPERT_PLAN', 'MOE_PREFILL_BYTES', 'MOE_PAD', 'MOE_PAD_SLACK', 'MOE_BATCHED', 'MOE_MMA', 'MMA_TILE', 'MMA_ROWS',
-           'MOE_MMA_ROWS', 'moe_topk_ref', 'moe_topk', 'moe_act_ref', 'moe_act', 'moe_combine_ref', 'moe_combine',
-           'MoE', 'moe_groups', 'moe_prefill_workspace', 'moe_prefill_row_bytes', 'padded_batches', 'gemm_batched',
-           'moe_tiles', 'moe_mma_ref', 'moe_mma_fits', 'moe_mma']
+           'MOE_MMA_ROWS', 'MXFP4_FAST_E', 'moe_topk_ref', 'moe_topk', 'moe_act_ref', 'moe_act', 'moe_combine_ref',
+           'moe_combine', 'MoE', 'moe_groups', 'moe_prefill_workspace', 'moe_prefill_row_bytes', 'padded_batches',
+           'gemm_batched', 'moe_tiles', 'moe_mma_ref', 'moe_mma_fits', 'moe_mma', 'mxfp4_f16_bits_ref', 'moe_sort_ref',
+           'moe_sort']
 
-# %% ../nbs/06d_cuda_moe.ipynb #d4d5c605
+# %% ../nbs/06d_cuda_moe.ipynb #27cbfea5
 import numpy as np
 from . import ops
 from .cuda import load_kernel, _check, cuda_device
@@ -17,7 +18,7 @@ from .cuda_ops import _ptr
 from .errors import BackendUnavailableError
 from .quants import MXFP4
 
-# %% ../nbs/06d_cuda_moe.ipynb #60b5c60c
+# %% ../nbs/06d_cuda_moe.ipynb #e6df1bbf
 def moe_topk_ref(logits, k: int):
     "numpy reference: `(ids (T, k) int32, weights (T, k) float32)` of router logits (T, E)."
     ids, wts = ops.moe_route(np.asarray(logits, np.float32), k)
@@ -33,7 +34,7 @@ def moe_topk(logits, k: int, ids, wts):
     load_kernel('moe', 'moe_topk')((-(-T // 4),), (128,), (logits, np.int32(T), np.int32(E), np.int32(k), ids, wts))
     return ids, wts
 
-# %% ../nbs/06d_cuda_moe.ipynb #68fd9a0e
+# %% ../nbs/06d_cuda_moe.ipynb #3863b10c
 def moe_act_ref(gu, ids, bg, bu, n: int):
     "numpy reference: a (k, n) = swiglu_oai(gate + bg[ids], up + bu[ids]) of gu (k, 2n)."
     gu = np.asarray(gu, np.float32).reshape(len(ids), 2 * n)
@@ -63,7 +64,7 @@ def moe_combine(y, ids, wts, bd, d: int, out):
     load_kernel('moe', 'moe_combine')((-(-d // 256),), (256,), (y, ids, wts, _ptr(bd), np.int32(k), np.int32(d), out))
     return out
 
-# %% ../nbs/06d_cuda_moe.ipynb #036f3621
+# %% ../nbs/06d_cuda_moe.ipynb #c8873fcc
 EXPERT_PLAN = {MXFP4: (dict(warps=16, tpr=16, unroll={MXFP4: 2}, part_major=True),
                        dict(warps=16, tpr=32, unroll={MXFP4: 3}, part_major=True))}
 
@@ -102,7 +103,7 @@ class MoE:
         for _, f in self.launches(x, out): f()
         return out
 
-# %% ../nbs/06d_cuda_moe.ipynb #35b34a8d
+# %% ../nbs/06d_cuda_moe.ipynb #7054d687
 def moe_groups(ids, E: int, xp=np):
     """The T·k pairs of ids (T, k) in expert order: `(order, experts, counts)`, order the flat indices t·k + j sorted by
     expert (tokens ascending within one), experts their expert ids, counts (E,) the run lengths. xp: numpy or cupy."""
@@ -110,7 +111,7 @@ def moe_groups(ids, E: int, xp=np):
     order = xp.argsort(flat * flat.size + xp.arange(flat.size))   # unique keys: stable without a stable sort
     return order, flat[order], xp.bincount(flat, minlength=E)
 
-# %% ../nbs/06d_cuda_moe.ipynb #46d9c19d
+# %% ../nbs/06d_cuda_moe.ipynb #bf57dc20
 MOE_PREFILL_BYTES = 512 << 20
 MOE_PAD, MOE_PAD_SLACK = 2, 256
 
@@ -145,7 +146,7 @@ def padded_batches(counts, e0: int, e1: int, pad: int = MOE_PAD, slack: int = MO
         out.append((a, b, M))
     return out
 
-# %% ../nbs/06d_cuda_moe.ipynb #6176a4b2
+# %% ../nbs/06d_cuda_moe.ipynb #7c0ba491
 def gemm_batched(W, X, Y):
     "Y[b] (M, rows) = X[b] (M, K) @ W[b] (rows, K)^T for every b, one cublasGemmStridedBatchedEx on the current stream."
     import cupy
@@ -165,7 +166,7 @@ def gemm_batched(W, X, Y):
                                 Y.strides[1] // 4, Y.strides[0] // 4, B, _COMPUTE['f16'], -1)
     return Y
 
-# %% ../nbs/06d_cuda_moe.ipynb #7542bf70
+# %% ../nbs/06d_cuda_moe.ipynb #85d1314e
 import os
 MOE_BATCHED = os.environ.get('ORCD_MOE_BATCHED', '1') != '0'
 
@@ -176,13 +177,18 @@ def _experts(self, key: str, e0: int, e1: int):
     rows, K = (self.d, self.ffn) if key == 'down' else (self.ffn, self.d)
     return dequantize(view[e0 * v:e1 * v], t, (e1 - e0) * rows, K, np.float16).reshape(e1 - e0, rows, K)
 
-def _route(self, X):
-    "Router, top-k, grouping: `(ids, wts, order, experts, counts on the host, starts)`."
+def _topk(self, X):
+    "Router and top-k of the T tokens X (T, d): `(ids, wts)` (T, k) on the device."
     import cupy
     T = X.shape[0]
     logits = cupy.empty((T, self.E), np.float32)
     self.router.matmul(X, logits)
-    ids, wts = moe_topk(logits, self.k, cupy.empty((T, self.k), np.int32), cupy.empty((T, self.k), np.float32))
+    return moe_topk(logits, self.k, cupy.empty((T, self.k), np.int32), cupy.empty((T, self.k), np.float32))
+
+def _route(self, X):
+    "Router, top-k, grouping: `(ids, wts, order, experts, counts on the host, starts)`."
+    import cupy
+    ids, wts = _topk(self, X)
     order, experts, counts = moe_groups(ids, self.E, cupy)
     counts = cupy.asnumpy(counts)                                 # the host synchronisation
     return ids, wts, order, experts, counts, np.cumsum(counts) - counts
@@ -196,7 +202,7 @@ def _combine(self, Y, wts, order, experts, OUT, bias: bool = True):
     OUT[...] = back.reshape(OUT.shape[0], self.k, self.d).sum(1)
     return OUT
 
-# %% ../nbs/06d_cuda_moe.ipynb #eee7f5a3
+# %% ../nbs/06d_cuda_moe.ipynb #8b325b15
 def _batch(self, Wg, Wu, Wd, Xs, Y, rows, a, b, M, e0):
     "Experts a .. b-1 (of the dequantised Wg, Wu, Wd, which start at expert e0) over their sorted rows of Xs into Y."
     import cupy
@@ -233,7 +239,7 @@ def _moe_prefill_batched(self, X, OUT):
         del Wg, Wu, Wd
     return _combine(self, Y, wts, order, experts, OUT)
 
-# %% ../nbs/06d_cuda_moe.ipynb #702547ed
+# %% ../nbs/06d_cuda_moe.ipynb #17b2bae4
 def _moe_prefill_per_expert(self, X, OUT):
     "OUT (T, d) = the block of the T tokens X (T, d), three cuBLAS products per expert present."
     import cupy
@@ -262,7 +268,7 @@ def _moe_prefill_per_expert(self, X, OUT):
         del Wg, Wu, Wd
     return _combine(self, Y, wts, order, experts, OUT)
 
-# %% ../nbs/06d_cuda_moe.ipynb #8aa5fa13
+# %% ../nbs/06d_cuda_moe.ipynb #ba27a56f
 MOE_MMA = os.environ.get('ORCD_MOE_MMA', '1') != '0'
 MMA_TILE = 64                   # the columns of a block's output tile, and the multiple rows and K must be
 MMA_ROWS = (64, 128)            # rows of X per tile: the kernels moe_mma_64 and moe_mma_128
@@ -291,10 +297,9 @@ def moe_mma_ref(w, E: int, rows: int, K: int, X, counts, bias=None):
     return Y, mag
 
 def moe_mma_fits(ggml_type, rows: int, K: int) -> bool:
-    "Whether `moe_mma` takes these experts: MXFP4, rows and K multiples of 64, compute capability 8.0 or later."
-    import cupy
-    return (ggml_type == MXFP4 and rows % MMA_TILE == 0 and K % MMA_TILE == 0
-            and int(cupy.cuda.Device().compute_capability) >= 80)
+    "Whether `moe_mma` takes these experts: MXFP4, rows and K multiples of 64, on a GPU that is `mma_capable`."
+    from orcd.cuda_ops import mma_capable
+    return ggml_type == MXFP4 and rows % MMA_TILE == 0 and K % MMA_TILE == 0 and mma_capable()
 
 def moe_mma(w, E: int, rows: int, K: int, X, tiles, Y, bias=None, w2=None, bias2=None, bm: int = MOE_MMA_ROWS):
     """Y[:, :rows] (+ Y[:, rows:2 rows] from w2) = the experts' products of `moe_tiles(counts, bm)`'s runs of X (R, K)
@@ -323,14 +328,48 @@ def moe_mma(w, E: int, rows: int, K: int, X, tiles, Y, bias=None, w2=None, bias2
             _ptr(bias), _ptr(bias2)), shared_mem=smem)
     return Y
 
-# %% ../nbs/06d_cuda_moe.ipynb #37fa971d
+# %% ../nbs/06d_cuda_moe.ipynb #086b077c
+MXFP4_FAST_E = (99, 128)        # exponents whose blocks moe_mma dequantises by the fp16 shortcut
+
+def mxfp4_f16_bits_ref(e: int, codes) -> np.ndarray:
+    "numpy mirror of moe_mma's fast dequantisation: the float16 values of E2M1 codes (0..15) of a block of exponent e."
+    c = np.asarray(codes, np.uint32)
+    sign = (c << 12) & ((c & 7) + 0x7fff) & 0x8000
+    half = (((c << 9) & 0x0e00) | sign).astype(np.uint16).view(np.float16)
+    return half * np.uint16((int(e) - 113 + 15) << 10).view(np.float16)
+
+# %% ../nbs/06d_cuda_moe.ipynb #80a16dc9
+def moe_sort_ref(ids, E: int, bm: int = MOE_MMA_ROWS):
+    "numpy reference of `moe_sort`: `(order, experts, counts, tiles)`, tiles padded with zero rows to ⌈N/bm⌉ + E."
+    order, experts, counts = moe_groups(np.asarray(ids), E)
+    t = moe_tiles(counts, bm)
+    tiles = np.zeros((-(-order.size // bm) + E, 4), np.int32); tiles[:len(t)] = t
+    return order.astype(np.int32), experts.astype(np.int32), counts.astype(np.int32), tiles
+
+def moe_sort(ids, E: int, bm: int = MOE_MMA_ROWS):
+    """The T·k pairs of ids (T, k) grouped by expert on the device, with no host synchronisation: `(order, experts,
+    counts, tiles)` int32, as `moe_sort_ref` (`moe_groups` and `moe_tiles` on the host). Capture-safe."""
+    import cupy
+    N = ids.size
+    _check('moe_sort', ids, 'ids', np.int32, N)
+    if not 1 <= E <= 6144: raise ValueError(f'moe_sort: E={E} experts (1 .. 6144)')
+    if bm not in MMA_ROWS: raise ValueError(f'moe_sort: bm must be one of {MMA_ROWS}, got {bm}')
+    mt = -(-N // bm) + E
+    order, experts, counts = cupy.empty(N, np.int32), cupy.empty(N, np.int32), cupy.empty(E, np.int32)
+    tiles = cupy.empty((mt, 4), np.int32)
+    load_kernel('moe', 'moe_sort')((1,), (32,), (ids, np.int32(N), np.int32(E), np.int32(bm), order, experts, counts,
+                                                tiles, np.int32(mt)), shared_mem=8 * E)
+    return order, experts, counts, tiles
+
+# %% ../nbs/06d_cuda_moe.ipynb #a988b22d
 def _moe_prefill_mma(self, X, OUT):
-    "OUT (T, d) = the block of the T tokens X (T, d): the experts' products by `moe_mma`. One host synchronisation."
+    "OUT (T, d) = the block of the T tokens X (T, d): the experts' products by `moe_mma`. No host synchronisation."
     import cupy
     from orcd.cuda_ops import act
     T, k, n, d = X.shape[0], self.k, self.ffn, self.d
-    ids, wts, order, experts, counts, starts = _route(self, X)
-    Xs, tiles = X[order // k].astype(np.float16), cupy.asarray(moe_tiles(counts))
+    ids, wts = _topk(self, X)
+    order, experts, _, tiles = moe_sort(ids, self.E)
+    Xs = X[order // k].astype(np.float16)
     GU = moe_mma(self.w['gate'][0], self.E, n, d, Xs, tiles, cupy.empty((T * k, 2 * n), np.float32), self.bg,
                  self.w['up'][0], self.bu)
     A = cupy.empty((T * k, n), np.float32)
@@ -341,7 +380,10 @@ def _moe_prefill_mma(self, X, OUT):
 def _moe_prefill(self, X, OUT, mode: str | None = None):
     """OUT (T, d) = the block of the T tokens X (T, d). `mode`: 'mma' (`moe_mma`, where `moe_mma_fits`), 'batched' or
     'per_expert'; default: 'mma' when `MOE_MMA` and it fits, else 'batched' (or 'per_expert' when not `MOE_BATCHED`)."""
-    fits = all(moe_mma_fits(t, *((self.d, self.ffn) if key == 'down' else (self.ffn, self.d))) for key, (_, t) in self.w.items())
+    fits = getattr(self, '_mma_fits', None)                       # decided once per layer, at its first prompt
+    if fits is None:
+        fits = self._mma_fits = all(moe_mma_fits(t, *((self.d, self.ffn) if key == 'down' else (self.ffn, self.d)))
+                                    for key, (_, t) in self.w.items())
     if mode is None: mode = 'mma' if MOE_MMA and fits else 'batched' if MOE_BATCHED else 'per_expert'
     if mode == 'mma' and not fits: raise ValueError('MoE.prefill: mode mma needs MXFP4 experts of widths that are multiples of 64')
     fn = {'mma': _moe_prefill_mma, 'batched': _moe_prefill_batched, 'per_expert': _moe_prefill_per_expert}.get(mode)

@@ -5,16 +5,16 @@ and the sampler, each a CUDA kernel beside its numpy reference."""
 
 # %% auto #0
 __all__ = ['FUSED_MERGE', 'ATTN_MMA', 'MMA_HEAD_DIMS', 'ACT_KINDS', 'rms_norm', 'layer_norm', 'head_rms_norm', 'rope_kv_ref',
-           'rope_kv', 'attention_ref', 'DecodeAttention', 'mma_heads', 'attention_prefill', 'act_ref', 'act', 'add',
-           'scale_', 'softcap', 'Argmax', 'sample_token_ref', 'sample_token', 'time_graph']
+           'rope_kv', 'attention_ref', 'DecodeAttention', 'mma_capable', 'mma_heads', 'attention_prefill', 'act_ref',
+           'act', 'add', 'scale_', 'softcap', 'Argmax', 'sample_token_ref', 'sample_token', 'time_graph']
 
-# %% ../nbs/06b_cuda_ops.ipynb #07c1842d
+# %% ../nbs/06b_cuda_ops.ipynb #77b30e78
 import os
 import numpy as np
 from . import ops
 from .cuda import load_kernel, _check, cuda_device
 
-# %% ../nbs/06b_cuda_ops.ipynb #95cb9f6c
+# %% ../nbs/06b_cuda_ops.ipynb #d7700476
 _NULL = np.uint64(0)          # a null pointer argument (CuPy turns None into -1, not 0)
 def _ptr(a): return _NULL if a is None else a
 
@@ -24,7 +24,7 @@ def _sm_count() -> int:
 
 def _blocks(n: int, threads: int) -> int: return max(1, -(-n // threads))
 
-# %% ../nbs/06b_cuda_ops.ipynb #5eeec7c8
+# %% ../nbs/06b_cuda_ops.ipynb #bfda1588
 def _norm(name, x, w, b, out, eps, residual, layer):
     T, d = (1, x.size) if x.ndim == 1 else x.shape
     if d > 8192: raise ValueError(f'{name}: rows of {d} values; the kernel keeps at most 8192 in registers')
@@ -44,7 +44,7 @@ def layer_norm(x, w, b, out, eps, residual=None):
     "`out = (x - mean) / sqrt(var + eps) * w + b` (`w`, `b` may be None); with `residual`, first `x += residual`."
     _norm('layer_norm', x, w, b, out, eps, residual, 1)
 
-# %% ../nbs/06b_cuda_ops.ipynb #4e8df79b
+# %% ../nbs/06b_cuda_ops.ipynb #239e268d
 def head_rms_norm(buf, w, n_heads, head_dim, eps, col_offset, row_stride, T):
     "In place: RMSNorm (weight `w (head_dim,)`) of `buf[t, col_offset + h*head_dim :][:head_dim]`, `h < n_heads`, `t < T`."
     _check('head_rms_norm', buf, 'buf', np.float32, T * row_stride)
@@ -55,7 +55,7 @@ def head_rms_norm(buf, w, n_heads, head_dim, eps, col_offset, row_stride, T):
         buf, w, np.int32(n_heads), np.int32(head_dim), np.float32(eps), np.int32(col_offset), np.int32(row_stride),
         np.int32(T)))
 
-# %% ../nbs/06b_cuda_ops.ipynb #ec272b02
+# %% ../nbs/06b_cuda_ops.ipynb #75bed082
 def rope_kv_ref(qkv, pos, cos, sin, k_cache, v_cache, n_heads, n_kv, head_dim, head_dim_v, rope_dim, neox):
     "numpy reference of `rope_kv`: returns the rotated `qkv` and updated copies of the fp16 caches."
     T = len(pos); nq, nk = n_heads * head_dim, n_kv * head_dim
@@ -69,7 +69,7 @@ def rope_kv_ref(qkv, pos, cos, sin, k_cache, v_cache, n_heads, n_kv, head_dim, h
     vc[:, pos] = qkv[:, nq + nk:].reshape(T, n_kv, head_dim_v).transpose(1, 0, 2).astype(np.float16)
     return qkv, kc, vc
 
-# %% ../nbs/06b_cuda_ops.ipynb #01388bb6
+# %% ../nbs/06b_cuda_ops.ipynb #82d85a55
 def rope_kv(qkv, pos, cos, sin, k_cache, v_cache, n_heads, n_kv, head_dim, head_dim_v, rope_dim, neox, T):
     "Rotate q, k of `qkv (T, ...)` in place at positions `pos` (int32, device); write k, v fp16 into the caches."
     row = (n_heads + n_kv) * head_dim + n_kv * head_dim_v
@@ -88,7 +88,7 @@ def rope_kv(qkv, pos, cos, sin, k_cache, v_cache, n_heads, n_kv, head_dim, head_
         np.int32(n_heads), np.int32(n_kv), np.int32(head_dim), np.int32(head_dim_v), np.int32(rope_dim),
         np.int32(bool(neox)), np.int32(n_ctx)))
 
-# %% ../nbs/06b_cuda_ops.ipynb #cd7fe687
+# %% ../nbs/06b_cuda_ops.ipynb #dc51f415
 def attention_ref(qkv, k_cache, v_cache, positions, scale, n_heads, n_kv, head_dim, head_dim_v, window=0, sinks=None):
     "numpy reference: `orcd.ops.attention` of the queries in `qkv (T, ...)` at `positions` over the fp16 caches."
     positions = np.asarray(positions); T, S = len(positions), int(positions.max()) + 1
@@ -118,7 +118,7 @@ def _attn_check(name, qkv, k_cache, v_cache, out, sinks, T, n_ctx, n_heads, n_kv
     if sinks is not None: _check(name, sinks, 'sinks', np.float32, n_heads)
     return row
 
-# %% ../nbs/06b_cuda_ops.ipynb #f3a8015a
+# %% ../nbs/06b_cuda_ops.ipynb #a552c08a
 FUSED_MERGE = os.environ.get('ORCD_FUSED_MERGE') == '1'   # default of DecodeAttention(fused_merge=...)
 
 def _rope_args(name, rope, D, n_ctx):
@@ -166,14 +166,25 @@ class DecodeAttention:
             self._k[1]((nh, -(-Dv // 32)), (256,), (self.ws, pos, i32(nh), i32(Dv), i32(n_ctx), i32(window), ms, mt, sk,
                                                     out), shared_mem=4 * self.max_splits)
 
-# %% ../nbs/06b_cuda_ops.ipynb #178f1345
+# %% ../nbs/06b_cuda_ops.ipynb #b5f03ea2
 ATTN_MMA = os.environ.get('ORCD_ATTN_MMA', '1') != '0'   # default of attention_prefill(mma=...); ORCD_ATTN_MMA=0: off
 MMA_HEAD_DIMS = (64, 96, 128)
 
-def mma_heads(head_dim, head_dim_v) -> bool:
-    "Whether `attention_mma` takes these heads: D = Dv in MMA_HEAD_DIMS, on a GPU of compute capability 8.0 or later."
+import functools
+
+@functools.lru_cache(maxsize=None)
+def _mma_capable(device: int) -> bool:
     import cupy
-    return head_dim == head_dim_v and head_dim in MMA_HEAD_DIMS and int(cupy.cuda.Device().compute_capability) >= 80
+    return int(cupy.cuda.Device(device).compute_capability) >= 80
+
+def mma_capable() -> bool:
+    "Whether the current GPU runs the `mma.sync` kernels (attention_mma, moe_mma): compute capability 8.0 or later."
+    import cupy
+    return _mma_capable(cupy.cuda.Device().id)
+
+def mma_heads(head_dim, head_dim_v) -> bool:
+    "Whether `attention_mma` takes these heads: D = Dv in MMA_HEAD_DIMS, on a GPU that is `mma_capable`."
+    return head_dim == head_dim_v and head_dim in MMA_HEAD_DIMS and mma_capable()
 
 def _attention_mma(qkv, row, k_cache, v_cache, n_ctx, pos0, T, out, scale, n_heads, n_kv, D, window, sinks):
     k, smem = load_kernel('attention_mma', f'attention_mma_{D}'), 512 * (D + 8)   # 2 buffers x (K, V) x 64 keys
@@ -203,7 +214,7 @@ def attention_prefill(qkv, k_cache, v_cache, pos0, T, out, scale, n_heads, n_kv,
         _NULL, i32(0), i32(1), _NULL, _NULL, _NULL, i32(0), i32(0), _NULL, _NULL),
         shared_mem=_attn_smem(Gb * BQ, head_dim, head_dim_v))
 
-# %% ../nbs/06b_cuda_ops.ipynb #a1939054
+# %% ../nbs/06b_cuda_ops.ipynb #a9d8fb0a
 ACT_KINDS = {'swiglu': 0, 'geglu': 1, 'swiglu_oai': 2, 'gelu': 3}
 
 def act_ref(kind, gu, n):
@@ -237,7 +248,7 @@ def softcap(x, cap: float):
     "`x = tanh(x / cap) * cap`."
     _elementwise('softcap', x, None, 2, cap)
 
-# %% ../nbs/06b_cuda_ops.ipynb #6a31a155
+# %% ../nbs/06b_cuda_ops.ipynb #c63c6eb6
 def _argmax(v, allowed, out, ws_v, ws_i, sfx):
     n, nb = v.size, ws_i.size
     load_kernel('sample', f'argmax_blocks_{sfx}')((nb,), (256,), (v, _ptr(allowed), np.int32(n), ws_v, ws_i))
@@ -258,7 +269,7 @@ class Argmax:
         _check('Argmax', out, 'out', np.int32, 1)
         _argmax(logits, allowed, out, self.ws_v, self.ws_i, 'f32')
 
-# %% ../nbs/06b_cuda_ops.ipynb #c53a4e26
+# %% ../nbs/06b_cuda_ops.ipynb #85eeb787
 def sample_token_ref(logits, allowed, params, u: float, penalty_ids=None, penalty_counts=None) -> int:
     "The id `orcd.engine.Sampler` draws from `logits` with uniform `u` (its `distribution` + its cumulative rule)."
     from collections import Counter
@@ -270,7 +281,7 @@ def sample_token_ref(logits, allowed, params, u: float, penalty_ids=None, penalt
     cs = np.cumsum(probs)
     return int(ids[min(int(np.searchsorted(cs, u * cs[-1], side='right')), len(ids) - 1)])
 
-# %% ../nbs/06b_cuda_ops.ipynb #0a94c449
+# %% ../nbs/06b_cuda_ops.ipynb #3b4d8012
 def sample_token(logits, allowed, params, u: float, penalty_ids=None, penalty_counts=None) -> int:
     "Draw the next id from `logits (vocab,)` f32 as `orcd.engine.Sampler` does, with uniform `u` in [0, 1)."
     import cupy
@@ -301,7 +312,7 @@ def sample_token(logits, allowed, params, u: float, penalty_ids=None, penalty_co
         np.int32(p.top_k), np.float64(p.top_p), np.float64(p.min_p), np.float64(u), out))
     return int(out[0])
 
-# %% ../nbs/06b_cuda_ops.ipynb #dc13632b
+# %% ../nbs/06b_cuda_ops.ipynb #96878560
 def time_graph(fn, n: int = 200, graph: bool = True) -> float:
     "µs per call of `fn()` (kernel launches only): `n` calls captured in a CUDA graph (or eager), CUDA events."
     import cupy

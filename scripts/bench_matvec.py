@@ -59,6 +59,16 @@ def graph_us(calls, replays=5):
     return cp.cuda.get_elapsed_time(e0, e1) * 1e3 / (replays * len(calls))
 
 
+def events_us(f, reps=5):
+    "µs per call of f (eager launches from Python), after one warm-up call, by CUDA events on the current stream."
+    f(); cp.cuda.get_current_stream().synchronize()
+    e0, e1 = cp.cuda.Event(), cp.cuda.Event()
+    e0.record()
+    for _ in range(reps): f()
+    e1.record(); e1.synchronize()
+    return cp.cuda.get_elapsed_time(e0, e1) * 1e3 / reps
+
+
 def copy_bandwidth(n=1 << 30, reps=10):
     "Device-to-device copy: bytes read + written per second."
     a, b = cp.ones(n, cp.uint8), cp.empty(n, cp.uint8)
@@ -323,27 +333,20 @@ def moe_mma_table():
     rng = np.random.default_rng(0)
     E, n, K = 32, 2880, 2880
     w = [cp.asarray(cm.random_weight(rng, MXFP4, E * n, K)) for _ in range(2)]
-    def timed(f, reps=5):
-        f(); cp.cuda.get_current_stream().synchronize()
-        e0, e1 = cp.cuda.Event(), cp.cuda.Event()
-        e0.record()
-        for _ in range(reps): f()
-        e1.record(); e1.synchronize()
-        return cp.cuda.get_elapsed_time(e0, e1) * 1e3 / reps
     for T in (512, 2048):
         counts = np.bincount(rng.integers(0, E, 4 * T), minlength=E); R = 4 * T
         X = cp.asarray(rng.standard_normal((R, K)), np.float16)
         starts = np.cumsum(counts) - counts
         for what, two in (('gate|up', True), ('down', False)):
             Y = cp.empty((R, (2 if two else 1) * n), np.float32)
-            us = {bm: timed(lambda: M.moe_mma(w[0], E, n, K, X, tiles, Y, None, w[1] if two else None, bm=bm))
+            us = {bm: events_us(lambda: M.moe_mma(w[0], E, n, K, X, tiles, Y, None, w[1] if two else None, bm=bm))
                   for bm in M.MMA_ROWS for tiles in [cp.asarray(M.moe_tiles(counts, bm))]}
             def dq_gemm():
                 for i in range(1 + two):
                     W = cm.dequantize(w[i], MXFP4, E * n, K, np.float16).reshape(E, n, K)
                     for e in range(E):
                         if counts[e]: cm._gemm(W[e], X[starts[e]:starts[e] + counts[e]], Y[starts[e]:starts[e] + counts[e], i * n:(i + 1) * n], 0.0, 'f16')
-            ref = timed(dq_gemm, reps=2)
+            ref = events_us(dq_gemm, reps=2)
             fl = 2 * R * n * K * (1 + two)
             print(f'| {T} | {what} | ' + ' | '.join(f'{us[bm]:.0f} ({fl / us[bm] / 1e6:.0f})' for bm in M.MMA_ROWS)
                   + f' | {ref:.0f} |', flush=True)

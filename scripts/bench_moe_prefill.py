@@ -13,6 +13,7 @@ from orcd import cuda_moe as M
 from orcd.cuda_matvec import random_weight
 from orcd.cuda_ops import act
 from orcd.quants import MXFP4, F32
+from bench_matvec import events_us as timed     # scripts/ is on the path of a script run from it
 
 
 class Handle:
@@ -34,15 +35,6 @@ def layer(rng, E=32, d=2880, ffn=2880, k=4):
         add(f'w_{n}_exps', random_weight(rng, MXFP4, E * rows, K), (E, rows, K), MXFP4)
         add(f'b_{n}_exps', (rng.standard_normal((E, rows)) * 0.1).astype(np.float32), (E, rows), F32, dev=False)
     return M.MoE(w, views, k, 'swiglu_oai')
-
-
-def timed(f, reps):
-    f(); cp.cuda.Device().synchronize()
-    e0, e1 = cp.cuda.Event(), cp.cuda.Event()
-    e0.record()
-    for _ in range(reps): f()
-    e1.record(); e1.synchronize()
-    return cp.cuda.get_elapsed_time(e0, e1) * 1e3 / reps
 
 
 def main():

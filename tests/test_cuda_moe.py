@@ -129,3 +129,15 @@ def test_moe_mma_rejects():
         M.moe_mma(cp.zeros(2 * 17 * 64, np.uint8), 1, 64, 64, cp.zeros((3, 64), np.float32), t, cp.zeros((3, 64), np.float32))
     with pytest.raises(ValueError, match='Y must be float32'):
         M.moe_mma(cp.zeros(2 * 17 * 64, np.uint8), 1, 64, 64, cp.zeros((3, 64), np.float16), t, cp.zeros((3, 63), np.float32))
+
+@pytest.mark.parametrize('E,k,T', [(32, 4, 512), (32, 4, 1), (8, 2, 23), (128, 8, 300), (1000, 2, 4000), (3, 1, 1)])
+def test_moe_sort(E, k, T):
+    """The grouping on the device equals the host's (moe_groups, then moe_tiles, padded): a stable order by expert,
+    counts, and the tile table moe_mma reads; one expert crowded (several full tiles), others empty."""
+    from orcd import cuda_moe as M
+    rng = np.random.default_rng(E + k + T)
+    ids = rng.integers(0, max(1, E // 2), (T, k)).astype(np.int32)    # half the experts get no pair
+    ids[: T // 3, 0] = E - 1
+    got = [cp.asnumpy(a) for a in M.moe_sort(cp.asarray(ids), E)]
+    for g, r, name in zip(got, M.moe_sort_ref(ids, E), ('order', 'experts', 'counts', 'tiles')):
+        assert np.array_equal(g, r), name

@@ -51,15 +51,13 @@ def main():
     steps = [
         ('router (matmul)', lambda: s.update(logits=moe.router.matmul(X, cp.empty((T, moe.E), np.float32)))),
         ('top-k', lambda: s.update(tk=M.moe_topk(s['logits'], k, cp.empty((T, k), np.int32), cp.empty((T, k), np.float32)))),
-        ('group (argsort, bincount)', lambda: s.update(g=M.moe_groups(s['tk'][0], moe.E, cp))),
-        ('counts to the host', lambda: s.update(counts=cp.asnumpy(s['g'][2]))),
+        ('group and tile on the device (moe_sort)', lambda: s.update(g=M.moe_sort(s['tk'][0], moe.E))),
         ('gather rows, to float16', lambda: s.update(Xs=X[s['g'][0] // k].astype(np.float16))),
-        ('tiles (host) and upload', lambda: s.update(tiles=cp.asarray(M.moe_tiles(s['counts'])))),
-        ('moe_mma gate|up', lambda: s.update(GU=M.moe_mma(moe.w['gate'][0], moe.E, n, d, s['Xs'], s['tiles'],
+        ('moe_mma gate|up', lambda: s.update(GU=M.moe_mma(moe.w['gate'][0], moe.E, n, d, s['Xs'], s['g'][3],
                                                            cp.empty((T * k, 2 * n), np.float32), moe.bg, moe.w['up'][0], moe.bu))),
         ('activation', lambda: s.update(A=cp.empty((T * k, n), np.float32)) or act('swiglu_oai', s['GU'], s['A'], n, T * k)),
         ('activation to float16', lambda: s.update(A16=s['A'].astype(np.float16))),
-        ('moe_mma down', lambda: s.update(Y=M.moe_mma(moe.w['down'][0], moe.E, d, n, s['A16'], s['tiles'],
+        ('moe_mma down', lambda: s.update(Y=M.moe_mma(moe.w['down'][0], moe.E, d, n, s['A16'], s['g'][3],
                                                        cp.empty((T * k, d), np.float32), moe.bd))),
         ('weighted sum', lambda: M._combine(moe, s['Y'], s['tk'][1], s['g'][0], s['g'][1], OUT, bias=False)),
     ]

@@ -4,13 +4,15 @@
 #   whl/                  orcd's runtime dependencies as wheels
 #   skel/NAME.head|json   `gguf-skeleton save` headers of the three registry models
 #   llamacpp-src.tgz      `llamacpp-peer pack .carry`, with the tool llamacpp-peer copied beside it (for `peer`)
-# Usage: scripts/gpu_evidence.sh [kernels] [sanitize] [tests] [serve] [matvec] [experts] [profile] [serverbench] [peer] [bench] [gptoss]   (logs under $OUT)
+# Usage: scripts/gpu_evidence.sh [kernels] [sanitize] [tests] [serve] [matvec] [experts] [moe] [profile] [serverbench] [peer] [bench] [gptoss]   (logs under $OUT)
 #   kernels   the kernel tests (matvec, ops) against their numpy references
 #   sanitize  compute-sanitizer memcheck over the small kernel tests
 #   tests     the backend against the CPU backend on every model (fixtures + shaped real layouts)
 #   serve     `orcd serve --device cuda` with the openai client (tests/test_cuda_server.py)
 #   matvec    scripts/bench_matvec.py (per-shape GB/s, one Qwen step's matvecs)
 #   experts   scripts/bench_matvec.py --only experts (gpt-oss's routed MXFP4 expert products: GB/s, error)
+#   moe       a prompt chunk's MoE block step by step (scripts/bench_moe_prefill.py) and its expert products
+#             (bench_matvec.py --only moe-mma: moe_mma against dequantise + cuBLAS)
 #   profile   ncu on those two products, and the SASS of the MXFP4 kernels CuPy compiled (in $OUT)
 #   stepprof  ncu: each kernel of one decode step alone (scripts/profile_step.py; PROF_DEPTHS, PROF_MODEL), CSV in $OUT
 #   serverbench  scripts/bench_server.py on the Qwen layout: tok/s through HTTP + SSE / the engine's (needs httpx-sse, psutil in whl/)
@@ -78,6 +80,10 @@ if has serve; then
 fi
 if has experts; then
   timeout 150 python3 scripts/bench_matvec.py --only experts ${EXPERTS_SWEEP:+--sweep} 2>&1 | tee "$OUT/experts.log" | tail -40
+fi
+if has moe; then
+  timeout 150 python3 scripts/bench_moe_prefill.py 2>&1 | tee "$OUT/moe-prefill.log" | tail -20
+  timeout 150 python3 scripts/bench_matvec.py --only moe-mma 2>&1 | tee "$OUT/moe-mma.log" | tail -12
 fi
 if has profile; then      # why the MXFP4 expert products are slow: Nsight Compute on both, and their SASS as CuPy built them
   timeout 120 ncu -k regex:matvec_v2 --launch-count 2 --section SpeedOfLight --section Occupancy --section WarpStateStats \

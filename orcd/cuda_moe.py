@@ -10,7 +10,7 @@ __all__ = ['EXPERT_PLAN', 'MOE_PREFILL_BYTES', 'MOE_PAD', 'MOE_PAD_SLACK', 'MOE_
            'gemm_batched', 'moe_tiles', 'moe_mma_ref', 'moe_mma_fits', 'moe_mma', 'mxfp4_f16_bits_ref', 'moe_sort_ref',
            'moe_sort']
 
-# %% ../nbs/06d_cuda_moe.ipynb #c666d386
+# %% ../nbs/06d_cuda_moe.ipynb #e10e75dd
 import numpy as np
 from . import ops
 from .cuda import load_kernel, _check, cuda_device
@@ -18,7 +18,7 @@ from .cuda_ops import _ptr
 from .errors import BackendUnavailableError
 from .quants import MXFP4
 
-# %% ../nbs/06d_cuda_moe.ipynb #7bc49858
+# %% ../nbs/06d_cuda_moe.ipynb #f4a7c4b5
 def moe_topk_ref(logits, k: int):
     "numpy reference: `(ids (T, k) int32, weights (T, k) float32)` of router logits (T, E)."
     ids, wts = ops.moe_route(np.asarray(logits, np.float32), k)
@@ -34,7 +34,7 @@ def moe_topk(logits, k: int, ids, wts):
     load_kernel('moe', 'moe_topk')((-(-T // 4),), (128,), (logits, np.int32(T), np.int32(E), np.int32(k), ids, wts))
     return ids, wts
 
-# %% ../nbs/06d_cuda_moe.ipynb #b8e8bee5
+# %% ../nbs/06d_cuda_moe.ipynb #31bda54b
 def moe_act_ref(gu, ids, bg, bu, n: int):
     "numpy reference: a (k, n) = swiglu_oai(gate + bg[ids], up + bu[ids]) of gu (k, 2n)."
     gu = np.asarray(gu, np.float32).reshape(len(ids), 2 * n)
@@ -64,7 +64,7 @@ def moe_combine(y, ids, wts, bd, d: int, out):
     load_kernel('moe', 'moe_combine')((-(-d // 256),), (256,), (y, ids, wts, _ptr(bd), np.int32(k), np.int32(d), out))
     return out
 
-# %% ../nbs/06d_cuda_moe.ipynb #aff0c124
+# %% ../nbs/06d_cuda_moe.ipynb #3ce8b315
 EXPERT_PLAN = {MXFP4: (dict(warps=16, tpr=16, unroll={MXFP4: 2}, part_major=True),
                        dict(warps=16, tpr=32, unroll={MXFP4: 3}, part_major=True))}
 
@@ -103,7 +103,7 @@ class MoE:
         for _, f in self.launches(x, out): f()
         return out
 
-# %% ../nbs/06d_cuda_moe.ipynb #2e68f7fe
+# %% ../nbs/06d_cuda_moe.ipynb #4323e522
 def moe_groups(ids, E: int, xp=np):
     """The T·k pairs of ids (T, k) in expert order: `(order, experts, counts)`, order the flat indices t·k + j sorted by
     expert (tokens ascending within one), experts their expert ids, counts (E,) the run lengths. xp: numpy or cupy."""
@@ -111,7 +111,7 @@ def moe_groups(ids, E: int, xp=np):
     order = xp.argsort(flat * flat.size + xp.arange(flat.size))   # unique keys: stable without a stable sort
     return order, flat[order], xp.bincount(flat, minlength=E)
 
-# %% ../nbs/06d_cuda_moe.ipynb #13dda232
+# %% ../nbs/06d_cuda_moe.ipynb #1ff873a9
 MOE_PREFILL_BYTES = 512 << 20
 MOE_PAD, MOE_PAD_SLACK = 2, 256
 
@@ -146,7 +146,7 @@ def padded_batches(counts, e0: int, e1: int, pad: int = MOE_PAD, slack: int = MO
         out.append((a, b, M))
     return out
 
-# %% ../nbs/06d_cuda_moe.ipynb #b6656acd
+# %% ../nbs/06d_cuda_moe.ipynb #f6a9bb3e
 def gemm_batched(W, X, Y):
     "Y[b] (M, rows) = X[b] (M, K) @ W[b] (rows, K)^T for every b, one cublasGemmStridedBatchedEx on the current stream."
     import cupy
@@ -166,7 +166,7 @@ def gemm_batched(W, X, Y):
                                 Y.strides[1] // 4, Y.strides[0] // 4, B, _COMPUTE['f16'], -1)
     return Y
 
-# %% ../nbs/06d_cuda_moe.ipynb #ab1ad9f1
+# %% ../nbs/06d_cuda_moe.ipynb #3ed6727b
 import os
 MOE_BATCHED = os.environ.get('ORCD_MOE_BATCHED', '1') != '0'
 
@@ -202,7 +202,7 @@ def _combine(self, Y, wts, order, experts, OUT, bias: bool = True):
     OUT[...] = back.reshape(OUT.shape[0], self.k, self.d).sum(1)
     return OUT
 
-# %% ../nbs/06d_cuda_moe.ipynb #defb06d6
+# %% ../nbs/06d_cuda_moe.ipynb #7b85ed38
 def _batch(self, Wg, Wu, Wd, Xs, Y, rows, a, b, M, e0):
     "Experts a .. b-1 (of the dequantised Wg, Wu, Wd, which start at expert e0) over their sorted rows of Xs into Y."
     import cupy
@@ -239,7 +239,7 @@ def _moe_prefill_batched(self, X, OUT):
         del Wg, Wu, Wd
     return _combine(self, Y, wts, order, experts, OUT)
 
-# %% ../nbs/06d_cuda_moe.ipynb #ff91bc62
+# %% ../nbs/06d_cuda_moe.ipynb #e2ab635f
 def _moe_prefill_per_expert(self, X, OUT):
     "OUT (T, d) = the block of the T tokens X (T, d), three cuBLAS products per expert present."
     import cupy
@@ -268,7 +268,7 @@ def _moe_prefill_per_expert(self, X, OUT):
         del Wg, Wu, Wd
     return _combine(self, Y, wts, order, experts, OUT)
 
-# %% ../nbs/06d_cuda_moe.ipynb #ffd1b033
+# %% ../nbs/06d_cuda_moe.ipynb #cb3845d3
 MOE_MMA = os.environ.get('ORCD_MOE_MMA', '1') != '0'
 MMA_TILE = 64                   # the columns of a block's output tile, and the multiple rows and K must be
 MMA_ROWS = (64, 128)            # rows of X per tile: the kernels moe_mma_64 and moe_mma_128
@@ -328,7 +328,7 @@ def moe_mma(w, E: int, rows: int, K: int, X, tiles, Y, bias=None, w2=None, bias2
             _ptr(bias), _ptr(bias2)), shared_mem=smem)
     return Y
 
-# %% ../nbs/06d_cuda_moe.ipynb #b4a87a35
+# %% ../nbs/06d_cuda_moe.ipynb #8461f9c7
 MXFP4_FAST_E = (99, 128)        # exponents whose blocks moe_mma dequantises by the fp16 shortcut
 
 def mxfp4_f16_bits_ref(e: int, codes) -> np.ndarray:
@@ -338,7 +338,7 @@ def mxfp4_f16_bits_ref(e: int, codes) -> np.ndarray:
     half = (((c << 9) & 0x0e00) | sign).astype(np.uint16).view(np.float16)
     return half * np.uint16((int(e) - 113 + 15) << 10).view(np.float16)
 
-# %% ../nbs/06d_cuda_moe.ipynb #4a3bd80c
+# %% ../nbs/06d_cuda_moe.ipynb #dc6bfeaa
 def moe_sort_ref(ids, E: int, bm: int = MOE_MMA_ROWS):
     "numpy reference of `moe_sort`: `(order, experts, counts, tiles)`, tiles padded with zero rows to ⌈N/bm⌉ + E."
     order, experts, counts = moe_groups(np.asarray(ids), E)
@@ -361,7 +361,7 @@ def moe_sort(ids, E: int, bm: int = MOE_MMA_ROWS):
                                                 tiles, np.int32(mt)), shared_mem=8 * E)
     return order, experts, counts, tiles
 
-# %% ../nbs/06d_cuda_moe.ipynb #1c451d50
+# %% ../nbs/06d_cuda_moe.ipynb #e2360833
 def _moe_prefill_mma(self, X, OUT):
     "OUT (T, d) = the block of the T tokens X (T, d): the experts' products by `moe_mma`. No host synchronisation."
     import cupy

@@ -40,7 +40,7 @@ def test_kernel_sources():
     for f, names in {'norm_rows': ['norm_rows', 'head_rms_norm'], 'rope_kv': ['rope_kv'],
                      'attention': ['attention', 'attention_merge'],
                      'attention_mma': ['attention_mma_64', 'attention_mma_96', 'attention_mma_128'], 'elementwise': ['elementwise', 'act'],
-                     'sample': ['sample', 'sample_logits', 'sample_penalties', 'argmax_blocks_f32', 'argmax_final_f32',
+                     'sample': ['sample', 'sample_exp', 'sample_fast', 'sample_logits', 'sample_penalties', 'argmax_blocks_f32', 'argmax_final_f32',
                                 'argmax_blocks_f64', 'argmax_final_f64']}.items():
         src = cuda.kernel_source(f)
         for n in names: assert re.search(rf'extern "C" __global__ void (__launch_bounds__\(.*?\) )?{n}\(', src), (f, n)
@@ -490,6 +490,41 @@ def test_sample_token_matches_the_cpu_sampler(vocab):
             mismatches.append((i, got, want))
     print(f'sample_token vocab {vocab}: {trials} draws, {len(mismatches)} near-tie differences {mismatches}')
     assert len(mismatches) <= trials // 20
+
+
+@needs_gpu
+@pytest.mark.parametrize('vocab', [1000, 32000, 151936])
+def test_sample_fast_draws_what_the_sampler_draws(vocab):
+    """`sample_fast` (no full sort) on logits with a trained model's shape (Gumbel scale 3, Gaussian scale 6: a few
+    likely ids, a long tail) and on flat ones: where it draws, the CPU Sampler draws the same id (but for float64
+    near-ties); on the peaked rows it declines only now and then (u deep in the tail); on a flat row of a large
+    vocabulary it must decline (more than 4,096 candidates) rather than guess."""
+    rng = np.random.default_rng(vocab + 1)
+    drawn, declined, mismatches = 0, 0, []
+    for i in range(48):
+        params = SAMPLING[1 + i % (len(SAMPLING) - 2)]                       # every sampling (non-greedy) setting
+        shape = i % 3
+        logits = (rng.gumbel(size=vocab) * 3 if shape == 0 else rng.standard_normal(vocab) * 6 if shape == 1
+                  else rng.standard_normal(vocab) * 0.01).astype(np.float32)
+        if i % 4 == 0: logits[rng.choice(vocab, 8, replace=False)] = logits.max()        # exact ties at the top
+        allowed = np.ones(vocab, np.uint8); allowed[rng.choice(vocab, vocab // 50)] = 0
+        ids, counts = np.unique(rng.choice(np.argsort(-logits)[:60], 40), return_counts=True)
+        z = co._penalised(cp.asarray(logits), cp.asarray(allowed), params, ids, counts)
+        for u in (*rng.random(6), 0.0):
+            got, n = co.sample_fast(z, params, float(u))
+            if got < 0:
+                declined += shape != 2
+                continue
+            assert 1 <= n <= 4096
+            drawn += 1
+            want = co.sample_token_ref(logits, allowed, params, float(u), ids, counts)
+            if got != want:
+                assert explained_by_near_tie(logits, allowed, params, float(u), ids, counts, got), (i, params, u, got, want)
+                mismatches.append((i, got, want))
+        if shape == 2 and vocab > 8192 and params.top_k == 0 and params.min_p == 0:
+            assert co.sample_fast(z, params, 0.999)[0] < 0                      # a flat row: declined, not guessed
+    print(f'sample_fast vocab {vocab}: {drawn} draws, {declined} declined on peaked rows, near-ties {mismatches}')
+    assert declined <= drawn // 5 and len(mismatches) <= drawn // 50
 
 
 @needs_gpu

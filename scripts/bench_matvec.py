@@ -15,7 +15,7 @@ import argparse, datetime, itertools, math, sys, time
 import numpy as np
 import cupy as cp
 from orcd import cuda_matvec as cm
-from orcd.cuda_moe import EXPERT_PLAN
+from orcd.cuda_moe import EXPERT_PLAN, ExpertMV, emv_stage, emv_region
 from orcd.quants import F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, MXFP4, QUANT_TYPES
 
 N = {t: QUANT_TYPES[t].name for t in QUANT_TYPES}
@@ -148,6 +148,8 @@ def experts_table(copy_bw, sweep=False, profile=False, bits=None):
             lin = cm.expert_linear([(cp.asarray(w), E, r, MXFP4) for w, r in parts], K, cp.asarray(choices[0]),
                                    per_expert_x=pe, **plan)
             print(repr(lin)); lin(cp.asarray(xin), cp.empty(lin.rows, np.float32)); cp.cuda.Device().synchronize()
+            mv = ExpertMV([(cp.asarray(w), E, r, MXFP4) for w, r in parts], K, cp.asarray(choices[0]), per_expert_x=pe)
+            print(repr(mv)); mv(cp.asarray(xin), cp.empty(mv.rows, np.float32)); cp.cuda.Device().synchronize()
         return
     print('\n| gpt-oss experts (4 of 32, MXFP4) | kernel | rows x K each | MB read | µs | GB/s | / copy '
           '| max err / (|W||x\'|) | max err / max|ref| |')
@@ -168,6 +170,21 @@ def experts_table(copy_bw, sweep=False, profile=False, bits=None):
         print(f'| {what} | {kern} | {parts[0][2]}x{K} | {mb:.1f} | {us:.1f} | {mb / us * 1e3:.0f} | {mb * 1e12 / us / copy_bw:.2f} '
               f'| {np.max(np.abs(got - ref) / mag):.1e} | {np.abs(got - ref).max() / np.abs(ref).max():.1e} |  ({lins[0]!r})',
               flush=True)
+        if pair is None and pm:                    # the dedicated kernel (06d), the input staged in each CTA and once
+            nx = k if pe else 1
+            for staged in (False, True):
+                mvs = [ExpertMV(dev, K, cp.asarray(c), per_expert_x=pe, staged=staged) for c in choices]
+                xin_d = emv_stage(x, K, cp.zeros(nx * emv_region(K), np.uint8)) if staged else x
+                us = graph_us([(lambda m=m: m(xin_d, out)) for m in mvs] * 25)
+                got = cp.asnumpy(mvs[0](xin_d, out))
+                extra = ''
+                if staged:
+                    st = cp.zeros(nx * emv_region(K), np.uint8)
+                    extra = f'; emv_stage of the input alone {graph_us([lambda: emv_stage(x, K, st)] * 200):.1f} µs'
+                print(f'| {what} | ExpertMV ({"x staged once by emv_stage" if staged else "x staged in each CTA"}) '
+                      f'| {parts[0][2]}x{K} | {mb:.1f} | {us:.1f} | {mb / us * 1e3:.0f} | {mb * 1e12 / us / copy_bw:.2f} '
+                      f'| {np.max(np.abs(got - ref) / mag):.1e} | {np.abs(got - ref).max() / np.abs(ref).max():.1e} |  '
+                      f'({mvs[0]!r}{extra})', flush=True)
         if not sweep or pair is False or pm: continue
         combos = [(w, u) for w in (4, 8, 16) for u in (1, 2, 3, 4)]
         cm.precompile([cm.v2_expr(w, [(MXFP4, u)], pair=True) for w, u in combos])

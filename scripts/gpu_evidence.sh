@@ -86,7 +86,7 @@ if has moe; then
   timeout 150 python3 scripts/bench_matvec.py --only moe-mma 2>&1 | tee "$OUT/moe-mma.log" | tail -12
 fi
 if has profile; then      # why the MXFP4 expert products are slow: Nsight Compute on both, and their SASS as CuPy built them
-  timeout 120 ncu -k regex:matvec_v2 --launch-count 2 --section SpeedOfLight --section Occupancy --section WarpStateStats \
+  timeout 120 ncu -k 'regex:matvec_v2|expert_mv' --launch-count 4 --section SpeedOfLight --section Occupancy --section WarpStateStats \
     --section SchedulerStats --section InstructionStats --section SourceCounters \
     python3 scripts/bench_matvec.py --only experts-profile > "$OUT/ncu.log" 2>&1; grep -E "Duration|Throughput|Issued|Eligible" "$OUT/ncu.log" | head -20
   for f in ${CUPY_CACHE_DIR:-$HOME/.cupy/kernel_cache}/*.cubin; do

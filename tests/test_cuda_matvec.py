@@ -251,6 +251,26 @@ def test_plan_linear():
             else: assert U == cm.V2_TYPES[t][2]
 
 
+def test_emv_stage_ref_layout():
+    "The staged regions of ExpertMV (emv_stage_ref) hold quantize_x_ref's codes in the pair layout, scales and half sums."
+    from orcd.cuda_moe import emv_stage_ref, emv_region
+    rng = np.random.default_rng(5)
+    for K in (32, 96, 2880):
+        x = rng.standard_normal(2 * K).astype(np.float32); x[:32] = 0                # a block of zeros: d 0, codes 0
+        st = emv_stage_ref(x, K).reshape(2, emv_region(K))
+        assert emv_region(K) % 16 == 0
+        qb, nb = (144 * ((K // 32 + 1) // 2) + 127) // 128 * 128, K // 32
+        for j in range(2):
+            q, d = cm.quantize_x_ref(x[j * K:(j + 1) * K], 16)
+            for b in range(nb):
+                s = 16 * (9 * (b // 2) + 4 * (b % 2))
+                w = st[j, s:s + 64].view('<u4')
+                assert np.array_equal(w.astype(np.int64) & 0xffff, q[32 * b:32 * b + 16].astype(np.int64) & 0xffff)
+                assert np.array_equal((w >> 16).astype(np.uint16).view(np.int16), q[32 * b + 16:32 * b + 32])
+            assert np.array_equal(st[j, qb:qb + 4 * nb].view('<f4'), d)
+            assert np.array_equal(st[j, qb + 4 * nb:qb + 12 * nb].view('<i4'), q.reshape(-1, 16).astype(np.int32).sum(1))
+
+
 def test_pair_layout_plan_and_lookup():
     """MXFP4's pair layout: chosen only for all-MXFP4 parts of 16-bit input whose bytes end 4-byte aligned; its shared
     memory mirrors the kernel's; the prmt lookup (emulated) gives the signed E2M1 values for every selector."""

@@ -65,11 +65,61 @@ def test_expert_linear(t, E, rows, K, k, per_expert_x, part_major):
             ref, mag, errx = cm.expert_linear_ref([(w, E, rows, t)], K, choice, x, per_expert_x)
             assert np.all(np.abs(cp.asnumpy(y) - ref) <= 1e-5 * mag), choice
 
-def test_moe_layer_matches_cpu_step():
+@pytest.mark.parametrize('E,R,K,k,nm,per_expert_x', [(32, 2880, 2880, 4, 2, False), (32, 2880, 2880, 4, 1, True),
+                                                    (8, 37, 3200, 3, 2, False), (5, 33, 96, 2, 1, True),
+                                                    (4, 64, 6144, 2, 2, True), (3, 1, 32, 1, 2, False)])
+def test_expert_mv(E, R, K, k, nm, per_expert_x):
+    """ExpertMV (kernels/expert_mv.cu) = expert_linear_ref: gpt-oss's gate + up and down, an odd row count, K past one
+    pass of the lanes (3200, 6144), blocks ending off a word boundary (the predicated kernel), one row; the input
+    staged in every CTA or once by emv_stage (bytes = emv_stage_ref, the same products bit for bit); new ids, same graph."""
+    from orcd import cuda_matvec as cm, cuda_moe as M
+    rng = np.random.default_rng(E * R + K)
+    ws = [cm.random_weight(rng, MXFP4, E * R, K) for _ in range(nm)]
+    ids = cp.asarray(rng.choice(E, k, replace=False).astype(np.int32))
+    parts = [(cp.asarray(w), E, R, MXFP4) for w in ws]
+    mv = M.ExpertMV(parts, K, ids, per_expert_x=per_expert_x)
+    nx = k if per_expert_x else 1
+    x = rng.standard_normal(K * nx).astype(np.float32)
+    xd, y = cp.asarray(x), cp.empty(mv.rows, np.float32)
+    staged = M.emv_stage(xd, K, cp.zeros(nx * M.emv_region(K), np.uint8))
+    assert np.array_equal(cp.asnumpy(staged), M.emv_stage_ref(x, K))
+    mvs = M.ExpertMV(parts, K, ids, per_expert_x=per_expert_x, staged=True)
+    stream = cp.cuda.Stream(non_blocking=True)
+    with stream:
+        mv(xd, y); mvs(staged, y)
+        stream.begin_capture(); mv(xd, y); g = stream.end_capture()
+        for choice in (cp.asnumpy(ids), rng.choice(E, k).astype(np.int32)):     # the second may repeat an expert
+            ids[:] = cp.asarray(choice)
+            y[:] = np.nan
+            g.launch(stream); stream.synchronize()
+            got = cp.asnumpy(y)
+            ref, mag, _ = cm.expert_linear_ref([(w, E, R, MXFP4) for w in ws], K, choice, x, per_expert_x)
+            assert np.all(np.abs(got - ref) <= 1e-5 * mag), choice
+            y2 = mvs(staged, cp.full(mv.rows, np.nan, np.float32)); stream.synchronize()
+            assert np.array_equal(cp.asnumpy(y2), got)
+    with pytest.raises(ValueError): M.ExpertMV([(cp.asarray(ws[0]), E, R, Q8_0)], K, ids)
+
+@pytest.mark.parametrize('E,k,n', [(32, 4, 2880), (8, 2, 64), (4, 3, 96)])
+def test_emv_stage_act(E, k, n):
+    "emv_stage of the activation: its `a` is moe_act's output bit for bit, its regions those of that activation."
+    from orcd import cuda_moe as M
+    rng = np.random.default_rng(n + k)
+    ids = cp.asarray(rng.choice(E, k, replace=False).astype(np.int32))
+    gu, bg, bu = (cp.asarray((rng.standard_normal(s) * 5).astype(np.float32)) for s in ((k, 2 * n), (E, n), (E, n)))
+    a0 = M.moe_act(gu, ids, bg, bu, n, cp.empty(k * n, np.float32))
+    a, st = cp.empty(k * n, np.float32), cp.zeros(k * M.emv_region(n), np.uint8)
+    M.emv_stage(gu.reshape(-1), n, st, ids, bg, bu, a)
+    assert np.array_equal(cp.asnumpy(a), cp.asnumpy(a0))
+    assert np.array_equal(cp.asnumpy(st), M.emv_stage_ref(cp.asnumpy(a0), n))
+
+@pytest.mark.parametrize('mv', [True, False], ids=['expert_mv', 'expert_linear'])
+def test_moe_layer_matches_cpu_step(mv, monkeypatch):
     "One gpt-oss layer (the synthetic fixture) on the GPU, decode and prefill, against the CPU backend's moe step."
     from orcd.gguf import GGUFFile
     from orcd.adapters import resolve_weights, CPU_OPS, load_adapter, Step
+    from orcd import cuda_moe
     from orcd.cuda_moe import MoE
+    monkeypatch.setattr(cuda_moe, 'EXPERT_MV', mv)
     gf = GGUFFile(FIX / 'synthetic' / 'gpt-oss.gguf')
     mw, ad = resolve_weights(gf), load_adapter(gf)
     rng = np.random.default_rng(0)
@@ -77,6 +127,7 @@ def test_moe_layer_matches_cpu_step():
         L = mw.layers[li].w
         views = {id(h): cp.asarray(h.raw) for h in L.values() if hasattr(h, 'raw')}
         moe = MoE(L, views, mw.hp.n_experts_used, 'swiglu_oai')
+        assert moe.mv == (mv and L['w_down_exps'].ggml_type == MXFP4)
         X = rng.standard_normal((23, mw.hp.d_model)).astype(np.float32)
         env = {'h': X}
         CPU_OPS['moe'](ad, Step('moe', 'h', 'f', arg='swiglu_oai'), ad.layers[li], env)

@@ -1,0 +1,169 @@
+// expert_mv: the routed MXFP4 expert products of one token (gpt-oss decode), written for them alone.
+// Numpy reference: orcd.cuda_matvec.expert_linear_ref (the same numbers as the generic matvec_v2 with tMXFP4P: the
+// 16-bit pair-layout staged x, the same integer sums per 32-value block; only the block's power of two is applied
+// differently, which is exact, see below).
+//
+// y[p R + r] = row r of W_m[ids[j]] . x_j for part p = j nm + m (j < k chosen experts, m < nm matrices: gate and up,
+// or down alone), x_j = x + j K (per_expert_x) or x. Each matrix: E experts of R rows of K/32 17-byte blocks,
+// `stride` bytes apart.
+//
+// Why a kernel of its own: the generic matvec is bound by its instructions on these shapes (Nsight Compute: ~200
+// warp-level instructions per 17-byte block counted per thread, 0.67 issued per scheduler per cycle, DRAM at 24 %).
+// Here every instruction that is not the dot product is taken out of the loop:
+//  - a warp's unit of work is a row pair of one part; lane l takes blocks l, l + 32, l + 64 of both rows (K = 2880:
+//    90 blocks, one pass), so all its loads are one base address plus constants, issued together (30 words in
+//    flight per lane), and each staged x word read from shared memory serves both rows;
+//  - the block's scale 2^(e-128) is one table lookup: T[e] = 2^(e-96) from shared memory, the row's sum multiplied by
+//    2^-32 once at the end (powers of two: exact; 2^(e-96) stays a normal float for every e < 224 without the two
+//    factors tMXFP4::scaled needs against flush-to-zero; e >= 224, weights of 2^96 and more, would be inf);
+//  - the row sums of a pair are reduced together: the first shuffle exchanges the two rows' sums, so 5 shuffles
+//    reduce both.
+#include "matvec_v2.cuh"
+using namespace mv;
+
+#define EMV_NW 16              // warps per CTA
+#define EMV_J 3                // blocks per lane per pass over a row pair (32 EMV_J blocks: K up to 3072 in one pass)
+
+// Each staged x: the pair layout of matvec_v2 (smem_layout<XS<16, true>>), in its own region of `region` bytes.
+__device__ __forceinline__ XS<16, true> emv_xs(unsigned char* base, int region, int j, int K) {
+    return smem_layout<XS<16, true>>(reinterpret_cast<int4*>(base + (size_t)j * region), K, true);
+}
+
+// The sums of one block of each row against the staged x (16-bit codes, pair layout: word i of the codes meets the
+// block's 16-byte slot i), as tMXFP4P::dot computes them, each x load shared by the two rows.
+__device__ __forceinline__ void emv_dot2(const tMXFP4::Raw& a, const tMXFP4::Raw& b, const int4* xb, u32 m0, int& sa,
+                                         int& sb) {
+    sa = 0; sb = 0;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const int4 v = xb[i];
+        const u32 an = a.q[i] ^ 0x88888888u, bn = b.q[i] ^ 0x88888888u;
+        const u32 a0 = mxfp4_pairs(a.q[i], an, m0), a1 = mxfp4_pairs(a.q[i] >> 16, an >> 16, m0);
+        const u32 b0 = mxfp4_pairs(b.q[i], bn, m0), b1 = mxfp4_pairs(b.q[i] >> 16, bn >> 16, m0);
+        sa = __dp2a_lo(v.x, (int)a0, sa); sa = __dp2a_hi(v.y, (int)a0, sa);
+        sa = __dp2a_lo(v.z, (int)a1, sa); sa = __dp2a_hi(v.w, (int)a1, sa);
+        sb = __dp2a_lo(v.x, (int)b0, sb); sb = __dp2a_hi(v.y, (int)b0, sb);
+        sb = __dp2a_lo(v.z, (int)b1, sb); sb = __dp2a_hi(v.w, (int)b1, sb);
+    }
+}
+
+// WHOLE: every block may be read as the 5 aligned words covering it (the matrices' bytes per expert, R K/32 17, end on
+// a 4-byte boundary: the bytes read past a block are the next block's or the next row's); else the predicated tail.
+template <bool WHOLE>
+__device__ __forceinline__ void expert_mv_body(const u8* __restrict__ w0, const u8* __restrict__ w1, int nm,
+                                               const int* __restrict__ ids, long long stride, int k, int R, int K,
+                                               const float* __restrict__ x, int per_expert_x, float* __restrict__ y,
+                                               const int4* __restrict__ staged) {
+    extern __shared__ int4 emv_smem[];
+    __shared__ float T[256];
+    unsigned char* base = reinterpret_cast<unsigned char*>(emv_smem);
+    const int nx = per_expert_x ? k : 1;
+    const int region = ((144 * ((K / 32 + 1) / 2) + 127) & ~127) + K / 8 + K / 4 + 15 & ~15;   // smem_layout's size
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;");
+    asm volatile("griddepcontrol.wait;" ::: "memory");            // ids and x come from the kernels before
+#endif
+    if (threadIdx.x < 256) T[threadIdx.x] = threadIdx.x < 224 ? __uint_as_float((threadIdx.x + 31) << 23) : __int_as_float(0x7f800000);
+    if (staged)                                                     // emv_stage wrote the regions: copy them
+        for (int i = threadIdx.x; i < nx * region / 16; i += EMV_NW * 32) emv_smem[i] = staged[i];
+    else                                                            // quantise x here, as matvec_v2 does
+        for (int j = 0; j < nx; ++j) {
+            const XS<16, true> xs = emv_xs(base, region, j, K);
+            stage_q8<EMV_NW * 32, 16, true, IN_X>(x + (size_t)j * K, K, const_cast<int*>(xs.q), const_cast<float*>(xs.d),
+                                                   const_cast<int*>(xs.s16), nullptr, 1.f, 0);
+        }
+    __syncthreads();
+    const int lane = threadIdx.x & 31, nb = K / 32;
+    const size_t row_bytes = (size_t)nb * 17;
+    const int upp = (R + 1) / 2, units = k * nm * upp;
+    const int warps = gridDim.x * EMV_NW;
+    const u32 m0 = emv_xs(base, region, 0, K).t0;
+    for (int u = blockIdx.x * EMV_NW + (threadIdx.x >> 5); u < units; u += warps) {
+        const int p = u / upp, r0 = 2 * (u - p * upp), j = p / nm;
+        const bool two = r0 + 1 < R;                                // uniform over the warp
+        const u8* row0 = (p - j * nm == 0 ? w0 : w1) + (size_t)ids[j] * (size_t)stride + (size_t)r0 * row_bytes;
+        const u8* row1 = row0 + row_bytes;
+        const XS<16, true> xs = emv_xs(base, region, per_expert_x ? j : 0, K);
+        float acc0 = 0.f, acc1 = 0.f;
+        for (int c0 = 0; c0 < nb; c0 += 32 * EMV_J) {
+            // Lanes past the row's last block load that block again and add it times 0: no branch, no zeroing
+            // (with K = 2880 that is lanes 26-31 in the third column of blocks). Without a second row, the "second
+            // row" is the first again, its sum discarded.
+            tMXFP4::Raw ra[EMV_J], rb[EMV_J];
+#pragma unroll
+            for (int t = 0; t < EMV_J; ++t) {
+                const int c = min(c0 + 32 * t + lane, nb - 1);
+                ra[t] = tMXFP4::load_words<WHOLE>(row0, c);
+                rb[t] = tMXFP4::load_words<WHOLE>(two ? row1 : row0, c);
+            }
+#pragma unroll
+            for (int t = 0; t < EMV_J; ++t) {
+                const int c = c0 + 32 * t + lane, cc = min(c, nb - 1);
+                int sa, sb;
+                emv_dot2(ra[t], rb[t], reinterpret_cast<const int4*>(xs.q) + pl_slot(cc), m0, sa, sb);
+                const float d = c < nb ? xs.d[cc] : 0.f;
+                acc0 = fmaf((float)sa * T[ra[t].e], d, acc0);
+                acc1 = fmaf((float)sb * T[rb[t].e], d, acc1);
+            }
+        }
+        // lanes 0-15 end with row r0's sum, lanes 16-31 with row r0 + 1's
+        const bool hi = lane & 16;
+        float v = (hi ? acc1 : acc0) + __shfl_xor_sync(0xffffffffu, hi ? acc0 : acc1, 16);
+#pragma unroll
+        for (int o = 8; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+        const int r = r0 + (hi ? 1 : 0);
+        if ((lane & 15) == 0 && (!hi || two)) y[(size_t)p * R + r] = v * 2.3283064365386963e-10f;   // 2^-32
+    }
+}
+
+#define EMV_ARGS const u8* __restrict__ w0, const u8* __restrict__ w1, int nm, const int* __restrict__ ids, long long stride, \
+                 int k, int R, int K, const float* __restrict__ x, int per_expert_x, float* __restrict__ y,            \
+                 const int4* __restrict__ staged
+extern "C" __global__ void __launch_bounds__(EMV_NW * 32, 2) expert_mv(EMV_ARGS) {
+    expert_mv_body<true>(w0, w1, nm, ids, stride, k, R, K, x, per_expert_x, y, staged);
+}
+extern "C" __global__ void __launch_bounds__(EMV_NW * 32, 2) expert_mv_tail(EMV_ARGS) {
+    expert_mv_body<false>(w0, w1, nm, ids, stride, k, R, K, x, per_expert_x, y, staged);
+}
+
+// emv_stage: the staged input of expert_mv, made once instead of in every CTA: the nx regions (region bytes each,
+// smem_layout<XS<16, true>>'s layout: pair-layout codes, block scales, half-block code sums) of x, quantised as
+// matvec_v2's stage_q8 does (16-bit codes, d = max|v| / 32767 per 32 values, codes rint(v / d)). One warp per 32 values.
+// act = 0: v = x[j K + i] (x: nx K values). act = 1: v = swiglu_oai(gate + bg[ids[j]], up + bu[ids[j]]) of
+// x = gu (nx rows of [gate (K) | up (K)]), exactly as moe_act computes it; a (if not null) <- v as well (moe_act's
+// output). So the down projection's input costs one kernel for all CTAs, not a quantisation pass in each of them.
+extern "C" __global__ void emv_stage(const float* __restrict__ x, const int* __restrict__ ids, const float* __restrict__ bg,
+                                     const float* __restrict__ bu, int nx, int K, int act, unsigned char* __restrict__ staged,
+                                     int region, float* __restrict__ a) {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+    const int lane = threadIdx.x & 31, nb = K / 32;
+    const int w = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (w >= nx * nb) return;                                       // uniform over the warp
+    const int j = w / nb, b = w - j * nb, i = 32 * b + lane;
+    float v;
+    if (act) {
+        const size_t e = (size_t)ids[j];
+        const float g = x[(size_t)j * 2 * K + i] + (bg ? bg[e * K + i] : 0.f);
+        const float u = x[(size_t)j * 2 * K + K + i] + (bu ? bu[e * K + i] : 0.f);
+        v = swiglu_oai(g, u);
+    } else v = x[(size_t)j * K + i];
+    if (a) a[(size_t)j * K + i] = v;
+    float amax = fabsf(v);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+    const float dd = amax / 32767.f;                                // IEEE division, as stage_q8 and numpy
+    const int q = dd > 0.f ? __float2int_rn(v / dd) : 0;
+    int s = q;                                                      // the code sums of the two 16-value halves
+#pragma unroll
+    for (int o = 8; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    const int qh = __shfl_down_sync(0xffffffffu, q, 16);            // lane n < 16: the code of value n + 16
+    const XS<16, true> xs = smem_layout<XS<16, true>>(reinterpret_cast<int4*>(staged + (size_t)j * region), K, true);
+    if (lane < 16) const_cast<int*>(xs.q)[4 * pl_slot(b) + lane] = (int)(((u32)q & 0xffffu) | (u32)qh << 16);
+    if (lane == 0) { const_cast<float*>(xs.d)[b] = dd; const_cast<int*>(xs.s16)[2 * b] = s; }
+    if (lane == 16) const_cast<int*>(xs.s16)[2 * b + 1] = s;
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;");
+#endif
+}

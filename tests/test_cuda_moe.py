@@ -67,16 +67,23 @@ def test_expert_linear(t, E, rows, K, k, per_expert_x, part_major):
 
 @pytest.mark.parametrize('E,R,K,k,nm,per_expert_x', [(32, 2880, 2880, 4, 2, False), (32, 2880, 2880, 4, 1, True),
                                                     (8, 37, 3200, 3, 2, False), (5, 33, 96, 2, 1, True),
-                                                    (4, 64, 6144, 2, 2, True), (3, 1, 32, 1, 2, False)])
+                                                    (4, 64, 6144, 2, 2, True), (3, 1, 512, 1, 2, False),
+                                                    (3, 1, 32, 1, 2, True)])
 def test_expert_mv(E, R, K, k, nm, per_expert_x):
     """ExpertMV (kernels/expert_mv.cu) = expert_linear_ref: gpt-oss's gate + up and down, an odd row count, K past one
-    pass of the lanes (3200, 6144), blocks ending off a word boundary (the predicated kernel), one row; the input
+    pass of the lanes (3200, 6144), one row; experts whose bytes are not a multiple of 16 stored 16 bytes apart (as a
+    file with padding between experts would; with a byte count off a word boundary, the predicated kernel); the input
     staged in every CTA or once by emv_stage (bytes = emv_stage_ref, the same products bit for bit); new ids, same graph."""
     from orcd import cuda_matvec as cm, cuda_moe as M
     rng = np.random.default_rng(E * R + K)
     ws = [cm.random_weight(rng, MXFP4, E * R, K) for _ in range(nm)]
     ids = cp.asarray(rng.choice(E, k, replace=False).astype(np.int32))
-    parts = [(cp.asarray(w), E, R, MXFP4) for w in ws]
+    n = R * K // 32 * 17; stride = -(-n // 16) * 16
+    def padded(w):                                                   # expert e at e * stride
+        out = np.zeros((E, stride), np.uint8); out[:, :n] = w.reshape(E, n); return cp.asarray(out.reshape(-1))
+    parts = [(padded(w), E, R, MXFP4) for w in ws]
+    if stride != n:
+        with pytest.raises(ValueError): M.ExpertMV([(cp.asarray(ws[0]), E, R, MXFP4)], K, ids)   # not 16 apart
     mv = M.ExpertMV(parts, K, ids, per_expert_x=per_expert_x)
     nx = k if per_expert_x else 1
     x = rng.standard_normal(K * nx).astype(np.float32)

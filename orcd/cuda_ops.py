@@ -9,13 +9,13 @@ __all__ = ['FUSED_MERGE', 'ATTN_MMA', 'MMA_HEAD_DIMS', 'ACT_KINDS', 'SF_SMEM', '
            'attention_prefill', 'act_ref', 'act', 'add', 'scale_', 'softcap', 'Argmax', 'sample_token_ref',
            'sample_sorted', 'sample_fast', 'sample_token', 'time_graph']
 
-# %% ../nbs/06b_cuda_ops.ipynb #b5b83c42
+# %% ../nbs/06b_cuda_ops.ipynb #6e879b99
 import os
 import numpy as np
 from . import ops
 from .cuda import load_kernel, _check, cuda_device
 
-# %% ../nbs/06b_cuda_ops.ipynb #41721ccf
+# %% ../nbs/06b_cuda_ops.ipynb #f4bb4f2e
 _NULL = np.uint64(0)          # a null pointer argument (CuPy turns None into -1, not 0)
 def _ptr(a): return _NULL if a is None else a
 
@@ -25,7 +25,7 @@ def _sm_count() -> int:
 
 def _blocks(n: int, threads: int) -> int: return max(1, -(-n // threads))
 
-# %% ../nbs/06b_cuda_ops.ipynb #c1f09b1c
+# %% ../nbs/06b_cuda_ops.ipynb #add30f48
 def _norm(name, x, w, b, out, eps, residual, layer):
     T, d = (1, x.size) if x.ndim == 1 else x.shape
     if d > 8192: raise ValueError(f'{name}: rows of {d} values; the kernel keeps at most 8192 in registers')
@@ -45,7 +45,7 @@ def layer_norm(x, w, b, out, eps, residual=None):
     "`out = (x - mean) / sqrt(var + eps) * w + b` (`w`, `b` may be None); with `residual`, first `x += residual`."
     _norm('layer_norm', x, w, b, out, eps, residual, 1)
 
-# %% ../nbs/06b_cuda_ops.ipynb #6ff3b092
+# %% ../nbs/06b_cuda_ops.ipynb #5bb72c83
 def head_rms_norm(buf, w, n_heads, head_dim, eps, col_offset, row_stride, T):
     "In place: RMSNorm (weight `w (head_dim,)`) of `buf[t, col_offset + h*head_dim :][:head_dim]`, `h < n_heads`, `t < T`."
     _check('head_rms_norm', buf, 'buf', np.float32, T * row_stride)
@@ -56,7 +56,7 @@ def head_rms_norm(buf, w, n_heads, head_dim, eps, col_offset, row_stride, T):
         buf, w, np.int32(n_heads), np.int32(head_dim), np.float32(eps), np.int32(col_offset), np.int32(row_stride),
         np.int32(T)))
 
-# %% ../nbs/06b_cuda_ops.ipynb #ee454ebc
+# %% ../nbs/06b_cuda_ops.ipynb #52de09d9
 def rope_kv_ref(qkv, pos, cos, sin, k_cache, v_cache, n_heads, n_kv, head_dim, head_dim_v, rope_dim, neox):
     "numpy reference of `rope_kv`: returns the rotated `qkv` and updated copies of the fp16 caches."
     T = len(pos); nq, nk = n_heads * head_dim, n_kv * head_dim
@@ -70,7 +70,7 @@ def rope_kv_ref(qkv, pos, cos, sin, k_cache, v_cache, n_heads, n_kv, head_dim, h
     vc[:, pos] = qkv[:, nq + nk:].reshape(T, n_kv, head_dim_v).transpose(1, 0, 2).astype(np.float16)
     return qkv, kc, vc
 
-# %% ../nbs/06b_cuda_ops.ipynb #60e6752f
+# %% ../nbs/06b_cuda_ops.ipynb #0f435094
 def rope_kv(qkv, pos, cos, sin, k_cache, v_cache, n_heads, n_kv, head_dim, head_dim_v, rope_dim, neox, T):
     "Rotate q, k of `qkv (T, ...)` in place at positions `pos` (int32, device); write k, v fp16 into the caches."
     row = (n_heads + n_kv) * head_dim + n_kv * head_dim_v
@@ -89,7 +89,7 @@ def rope_kv(qkv, pos, cos, sin, k_cache, v_cache, n_heads, n_kv, head_dim, head_
         np.int32(n_heads), np.int32(n_kv), np.int32(head_dim), np.int32(head_dim_v), np.int32(rope_dim),
         np.int32(bool(neox)), np.int32(n_ctx)))
 
-# %% ../nbs/06b_cuda_ops.ipynb #d5eefdda
+# %% ../nbs/06b_cuda_ops.ipynb #b69468e7
 def attention_ref(qkv, k_cache, v_cache, positions, scale, n_heads, n_kv, head_dim, head_dim_v, window=0, sinks=None):
     "numpy reference: `orcd.ops.attention` of the queries in `qkv (T, ...)` at `positions` over the fp16 caches."
     positions = np.asarray(positions); T, S = len(positions), int(positions.max()) + 1
@@ -119,7 +119,7 @@ def _attn_check(name, qkv, k_cache, v_cache, out, sinks, T, n_ctx, n_heads, n_kv
     if sinks is not None: _check(name, sinks, 'sinks', np.float32, n_heads)
     return row
 
-# %% ../nbs/06b_cuda_ops.ipynb #7e199a74
+# %% ../nbs/06b_cuda_ops.ipynb #764dc07e
 FUSED_MERGE = os.environ.get('ORCD_FUSED_MERGE') == '1'   # default of DecodeAttention(fused_merge=...)
 
 def _rope_args(name, rope, D, n_ctx):
@@ -167,7 +167,7 @@ class DecodeAttention:
             self._k[1]((nh, -(-Dv // 32)), (256,), (self.ws, pos, i32(nh), i32(Dv), i32(n_ctx), i32(window), ms, mt, sk,
                                                     out), shared_mem=4 * self.max_splits)
 
-# %% ../nbs/06b_cuda_ops.ipynb #6ffdb23e
+# %% ../nbs/06b_cuda_ops.ipynb #db3656f2
 ATTN_MMA = os.environ.get('ORCD_ATTN_MMA', '1') != '0'   # default of attention_prefill(mma=...); ORCD_ATTN_MMA=0: off
 MMA_HEAD_DIMS = (64, 96, 128)
 
@@ -215,7 +215,7 @@ def attention_prefill(qkv, k_cache, v_cache, pos0, T, out, scale, n_heads, n_kv,
         _NULL, i32(0), i32(1), _NULL, _NULL, _NULL, i32(0), i32(0), _NULL, _NULL),
         shared_mem=_attn_smem(Gb * BQ, head_dim, head_dim_v))
 
-# %% ../nbs/06b_cuda_ops.ipynb #90c05dbb
+# %% ../nbs/06b_cuda_ops.ipynb #126e9110
 ACT_KINDS = {'swiglu': 0, 'geglu': 1, 'swiglu_oai': 2, 'gelu': 3}
 
 def act_ref(kind, gu, n):
@@ -249,7 +249,7 @@ def softcap(x, cap: float):
     "`x = tanh(x / cap) * cap`."
     _elementwise('softcap', x, None, 2, cap)
 
-# %% ../nbs/06b_cuda_ops.ipynb #570d8b55
+# %% ../nbs/06b_cuda_ops.ipynb #b4678827
 def _argmax(v, allowed, out, ws_v, ws_i, sfx):
     n, nb = v.size, ws_i.size
     load_kernel('sample', f'argmax_blocks_{sfx}')((nb,), (256,), (v, _ptr(allowed), np.int32(n), ws_v, ws_i))
@@ -270,7 +270,7 @@ class Argmax:
         _check('Argmax', out, 'out', np.int32, 1)
         _argmax(logits, allowed, out, self.ws_v, self.ws_i, 'f32')
 
-# %% ../nbs/06b_cuda_ops.ipynb #d532b1f2
+# %% ../nbs/06b_cuda_ops.ipynb #3c7b662c
 def sample_token_ref(logits, allowed, params, u: float, penalty_ids=None, penalty_counts=None) -> int:
     "The id `orcd.engine.Sampler` draws from `logits` with uniform `u` (its `distribution` + its cumulative rule)."
     from collections import Counter
@@ -282,7 +282,7 @@ def sample_token_ref(logits, allowed, params, u: float, penalty_ids=None, penalt
     cs = np.cumsum(probs)
     return int(ids[min(int(np.searchsorted(cs, u * cs[-1], side='right')), len(ids) - 1)])
 
-# %% ../nbs/06b_cuda_ops.ipynb #a98a94ef
+# %% ../nbs/06b_cuda_ops.ipynb #c06e01e8
 def _penalised(logits, allowed, p, penalty_ids=None, penalty_counts=None):
     "The float64 logits the sampler draws from (`(vocab,)` on the device): -inf where not allowed, penalties applied."
     import cupy
@@ -313,7 +313,7 @@ def sample_sorted(z, allowed, p, u: float) -> int:
         np.int32(p.top_k), np.float64(p.top_p), np.float64(p.min_p), np.float64(u), out))
     return int(out[0])
 
-# %% ../nbs/06b_cuda_ops.ipynb #3fd812c8
+# %% ../nbs/06b_cuda_ops.ipynb #57ac2fb9
 SF_SMEM = 4096 * (8 + 4) + 4096 * 4 + 8 * 1024  # kernels/sample.cu: SF_CAP (e, id), SF_BUCKETS counts, a scale per block
 
 @functools.lru_cache(maxsize=4)
@@ -353,7 +353,7 @@ def sample_token(logits, allowed, params, u: float, penalty_ids=None, penalty_co
     i, _ = sample_fast(z, p, u)
     return i if i >= 0 else sample_sorted(z, allowed, p, u)
 
-# %% ../nbs/06b_cuda_ops.ipynb #4404d095
+# %% ../nbs/06b_cuda_ops.ipynb #5d0ba786
 def time_graph(fn, n: int = 200, graph: bool = True) -> float:
     "µs per call of `fn()` (kernel launches only): `n` calls captured in a CUDA graph (or eager), CUDA events."
     import cupy

@@ -47,13 +47,27 @@ __device__ __forceinline__ void emv_dot2(const tMXFP4::Raw& a, const tMXFP4::Raw
     }
 }
 
+// One row's sums (a single-row unit, see `pairs` below).
+__device__ __forceinline__ int emv_dot1(const tMXFP4::Raw& a, const int4* xb, u32 m0) {
+    int sa = 0;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const int4 v = xb[i];
+        const u32 an = a.q[i] ^ 0x88888888u;
+        const u32 a0 = mxfp4_pairs(a.q[i], an, m0), a1 = mxfp4_pairs(a.q[i] >> 16, an >> 16, m0);
+        sa = __dp2a_lo(v.x, (int)a0, sa); sa = __dp2a_hi(v.y, (int)a0, sa);
+        sa = __dp2a_lo(v.z, (int)a1, sa); sa = __dp2a_hi(v.w, (int)a1, sa);
+    }
+    return sa;
+}
+
 // WHOLE: every block may be read as the 5 aligned words covering it (the matrices' bytes per expert, R K/32 17, end on
 // a 4-byte boundary: the bytes read past a block are the next block's or the next row's); else the predicated tail.
 template <bool WHOLE>
 __device__ __forceinline__ void expert_mv_body(const u8* __restrict__ w0, const u8* __restrict__ w1, int nm,
                                                const int* __restrict__ ids, long long stride, int k, int R, int K,
                                                const float* __restrict__ x, int per_expert_x, float* __restrict__ y,
-                                               const int4* __restrict__ staged) {
+                                               const int4* __restrict__ staged, int pairs) {
     extern __shared__ int4 emv_smem[];
     __shared__ float T[256];
     unsigned char* base = reinterpret_cast<unsigned char*>(emv_smem);
@@ -78,13 +92,37 @@ __device__ __forceinline__ void expert_mv_body(const u8* __restrict__ w0, const 
     const int upp = (R + 1) / 2, units = k * nm * upp;
     const int warps = gridDim.x * EMV_NW;
     const u32 m0 = emv_xs(base, region, 0, K).t0;
-    for (int u = blockIdx.x * EMV_NW + (threadIdx.x >> 5); u < units; u += warps) {
-        const int p = u / upp, r0 = 2 * (u - p * upp), j = p / nm;
-        const bool two = r0 + 1 < R;                                // uniform over the warp
+    // Work items: the first `pairs` row pairs (units) one per warp, then each remaining pair as two single rows — so
+    // that a last, partial round of pairs (down: 5,760 pairs over 4,224 warps) becomes one round of half the work.
+    const int items = pairs + 2 * (units - pairs);
+    for (int w = blockIdx.x * EMV_NW + (threadIdx.x >> 5); w < items; w += warps) {
+        const bool single = w >= pairs;                             // uniform over the warp
+        const int u = single ? pairs + ((w - pairs) >> 1) : w;
+        const int p = u / upp, j = p / nm;
+        const int r0 = 2 * (u - p * upp) + (single ? (w - pairs) & 1 : 0);
+        if (r0 >= R) continue;                                      // the missing half of an odd R's last pair
+        const bool two = !single && r0 + 1 < R;
         const u8* row0 = (p - j * nm == 0 ? w0 : w1) + (size_t)ids[j] * (size_t)stride + (size_t)r0 * row_bytes;
         const u8* row1 = row0 + row_bytes;
         const XS<16, true> xs = emv_xs(base, region, per_expert_x ? j : 0, K);
         float acc0 = 0.f, acc1 = 0.f;
+        if (single) {
+            for (int c0 = 0; c0 < nb; c0 += 32 * EMV_J) {
+                tMXFP4::Raw ra[EMV_J];
+#pragma unroll
+                for (int t = 0; t < EMV_J; ++t) ra[t] = tMXFP4::load_words<WHOLE>(row0, min(c0 + 32 * t + lane, nb - 1));
+#pragma unroll
+                for (int t = 0; t < EMV_J; ++t) {
+                    const int c = c0 + 32 * t + lane, cc = min(c, nb - 1);
+                    const int sa = emv_dot1(ra[t], reinterpret_cast<const int4*>(xs.q) + pl_slot(cc), m0);
+                    acc0 = fmaf((float)sa * T[ra[t].e], c < nb ? xs.d[cc] : 0.f, acc0);
+                }
+            }
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) acc0 += __shfl_xor_sync(0xffffffffu, acc0, o);
+            if (lane == 0) y[(size_t)p * R + r0] = acc0 * 2.3283064365386963e-10f;   // 2^-32
+            continue;
+        }
         for (int c0 = 0; c0 < nb; c0 += 32 * EMV_J) {
             // Lanes past the row's last block load that block again and add it times 0: no branch, no zeroing
             // (with K = 2880 that is lanes 26-31 in the third column of blocks). Without a second row, the "second
@@ -118,12 +156,12 @@ __device__ __forceinline__ void expert_mv_body(const u8* __restrict__ w0, const 
 
 #define EMV_ARGS const u8* __restrict__ w0, const u8* __restrict__ w1, int nm, const int* __restrict__ ids, long long stride, \
                  int k, int R, int K, const float* __restrict__ x, int per_expert_x, float* __restrict__ y,            \
-                 const int4* __restrict__ staged
+                 const int4* __restrict__ staged, int pairs
 extern "C" __global__ void __launch_bounds__(EMV_NW * 32, 2) expert_mv(EMV_ARGS) {
-    expert_mv_body<true>(w0, w1, nm, ids, stride, k, R, K, x, per_expert_x, y, staged);
+    expert_mv_body<true>(w0, w1, nm, ids, stride, k, R, K, x, per_expert_x, y, staged, pairs);
 }
 extern "C" __global__ void __launch_bounds__(EMV_NW * 32, 2) expert_mv_tail(EMV_ARGS) {
-    expert_mv_body<false>(w0, w1, nm, ids, stride, k, R, K, x, per_expert_x, y, staged);
+    expert_mv_body<false>(w0, w1, nm, ids, stride, k, R, K, x, per_expert_x, y, staged, pairs);
 }
 
 // emv_stage: the staged input of expert_mv, made once instead of in every CTA: the nx regions (region bytes each,

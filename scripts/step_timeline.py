@@ -1,0 +1,125 @@
+"""One decode step's kernels on the GPU's own clock, as the captured graph runs them: each kernel's start, its duration
+and what it adds to the step (its end minus the end of the kernel before), from CUPTI's activity records through
+torch.profiler (torch must be importable; nothing of orcd depends on it). `profile_step.py` times each kernel alone
+(Nsight Compute); this says where the graph's time goes with PDL's overlap and the gaps included.
+    python3 scripts/step_timeline.py MODEL.gguf [--depth 0] [--steps 20] [--floor]
+`--floor` also times graphs of 150 PDL kernels that do nothing, and of 150 that each read a 896-value vector the one
+before wrote: the cost of a dependent launch in a graph, the floor of any chain of kernels."""
+import argparse, json, os, re, statistics, sys, tempfile
+import numpy as np
+
+FLOOR_SRC = r'''
+extern "C" __global__ void empty_k(float* x) {
+    asm volatile("griddepcontrol.launch_dependents;");
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+}
+// every block reads all n values the kernel before wrote and writes its 32: a phase of a dependent chain
+extern "C" __global__ void chain_k(const float* __restrict__ x, float* __restrict__ y, int n) {
+    asm volatile("griddepcontrol.launch_dependents;");
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    __shared__ float s[32];
+    float a = 0.f;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) a += x[i];
+    for (int o = 16; o > 0; o >>= 1) a += __shfl_xor_sync(0xffffffffu, a, o);
+    if ((threadIdx.x & 31) == 0) s[threadIdx.x >> 5] = a;
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        float b = threadIdx.x < blockDim.x / 32 ? s[threadIdx.x] : 0.f;
+        for (int o = 16; o > 0; o >>= 1) b += __shfl_xor_sync(0xffffffffu, b, o);
+        y[blockIdx.x * 32 + threadIdx.x] = b * 1e-3f + x[blockIdx.x * 32 + threadIdx.x];
+    }
+}
+'''
+
+def floor(n: int = 150, reps: int = 50):
+    "µs per kernel of a graph of n empty PDL kernels, and of n dependent 28-block kernels (each reads all 896 values)."
+    import cupy, ctypes
+    from orcd.cuda import _PdlLaunch
+    mod = cupy.RawModule(code=FLOOR_SRC)
+    x, y = cupy.zeros(896, np.float32), cupy.zeros(896, np.float32)
+    out, s = {}, cupy.cuda.Stream(non_blocking=True)
+    for name, grid, block in (('empty', 1, 32), ('empty 28x256', 28, 256), ('dependent 28x256', 28, 256)):
+        k = mod.get_function('empty_k' if name.startswith('empty') else 'chain_k')
+        for pdl in (False, True):
+            launch = _PdlLaunch(k, grid, block, 0) if pdl else None
+            def one(i):
+                a, b = (x, y) if i % 2 == 0 else (y, x)
+                args = (a,) if name.startswith('empty') else (a, b, np.int32(896))
+                if pdl: launch(*[ctypes.c_void_p(v.data.ptr) if isinstance(v, cupy.ndarray) else ctypes.c_int32(int(v)) for v in args])
+                else: k((grid,), (block,), args)
+            with s:
+                for i in range(n): one(i)
+                s.begin_capture()
+                for i in range(n): one(i)
+                g = s.end_capture()
+                g.launch(s); s.synchronize()
+                e0, e1 = cupy.cuda.Event(), cupy.cuda.Event()
+                e0.record(s)
+                for _ in range(reps): g.launch(s)
+                e1.record(s); e1.synchronize()
+            out[f'{name}{" PDL" if pdl else ""}'] = cupy.cuda.get_elapsed_time(e0, e1) * 1e3 / reps / n
+    return out
+
+def short(name: str) -> str:
+    "A kernel's name without template noise: matvec_v2<...> keeps its first template arguments."
+    m = re.match(r'(?:void )?([\w:]+)(<[^(]*>)?', name)
+    base = m.group(1) if m else name
+    return base + (m.group(2)[:60] if m and m.group(2) else '')
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(); ap.add_argument('model')
+    ap.add_argument('--depth', type=int, default=0, help='tokens in the cache before the timed steps')
+    ap.add_argument('--steps', type=int, default=20)
+    ap.add_argument('--floor', action='store_true')
+    ap.add_argument('--rows', type=int, default=40, help='kernels listed one by one (the first layer and the tail)')
+    a = ap.parse_args(argv)
+    import cupy, torch
+    from torch.profiler import profile, ProfilerActivity
+    from orcd.gguf import GGUFFile
+    from orcd.cuda_backend import CUDABackend, _fused, _step
+    if a.floor:
+        for k, v in floor().items(): print(f'floor: {k:24s} {v:6.2f} µs per kernel in a graph of 150')
+    be = CUDABackend(GGUFFile(a.model), a.depth + a.steps + 64)
+    n = max(1, a.depth)
+    be.prefill(np.random.default_rng(0).integers(0, min(be.hp.vocab_size, 30000), n))
+    tok, pos = 1, n
+    for _ in range(3): tok = _step(be, tok, pos); pos += 1          # capture and warm up
+    ev0, ev1 = cupy.cuda.Event(), cupy.cuda.Event()
+    ev0.record(be.stream)
+    for _ in range(a.steps): tok = _step(be, tok, pos); pos += 1
+    ev1.record(be.stream); ev1.synchronize()
+    plain = cupy.cuda.get_elapsed_time(ev0, ev1) * 1e3 / a.steps
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(a.steps): tok = _step(be, tok, pos); pos += 1
+    path = os.path.join(tempfile.mkdtemp(), 'trace.json')
+    prof.export_chrome_trace(path)
+    ev = sorted((e for e in json.load(open(path))['traceEvents'] if e.get('cat') == 'kernel'), key=lambda e: e['ts'])
+    ends = [i for i, e in enumerate(ev) if 'advance_position' in e['name']]
+    steps = [ev[i + 1:j + 1] for i, j in zip(ends, ends[1:])]
+    K = statistics.mode(len(s) for s in steps)
+    steps = [s for s in steps if len(s) == K]
+    print(f'{os.path.basename(a.model)}: {K} kernels a step, {len(steps)} steps traced; '
+          f'{plain:.1f} µs a step untraced (host loop, one graph a step)')
+    rows = []
+    for i in range(K):
+        dur = statistics.median(s[i]['dur'] for s in steps)
+        add = statistics.median(s[i]['ts'] + s[i]['dur'] - (s[i - 1]['ts'] + s[i - 1]['dur']) if i else s[i]['dur'] for s in steps)
+        gap = statistics.median(s[i]['ts'] - (s[i - 1]['ts'] + s[i - 1]['dur']) if i else 0.0 for s in steps)
+        rows.append((short(steps[0][i]['name']), dur, add, gap))
+    span = statistics.median(s[-1]['ts'] + s[-1]['dur'] - s[0]['ts'] for s in steps)
+    print(f'step span {span:.1f} µs (first kernel start to last end); kernels alone add to {sum(r[1] for r in rows):.1f}; '
+          f'gaps (start after the previous end) add to {sum(max(r[3], 0) for r in rows):.1f}, overlaps to {sum(min(r[3], 0) for r in rows):.1f}')
+    kinds = {}
+    for name, dur, add, gap in rows:
+        k = kinds.setdefault(name, [0, 0.0, 0.0, 0.0]); k[0] += 1; k[1] += dur; k[2] += add; k[3] += gap
+    print('by kernel (count, µs alone, µs added to the step, µs of gap before):')
+    for name, (c, d, ad, g) in sorted(kinds.items(), key=lambda kv: -kv[1][2]):
+        print(f'  {c:4d} {d:8.1f} {ad:8.1f} {g:8.1f}  {name}')
+    labels = [f'{s.op} {s.w or s.arg or ""}'.strip() + ('' if li is None else f' [{li}]') for s, li in _fused(be)]
+    print('fused steps, in order: ' + ' | '.join(labels[:12]) + ' ...')
+    print(f'first {a.rows} kernels and the last 6 (µs: alone, added, gap before):')
+    for i, (name, dur, add, gap) in enumerate(rows):
+        if i < a.rows or i >= K - 6: print(f'  {i:4d} {dur:7.2f} {add:7.2f} {gap:7.2f}  {name}')
+
+if __name__ == '__main__':
+    main()

@@ -94,6 +94,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                            'orcd.cuda._has_pdl': ('cuda.html#_has_pdl', 'orcd/cuda.py'),
                            'orcd.cuda.c_arg': ('cuda.html#c_arg', 'orcd/cuda.py'),
                            'orcd.cuda.cuda_device': ('cuda.html#cuda_device', 'orcd/cuda.py'),
+                           'orcd.cuda.headers_tag': ('cuda.html#headers_tag', 'orcd/cuda.py'),
                            'orcd.cuda.kernel_options': ('cuda.html#kernel_options', 'orcd/cuda.py'),
                            'orcd.cuda.kernel_source': ('cuda.html#kernel_source', 'orcd/cuda.py'),
                            'orcd.cuda.load_kernel': ('cuda.html#load_kernel', 'orcd/cuda.py'),

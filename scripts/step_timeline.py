@@ -4,7 +4,8 @@ torch.profiler (torch must be importable; nothing of orcd depends on it). `profi
 (Nsight Compute); this says where the graph's time goes with PDL's overlap and the gaps included.
     python3 scripts/step_timeline.py MODEL.gguf [--depth 0] [--steps 20] [--floor]
 `--floor` also times graphs of 150 PDL kernels that do nothing, and of 150 that each read a 896-value vector the one
-before wrote: the cost of a dependent launch in a graph, the floor of any chain of kernels."""
+before wrote: the cost of a dependent launch in a graph, the floor of any chain of kernels; and the same 150 dependent
+phases inside one persistent kernel, a grid-wide barrier between them: what a kernel boundary would cost instead."""
 import argparse, json, os, re, statistics, sys, tempfile
 import numpy as np
 
@@ -29,7 +30,53 @@ extern "C" __global__ void chain_k(const float* __restrict__ x, float* __restric
         y[blockIdx.x * 32 + threadIdx.x] = b * 1e-3f + x[blockIdx.x * 32 + threadIdx.x];
     }
 }
+// the same phases inside one persistent kernel: a grid-wide barrier (an arrival counter and a generation word)
+// between phases instead of a kernel boundary; all blocks resident (a cooperative launch)
+__device__ void grid_barrier(unsigned* count, volatile unsigned* gen) {
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        const unsigned g = *gen;
+        __threadfence();
+        if (atomicAdd(count, 1u) == gridDim.x - 1) { *count = 0; __threadfence(); atomicAdd((unsigned*)gen, 1u); }
+        else while (*gen == g) {}
+        __threadfence();
+    }
+    __syncthreads();
+}
+extern "C" __global__ void phases_k(float* x, float* y, int n, int phases, unsigned* bar) {
+    __shared__ float s[32];
+    for (int p = 0; p < phases; ++p) {
+        const float* a = p % 2 ? y : x; float* b = p % 2 ? x : y;
+        float v = 0.f;
+        for (int i = threadIdx.x; i < n; i += blockDim.x) v += __ldcg(a + i);
+        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+        if ((threadIdx.x & 31) == 0) s[threadIdx.x >> 5] = v;
+        __syncthreads();
+        if (threadIdx.x < 32) {
+            float t = threadIdx.x < blockDim.x / 32 ? s[threadIdx.x] : 0.f;
+            for (int o = 16; o > 0; o >>= 1) t += __shfl_xor_sync(0xffffffffu, t, o);
+            const int i = (blockIdx.x * 32 + threadIdx.x) % n;
+            if (blockIdx.x * 32 < n) b[i] = t * 1e-3f + __ldcg(a + i);
+        }
+        grid_barrier(bar, bar + 1);
+    }
+}
 '''
+
+def barrier_floor(phases: int = 150, reps: int = 20):
+    "µs per phase of a persistent kernel whose phases are separated by a grid-wide barrier (132 and 264 blocks)."
+    import cupy
+    k = cupy.RawKernel(FLOOR_SRC, 'phases_k', enable_cooperative_groups=True)
+    x, y, bar = cupy.zeros(896, np.float32), cupy.zeros(896, np.float32), cupy.zeros(2, np.uint32)
+    out = {}
+    for blocks in (132, 264):
+        k((blocks,), (256,), (x, y, np.int32(896), np.int32(phases), bar))
+        e0, e1 = cupy.cuda.Event(), cupy.cuda.Event()
+        e0.record()
+        for _ in range(reps): k((blocks,), (256,), (x, y, np.int32(896), np.int32(phases), bar))
+        e1.record(); e1.synchronize()
+        out[f'grid barrier {blocks}x256'] = cupy.cuda.get_elapsed_time(e0, e1) * 1e3 / reps / phases
+    return out
 
 def floor(n: int = 150, reps: int = 50):
     "µs per kernel of a graph of n empty PDL kernels, and of n dependent 28-block kernels (each reads all 896 values)."
@@ -79,6 +126,7 @@ def main(argv=None):
     from orcd.cuda_backend import CUDABackend, _fused, _step
     if a.floor:
         for k, v in floor().items(): print(f'floor: {k:24s} {v:6.2f} µs per kernel in a graph of 150')
+        for k, v in barrier_floor().items(): print(f'floor: {k:24s} {v:6.2f} µs per phase of one kernel (150 phases)')
     be = CUDABackend(GGUFFile(a.model), a.depth + a.steps + 64)
     n = max(1, a.depth)
     be.prefill(np.random.default_rng(0).integers(0, min(be.hp.vocab_size, 30000), n))

@@ -24,6 +24,15 @@ def test_kernel_source_lookup():
     with pytest.raises(FileNotFoundError, match='no_such_kernel'): cuda.kernel_source('no_such_kernel')
 
 
+def test_kernel_source_names_its_headers_content():
+    "CuPy caches by source text: the source carries a hash of every header, so a header's edit recompiles."
+    import hashlib
+    h = hashlib.sha1()
+    for f in sorted((ROOT / 'kernels').glob('*.cuh'), key=lambda p: p.name): h.update(f.name.encode()); h.update(f.read_bytes())
+    assert cuda.headers_tag() == f'// headers {h.hexdigest()}\n'
+    assert cuda.kernel_source('attention').endswith(cuda.headers_tag())
+
+
 @needs_gpu
 def test_every_kernel_compiles_with_the_shared_header():
     import re

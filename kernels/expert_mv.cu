@@ -47,19 +47,8 @@ __device__ __forceinline__ void emv_dot2(const tMXFP4::Raw& a, const tMXFP4::Raw
     }
 }
 
-// One row's sums (a single-row unit, see `pairs` below).
-__device__ __forceinline__ int emv_dot1(const tMXFP4::Raw& a, const int4* xb, u32 m0) {
-    int sa = 0;
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        const int4 v = xb[i];
-        const u32 an = a.q[i] ^ 0x88888888u;
-        const u32 a0 = mxfp4_pairs(a.q[i], an, m0), a1 = mxfp4_pairs(a.q[i] >> 16, an >> 16, m0);
-        sa = __dp2a_lo(v.x, (int)a0, sa); sa = __dp2a_hi(v.y, (int)a0, sa);
-        sa = __dp2a_lo(v.z, (int)a1, sa); sa = __dp2a_hi(v.w, (int)a1, sa);
-    }
-    return sa;
-}
+// One row's sums (a single-row unit, see `pairs` below): the pair-layout matvec's own.
+__device__ __forceinline__ int emv_dot1(const tMXFP4::Raw& a, const int4* xb, u32 m0) { return tMXFP4P::isum(a, xb, m0); }
 
 // WHOLE: every block may be read as the 5 aligned words covering it (the matrices' bytes per expert, R K/32 17, end on
 // a 4-byte boundary: the bytes read past a block are the next block's or the next row's); else the predicated tail.

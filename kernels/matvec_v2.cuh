@@ -274,10 +274,9 @@ struct tMXFP4 {   // 17 B: E8M0 exponent e, 16 B E2M1 nibbles.      value = MXFP
 // boundary, so the few bytes beyond a block are the next block's, or the next row's, never past the part.
 struct tMXFP4P : tMXFP4 {
     static __device__ __forceinline__ Raw load(const u8* row, int c) { return load_words<true>(row, c); }
-    // Word i of the codes (bytes 4i..4i+3) meets the block's 16-byte slot i: 8 __dp2a per 2 words.
-    static __device__ __forceinline__ float dot(const Raw& r, const XS<16, true>& xs, int c) {
-        const int4* xb = reinterpret_cast<const int4*>(xs.q) + pl_slot(c);
-        const u32 m0 = xs.t0;
+    // The block's integer sum against its staged x, xb = the block's slots in the pair layout (xs.q + pl_slot(c)):
+    // word i of the codes (bytes 4i..4i+3) meets 16-byte slot i, 8 __dp2a per 2 words. (expert_mv.cu uses it too.)
+    static __device__ __forceinline__ int isum(const Raw& r, const int4* xb, u32 m0) {
         int s = 0;
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
@@ -287,7 +286,10 @@ struct tMXFP4P : tMXFP4 {
             s = __dp2a_lo(v.x, (int)w0, s); s = __dp2a_hi(v.y, (int)w0, s);
             s = __dp2a_lo(v.z, (int)w1, s); s = __dp2a_hi(v.w, (int)w1, s);
         }
-        return scaled(s, r.e, xs.d[c]);
+        return s;
+    }
+    static __device__ __forceinline__ float dot(const Raw& r, const XS<16, true>& xs, int c) {
+        return scaled(isum(r, reinterpret_cast<const int4*>(xs.q) + pl_slot(c), xs.t0), r.e, xs.d[c]);
     }
 };
 

@@ -588,6 +588,22 @@ struct Part {
     long long stride;
 };
 
+// Diagnostics, compiled in only with -DORCD_TRACE (ORCD_TRACE=1: orcd.cuda_matvec.precompile; read by
+// scripts/step_timeline.py --trace): thread 0 of each CTA stamps the global timer (ns) when the CTA starts (0), when
+// its wait for the kernel before returns (1), when its staged x is ready (2) and when it is done (3), then appends
+// [K, rows (all parts), t0, t1, t2, t3] to mv_trace.
+#ifdef ORCD_TRACE
+#define MV_TRACE_CAP 65536
+extern "C" {                                                // unmangled: RawModule.get_global finds them by name
+__device__ unsigned long long mv_trace[MV_TRACE_CAP][6];
+__device__ unsigned int mv_trace_n;
+}
+__shared__ unsigned long long mv_t[4];
+#define MV_STAMP(i) do { if (threadIdx.x == 0) asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(mv_t[i])); } while (0)
+#else
+#define MV_STAMP(i) do {} while (0)
+#endif
+
 __device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];" :: "l"(p)); }
 
 // Every 128-byte line of [b, b + n) into L2, the CTA's threads taking lines in turn.
@@ -686,8 +702,11 @@ __device__ __forceinline__ void run_part(const Part& P0, int tile_begin, const A
 #if __CUDA_ARCH__ >= 900
         asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
+        if (staged == -1) MV_STAMP(1);
         if (staged != -1) __syncthreads();                    // the previous part's x may still be read
-        stage<SQ8, SF32, NT, IN>(a.x + P.xoff, a.K, xs, a.norm_w, a.norm_eps, a.act); __syncthreads(); staged = P.xoff;
+        stage<SQ8, SF32, NT, IN>(a.x + P.xoff, a.K, xs, a.norm_w, a.norm_eps, a.act); __syncthreads();
+        if (staged == -1) MV_STAMP(2);
+        staged = P.xoff;
     }
     float acc = 0.f;
     for (;;) {
@@ -754,11 +773,23 @@ __device__ __forceinline__ void matvec_v2_body(const Part* __restrict__ parts, i
 #endif
     int staged = -1;                                          // the xoff of the x in shared memory (-1: none)
     int tile_begin = 0;
+    MV_STAMP(0);
     for (int p = 0; p < nparts; ++p) {
         const Part P = parts[p];
         dispatch<NW, SQ8, SF32, IN, 0, X, Cs...>(P.slot, P, tile_begin, a, xs, red, staged);
         tile_begin = P.tile_end;
     }
+#ifdef ORCD_TRACE
+    if (threadIdx.x == 0 && staged != -1) {                  // (a CTA without tiles stamps nothing)
+        MV_STAMP(3);
+        const unsigned i = atomicAdd(&mv_trace_n, 1u);
+        if (i < MV_TRACE_CAP) {
+            const unsigned long long r[6] = {(unsigned long long)K, (unsigned long long)(parts[nparts - 1].row0 + parts[nparts - 1].rows),
+                                               mv_t[0], mv_t[1], mv_t[2], mv_t[3]};
+            for (int j = 0; j < 6; ++j) mv_trace[i][j] = r[j];
+        }
+    }
+#endif
 }
 
 }  // namespace mv

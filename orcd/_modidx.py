@@ -211,6 +211,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'orcd.cuda_matvec.prmt_ref': ('cuda_matvec.html#prmt_ref', 'orcd/cuda_matvec.py'),
                                   'orcd.cuda_matvec.quantize_x_ref': ('cuda_matvec.html#quantize_x_ref', 'orcd/cuda_matvec.py'),
                                   'orcd.cuda_matvec.random_weight': ('cuda_matvec.html#random_weight', 'orcd/cuda_matvec.py'),
+                                  'orcd.cuda_matvec.trace_records': ('cuda_matvec.html#trace_records', 'orcd/cuda_matvec.py'),
                                   'orcd.cuda_matvec.v2_expr': ('cuda_matvec.html#v2_expr', 'orcd/cuda_matvec.py')},
             'orcd.cuda_moe': { 'orcd.cuda_moe.ExpertMV': ('cuda_moe.html#expertmv', 'orcd/cuda_moe.py'),
                                'orcd.cuda_moe.ExpertMV.__call__': ('cuda_moe.html#expertmv.__call__', 'orcd/cuda_moe.py'),

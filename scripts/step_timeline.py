@@ -2,10 +2,13 @@
 and what it adds to the step (its end minus the end of the kernel before), from CUPTI's activity records through
 torch.profiler (torch must be importable; nothing of orcd depends on it). `profile_step.py` times each kernel alone
 (Nsight Compute); this says where the graph's time goes with PDL's overlap and the gaps included.
-    python3 scripts/step_timeline.py MODEL.gguf [--depth 0] [--steps 20] [--floor]
+    python3 scripts/step_timeline.py MODEL.gguf [--depth 0] [--steps 20] [--floor] [--trace]
 `--floor` also times graphs of 150 PDL kernels that do nothing, and of 150 that each read a 896-value vector the one
 before wrote: the cost of a dependent launch in a graph, the floor of any chain of kernels; and the same 150 dependent
-phases inside one persistent kernel, a grid-wide barrier between them: what a kernel boundary would cost instead."""
+phases inside one persistent kernel, a grid-wide barrier between them: what a kernel boundary would cost instead.
+`--trace` compiles the matvec kernels with their timer stamps (ORCD_TRACE=1, 06a) and reads one step: per launch, when
+its CTAs were released by the wait, how long staging x took, how long the rest, and the time from the launch before's
+last CTA to this one's release (the kernel boundary as the kernels see it). The traced kernels run a little slower."""
 import argparse, json, os, re, statistics, sys, tempfile
 import numpy as np
 
@@ -113,13 +116,57 @@ def short(name: str) -> str:
     base = m.group(1) if m else name
     return base + (m.group(2)[:60] if m and m.group(2) else '')
 
+def launches(rec):
+    """The matvec launches of `trace_records` rows: grouped by (K, rows), split where the CTAs' wait
+    times jump by more than 3 µs (another launch of the same shape: another layer), in the order they ran."""
+    out = []
+    for key in {(int(r[0]), int(r[1])) for r in rec}:
+        rows = rec[(rec[:, 0] == key[0]) & (rec[:, 1] == key[1])]
+        rows = rows[np.argsort(rows[:, 3])]
+        cut = np.flatnonzero(np.diff(rows[:, 3].astype(np.int64)) > 3000) + 1
+        out += [(key, g) for g in np.split(rows, cut)]
+    return sorted(out, key=lambda kg: int(kg[1][:, 3].min()))
+
+def trace(be, tok, pos, layers: int):
+    "One decode step with the matvec kernels' stamps (ORCD_TRACE=1): where each launch's time goes."
+    from orcd.cuda_backend import _step
+    from orcd.cuda_matvec import trace_records
+    trace_records()                                          # reset
+    tok = _step(be, tok, pos)
+    rec = trace_records().astype(np.int64)
+    ls = launches(rec)
+    t0 = min(int(g[:, 2].min()) for _, g in ls)
+    print(f'trace: {len(rec)} CTA records, {len(ls)} matvec launches; µs from the first start. Per launch: CTAs, '
+          'first start, wait returned (first-last), x staged (median after the wait), done (last), '
+          'staging, after staging to the last done, from the previous launch\'s last done to this one\'s first release')
+    prev, per_key = None, {}
+    for i, ((K, r0), g) in enumerate(ls):
+        us = lambda v: (v - t0) / 1e3
+        w0, w1, done = int(g[:, 3].min()), int(g[:, 3].max()), int(g[:, 5].max())
+        stage = float(np.median(g[:, 4] - g[:, 3])) / 1e3
+        tail = (done - int(np.median(g[:, 4]))) / 1e3
+        gap = None if prev is None else (w0 - prev) / 1e3
+        per_key.setdefault((K, r0), []).append((stage, tail, gap, (done - (prev if prev else w0)) / 1e3))
+        if i < 10 or i >= len(ls) - 2:
+            print(f'  K={K:5d} rows={r0:6d} {len(g):4d} CTAs start {us(int(g[:, 2].min())):8.2f} wait {us(w0):8.2f}-{us(w1):8.2f} '
+                  f'done {us(done):8.2f}  staging {stage:5.2f} then {tail:5.2f}' + ('' if gap is None else f'  release {gap:5.2f}'))
+        prev = done
+    print('per shape, median over its launches (µs): staging, after staging to done, release after the previous launch, '
+          'previous done to this done')
+    for (K, r0), v in per_key.items():
+        med = lambda j: statistics.median([x[j] for x in v if x[j] is not None] or [float('nan')])
+        print(f'  K={K:5d} rows={r0:6d} x{len(v):3d}: {med(0):5.2f} {med(1):5.2f} {med(2):5.2f} {med(3):6.2f}')
+    return tok
+
 def main(argv=None):
     ap = argparse.ArgumentParser(); ap.add_argument('model')
     ap.add_argument('--depth', type=int, default=0, help='tokens in the cache before the timed steps')
     ap.add_argument('--steps', type=int, default=20)
     ap.add_argument('--floor', action='store_true')
     ap.add_argument('--rows', type=int, default=40, help='kernels listed one by one (the first layer and the tail)')
+    ap.add_argument('--trace', action='store_true', help='also one step with the matvec kernels\' own timer stamps')
     a = ap.parse_args(argv)
+    if a.trace: os.environ['ORCD_TRACE'] = '1'               # before orcd.cuda_matvec is imported
     import cupy, torch
     from torch.profiler import profile, ProfilerActivity
     from orcd.gguf import GGUFFile
@@ -137,6 +184,8 @@ def main(argv=None):
     for _ in range(a.steps): tok = _step(be, tok, pos); pos += 1
     ev1.record(be.stream); ev1.synchronize()
     plain = cupy.cuda.get_elapsed_time(ev0, ev1) * 1e3 / a.steps
+    if a.trace:
+        tok = trace(be, tok, pos, be.hp.n_layers); pos += 1
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(a.steps): tok = _step(be, tok, pos); pos += 1
     path = os.path.join(tempfile.mkdtemp(), 'trace.json')

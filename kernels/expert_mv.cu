@@ -153,6 +153,114 @@ extern "C" __global__ void __launch_bounds__(EMV_NW * 32, 2) expert_mv_tail(EMV_
     expert_mv_body<false>(w0, w1, nm, ids, stride, k, R, K, x, per_expert_x, y, staged, pairs);
 }
 
+// expert_mv_k2880: the same products for K = 2880 (gpt-oss) with x staged by emv_stage, in 40 registers, so that three
+// CTAs of 16 warps share an SM: 6,336 warps for the down products' 5,760 row pairs, one round instead of two (or of
+// split_last's one and a half). K a compile-time constant frees the registers its arithmetic held; the three blocks of
+// a lane (90 = 32 + 32 + 26) are fetched two slots ahead, a slot's words loaded again as soon as the slot before is
+// summed (20 words in flight per lane, against 30: the same per SM, with half as many warps again). The words are
+// kept as loaded and shifted into their block where used, so that no shift waits on a load in flight.
+template <bool WHOLE> __device__ __forceinline__ void emv_load5(u32 (&w)[5], const u8* row, int c) {
+    const size_t a = reinterpret_cast<size_t>(row + c * 17);
+    const u8* base = reinterpret_cast<const u8*>(a & ~(size_t)3);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) w[i] = ld32(base + 4 * i);
+    const u8* t = base + 16;
+    const u32 o = (u32)(a & 3);
+    w[4] = WHOLE ? ld32(t) : ld8(t) | ld8_if(t + 1, o >= 1) << 8 | ld8_if(t + 2, o >= 2) << 16 | ld8_if(t + 3, o >= 3) << 24;
+}
+__device__ __forceinline__ tMXFP4::Raw emv_shift5(const u32 (&w)[5], u32 o) {   // o: the block's address & 3
+    tMXFP4::Raw r; r.e = (w[0] >> (8 * o)) & 0xffu;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) r.q[i] = __funnelshift_rc(w[i], w[i + 1], 8 * o + 8);
+    return r;
+}
+
+template <bool WHOLE, int KC>
+__device__ __forceinline__ void expert_mv_fixed(const u8* __restrict__ w0, const u8* __restrict__ w1, int nm,
+                                                const int* __restrict__ ids, long long stride, int k, int R,
+                                                int per_expert_x, float* __restrict__ y, const int4* __restrict__ staged,
+                                                int pairs) {
+    constexpr int nb = KC / 32, NS = (nb + 31) / 32;              // blocks per row, slots per lane
+    constexpr int region = ((144 * ((nb + 1) / 2) + 127) & ~127) + KC / 8 + KC / 4 + 15 & ~15;
+    extern __shared__ int4 emv_smem[];
+    __shared__ float T[256];
+    unsigned char* base = reinterpret_cast<unsigned char*>(emv_smem);
+    const int nx = per_expert_x ? k : 1;
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;");
+    asm volatile("griddepcontrol.wait;" ::: "memory");            // ids and the staged x come from the kernels before
+#endif
+    if (threadIdx.x < 256) T[threadIdx.x] = threadIdx.x < 224 ? __uint_as_float((threadIdx.x + 31) << 23) : __int_as_float(0x7f800000);
+    for (int i = threadIdx.x; i < nx * region / 16; i += EMV_NW * 32) emv_smem[i] = staged[i];
+    __syncthreads();
+    const int lane = threadIdx.x & 31;
+    const int upp = (R + 1) / 2, units = k * nm * upp, items = pairs + 2 * (units - pairs);
+    const u32 m0 = emv_xs(base, region, 0, KC).t0;
+    for (int w = blockIdx.x * EMV_NW + (threadIdx.x >> 5); w < items; w += gridDim.x * EMV_NW) {
+        const bool single = w >= pairs;                             // (split_last, as expert_mv_body)
+        const int u = single ? pairs + ((w - pairs) >> 1) : w;
+        const int p = u / upp, j = p / nm;
+        const int r0 = 2 * (u - p * upp) + (single ? (w - pairs) & 1 : 0);
+        if (r0 >= R) continue;
+        const bool two = !single && r0 + 1 < R;
+        const u8* row0 = (p - j * nm == 0 ? w0 : w1) + (size_t)ids[j] * (size_t)stride + (size_t)r0 * (nb * 17);
+        const u8* row1 = two ? row0 + nb * 17 : row0;               // the first row again: its sum discarded
+        const u32 oa = (u32)reinterpret_cast<size_t>(row0) & 3u, ob = (u32)reinterpret_cast<size_t>(row1) & 3u;
+        const XS<16, true> xs = emv_xs(base, region, per_expert_x ? j : 0, KC);
+        float acc0 = 0.f, acc1 = 0.f;
+        u32 wa[2][5], wb[2][5];
+        if (single) {
+#pragma unroll
+            for (int t = 0; t < 2 && t < NS; ++t) emv_load5<WHOLE>(wa[t], row0, min(32 * t + lane, nb - 1));
+#pragma unroll
+            for (int t = 0; t < NS; ++t) {
+                const int c = 32 * t + lane, cc = min(c, nb - 1);
+                const tMXFP4::Raw a = emv_shift5(wa[t & 1], (oa + (u32)cc) & 3u);   // (row + 17 c) & 3
+                const int sa = emv_dot1(a, reinterpret_cast<const int4*>(xs.q) + pl_slot(cc), m0);
+                acc0 = fmaf((float)sa * T[a.e], c < nb ? xs.d[cc] : 0.f, acc0);
+                if (t + 2 < NS) emv_load5<WHOLE>(wa[t & 1], row0, min(32 * (t + 2) + lane, nb - 1));
+            }
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) acc0 += __shfl_xor_sync(0xffffffffu, acc0, o);
+            if (lane == 0) y[(size_t)p * R + r0] = acc0 * 2.3283064365386963e-10f;   // 2^-32
+            continue;
+        }
+#pragma unroll
+        for (int t = 0; t < 2 && t < NS; ++t) {
+            const int c = min(32 * t + lane, nb - 1);
+            emv_load5<WHOLE>(wa[t], row0, c);
+            emv_load5<WHOLE>(wb[t], row1, c);
+        }
+#pragma unroll
+        for (int t = 0; t < NS; ++t) {
+            const int c = 32 * t + lane, cc = min(c, nb - 1);
+            const tMXFP4::Raw a = emv_shift5(wa[t & 1], (oa + (u32)cc) & 3u), b = emv_shift5(wb[t & 1], (ob + (u32)cc) & 3u);
+            int sa, sb;
+            emv_dot2(a, b, reinterpret_cast<const int4*>(xs.q) + pl_slot(cc), m0, sa, sb);
+            const float d = c < nb ? xs.d[cc] : 0.f;
+            acc0 = fmaf((float)sa * T[a.e], d, acc0);
+            acc1 = fmaf((float)sb * T[b.e], d, acc1);
+            if (t + 2 < NS) {                                       // the slot two ahead, into the words just used
+                const int c2 = min(32 * (t + 2) + lane, nb - 1);
+                emv_load5<WHOLE>(wa[t & 1], row0, c2);
+                emv_load5<WHOLE>(wb[t & 1], row1, c2);
+            }
+        }
+        const bool hi = lane & 16;                                  // as expert_mv_body
+        float v = (hi ? acc1 : acc0) + __shfl_xor_sync(0xffffffffu, hi ? acc0 : acc1, 16);
+#pragma unroll
+        for (int o = 8; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+        if ((lane & 15) == 0 && (!hi || two)) y[(size_t)p * R + r0 + (hi ? 1 : 0)] = v * 2.3283064365386963e-10f;
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(EMV_NW * 32, 3) expert_mv_k2880(EMV_ARGS) {
+    expert_mv_fixed<true, 2880>(w0, w1, nm, ids, stride, k, R, per_expert_x, y, staged, pairs);
+}
+extern "C" __global__ void __launch_bounds__(EMV_NW * 32, 3) expert_mv_k2880_tail(EMV_ARGS) {
+    expert_mv_fixed<false, 2880>(w0, w1, nm, ids, stride, k, R, per_expert_x, y, staged, pairs);
+}
+
 // emv_stage: the staged input of expert_mv, made once instead of in every CTA: the nx regions (region bytes each,
 // smem_layout<XS<16, true>>'s layout: pair-layout codes, block scales, half-block code sums) of x, quantised as
 // matvec_v2's stage_q8 does (16-bit codes, d = max|v| / 32767 per 32 values, codes rint(v / d)). One warp per 32 values.

@@ -172,8 +172,10 @@ def experts_table(copy_bw, sweep=False, profile=False, bits=None):
               flush=True)
         if pair is None and pm:                    # the dedicated kernel (06d), the input staged in each CTA and once
             nx = k if pe else 1
-            for staged, split in ((False, True), (True, False), (True, True)):
-                mvs = [ExpertMV(dev, K, cp.asarray(c), per_expert_x=pe, staged=staged, split_last=split) for c in choices]
+            for staged, split, k2880 in ((False, True, False), (True, False, False), (True, True, False), (True, True, True)):
+                if k2880 and K != 2880: continue
+                mvs = [ExpertMV(dev, K, cp.asarray(c), per_expert_x=pe, staged=staged, split_last=split, k2880=k2880)
+                       for c in choices]
                 xin_d = emv_stage(x, K, cp.zeros(nx * emv_region(K), np.uint8)) if staged else x
                 us = graph_us([(lambda m=m: m(xin_d, out)) for m in mvs] * 25)
                 got = cp.asnumpy(mvs[0](xin_d, out))

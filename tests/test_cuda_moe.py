@@ -104,6 +104,11 @@ def test_expert_mv(E, R, K, k, nm, per_expert_x):
             assert np.all(np.abs(got - ref) <= 1e-5 * mag), choice
             y2 = mvs(staged, cp.full(mv.rows, np.nan, np.float32)); stream.synchronize()
             assert np.array_equal(cp.asnumpy(y2), got)
+            if K == 2880 and per_expert_x:                  # the 40-register kernel for gpt-oss's K: the same sums
+                mvk = M.ExpertMV(parts, K, ids, per_expert_x=True, staged=True, k2880=True)
+                assert mvk.k2880 and 'k2880' in repr(mvk)
+                y3 = mvk(staged, cp.full(mv.rows, np.nan, np.float32)); stream.synchronize()
+                assert np.array_equal(cp.asnumpy(y3), got)
     # a grid whose last round of row pairs runs as single rows (gpt-oss's down does so on an H200), odd R included
     units = k * nm * ((R + 1) // 2)
     ctas = next((c for c in range(1, units) if 16 * c < units and 0 < 2 * (units % (16 * c)) <= 16 * c), None)

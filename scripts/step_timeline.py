@@ -46,7 +46,19 @@ __device__ void grid_barrier(unsigned* count, volatile unsigned* gen) {
     }
     __syncthreads();
 }
-extern "C" __global__ void phases_k(float* x, float* y, int n, int phases, unsigned* bar) {
+// the same with a monotonic arrival counter: thread 0 adds its arrival with release semantics and spins with acquire
+// loads until the count reaches the phase's target (no generation word, no reset: one atomic per block and phase)
+__device__ void grid_barrier_acq(unsigned* count, unsigned target) {
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        asm volatile("red.release.gpu.global.add.u32 [%0], 1;" :: "l"(count) : "memory");
+        unsigned v;
+        do asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(count) : "memory"); while ((int)(v - target) < 0);
+    }
+    __syncthreads();
+}
+// B = 0: grid_barrier (bar[0], bar[1]); B = 1: grid_barrier_acq (bar[2], its count before this launch: base)
+template <int B> __device__ void phases(float* x, float* y, int n, int phases, unsigned* bar, unsigned base) {
     __shared__ float s[32];
     for (int p = 0; p < phases; ++p) {
         const float* a = p % 2 ? y : x; float* b = p % 2 ? x : y;
@@ -61,24 +73,30 @@ extern "C" __global__ void phases_k(float* x, float* y, int n, int phases, unsig
             const int i = (blockIdx.x * 32 + threadIdx.x) % n;
             if (blockIdx.x * 32 < n) b[i] = t * 1e-3f + __ldcg(a + i);
         }
-        grid_barrier(bar, bar + 1);
+        if (B == 0) grid_barrier(bar, bar + 1);
+        else grid_barrier_acq(bar + 2, base + (unsigned)(p + 1) * gridDim.x);
     }
 }
+extern "C" __global__ void phases_k(float* x, float* y, int n, int np, unsigned* bar, unsigned base) { phases<0>(x, y, n, np, bar, base); }
+extern "C" __global__ void phases_acq_k(float* x, float* y, int n, int np, unsigned* bar, unsigned base) { phases<1>(x, y, n, np, bar, base); }
 '''
 
 def barrier_floor(phases: int = 150, reps: int = 20):
-    "µs per phase of a persistent kernel whose phases are separated by a grid-wide barrier (132 and 264 blocks)."
+    """µs per phase of a persistent kernel whose phases are separated by a grid-wide barrier (132 and 264 blocks):
+    `grid_barrier` (counter + generation word) and `grid_barrier_acq` (one monotonic counter, release/acquire)."""
     import cupy
-    k = cupy.RawKernel(FLOOR_SRC, 'phases_k', enable_cooperative_groups=True)
-    x, y, bar = cupy.zeros(896, np.float32), cupy.zeros(896, np.float32), cupy.zeros(2, np.uint32)
     out = {}
-    for blocks in (132, 264):
-        k((blocks,), (256,), (x, y, np.int32(896), np.int32(phases), bar))
-        e0, e1 = cupy.cuda.Event(), cupy.cuda.Event()
-        e0.record()
-        for _ in range(reps): k((blocks,), (256,), (x, y, np.int32(896), np.int32(phases), bar))
-        e1.record(); e1.synchronize()
-        out[f'grid barrier {blocks}x256'] = cupy.cuda.get_elapsed_time(e0, e1) * 1e3 / reps / phases
+    for name, fn in (('grid barrier', 'phases_k'), ('grid barrier acq', 'phases_acq_k')):
+        k = cupy.RawKernel(FLOOR_SRC, fn, enable_cooperative_groups=True)
+        for blocks in (132, 264):
+            x, y, bar = cupy.zeros(896, np.float32), cupy.zeros(896, np.float32), cupy.zeros(3, np.uint32)
+            run = lambda i: k((blocks,), (256,), (x, y, np.int32(896), np.int32(phases), bar, np.uint32(i * phases * blocks % 2**32)))
+            run(0)
+            e0, e1 = cupy.cuda.Event(), cupy.cuda.Event()
+            e0.record()
+            for i in range(1, reps + 1): run(i)
+            e1.record(); e1.synchronize()
+            out[f'{name} {blocks}x256'] = cupy.cuda.get_elapsed_time(e0, e1) * 1e3 / reps / phases
     return out
 
 def floor(n: int = 150, reps: int = 50):

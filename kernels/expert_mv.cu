@@ -175,50 +175,88 @@ __device__ __forceinline__ tMXFP4::Raw emv_shift5(const u32 (&w)[5], u32 o) {   
     return r;
 }
 
-template <bool WHOLE, int KC>
+// A warp's unit of work (as expert_mv_body decodes it): work item w is row pair w (w < pairs), else one row of pair
+// pairs + (w - pairs) / 2. skip: the missing half of an odd R's last pair.
+struct EmvUnit { const u8* row0; const u8* row1; int p, j, r0; bool single, two, skip; };
+template <bool CG>
+__device__ __forceinline__ EmvUnit emv_unit(int w, int pairs, int upp, int nm, int R, int nb, const u8* w0, const u8* w1,
+                                            const int* __restrict__ ids, long long stride) {
+    EmvUnit U;
+    U.single = w >= pairs;
+    const int u = U.single ? pairs + ((w - pairs) >> 1) : w;
+    U.p = u / upp; U.j = U.p / nm;
+    U.r0 = 2 * (u - U.p * upp) + (U.single ? (w - pairs) & 1 : 0);
+    U.skip = U.r0 >= R;
+    U.two = !U.single && U.r0 + 1 < R;
+    if (U.skip) return U;
+    const int e = CG ? __ldcg(ids + U.j) : ids[U.j];                // CG: read before the wait (see expert_mv_fixed)
+    U.row0 = (U.p - U.j * nm == 0 ? w0 : w1) + (size_t)e * (size_t)stride + (size_t)U.r0 * (nb * 17);
+    U.row1 = U.two ? U.row0 + nb * 17 : U.row0;                     // the first row again: its sum discarded
+    return U;
+}
+
+// EARLY (expert_mv_k2880e): before griddepcontrol.wait, each warp reads its first unit's expert id and asks L2 for the
+// unit's bytes (prefetch.global.L2, a line per lane: no register is held across the wait), so that their DRAM round
+// trip overlaps the kernel before. Only x may then come from that kernel: the ids must be complete when this kernel
+// starts. In the MoE they are: the kernel before is emv_stage, which lets this one launch only once its own wait has
+// returned (gate|up complete, hence top-k complete, whose writes gate|up waited for); the id is read past L1 (__ldcg),
+// which may hold a copy from an earlier step.
+//
+// XF (expert_mv_k2880x): x (fp32, one for all experts: gate|up) quantised in each CTA, as expert_mv does, in place of
+// the copy of emv_stage's regions.
+template <bool WHOLE, int KC, bool EARLY, bool XF = false>
 __device__ __forceinline__ void expert_mv_fixed(const u8* __restrict__ w0, const u8* __restrict__ w1, int nm,
                                                 const int* __restrict__ ids, long long stride, int k, int R,
                                                 int per_expert_x, float* __restrict__ y, const int4* __restrict__ staged,
-                                                int pairs) {
+                                                int pairs, const float* __restrict__ x = nullptr) {
     constexpr int nb = KC / 32, NS = (nb + 31) / 32;              // blocks per row, slots per lane
     constexpr int region = ((144 * ((nb + 1) / 2) + 127) & ~127) + KC / 8 + KC / 4 + 15 & ~15;
     extern __shared__ int4 emv_smem[];
     __shared__ float T[256];
     unsigned char* base = reinterpret_cast<unsigned char*>(emv_smem);
     const int nx = per_expert_x ? k : 1;
-#if __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.launch_dependents;");
-    asm volatile("griddepcontrol.wait;" ::: "memory");            // ids and the staged x come from the kernels before
-#endif
-    if (threadIdx.x < 256) T[threadIdx.x] = threadIdx.x < 224 ? __uint_as_float((threadIdx.x + 31) << 23) : __int_as_float(0x7f800000);
-    for (int i = threadIdx.x; i < nx * region / 16; i += EMV_NW * 32) emv_smem[i] = staged[i];
-    __syncthreads();
     const int lane = threadIdx.x & 31;
     const int upp = (R + 1) / 2, units = k * nm * upp, items = pairs + 2 * (units - pairs);
+    if (EARLY) {
+        const int w = blockIdx.x * EMV_NW + (threadIdx.x >> 5);
+        if (w < items) {
+            const EmvUnit U = emv_unit<true>(w, pairs, upp, nm, R, nb, w0, w1, ids, stride);
+            const size_t a = reinterpret_cast<size_t>(U.row0) & ~(size_t)127;
+            const size_t end = reinterpret_cast<size_t>(U.row0) + (U.two ? 2 : 1) * nb * 17;
+            if (!U.skip) for (size_t o = a + 128 * (size_t)lane; o < end; o += 32 * 128) prefetch_l2(reinterpret_cast<const void*>(o));
+        }
+    }
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;");
+    asm volatile("griddepcontrol.wait;" ::: "memory");            // ids (without EARLY) and the staged x come from before
+#endif
+    if (threadIdx.x < 256) T[threadIdx.x] = threadIdx.x < 224 ? __uint_as_float((threadIdx.x + 31) << 23) : __int_as_float(0x7f800000);
+    if constexpr (XF) {
+        const XS<16, true> xs = emv_xs(base, region, 0, KC);
+        stage_q8<EMV_NW * 32, 16, true, IN_X>(x, KC, const_cast<int*>(xs.q), const_cast<float*>(xs.d),
+                                              const_cast<int*>(xs.s16), nullptr, 1.f, 0);
+    } else
+        for (int i = threadIdx.x; i < nx * region / 16; i += EMV_NW * 32) emv_smem[i] = staged[i];
+    __syncthreads();
     const u32 m0 = emv_xs(base, region, 0, KC).t0;
-    for (int w = blockIdx.x * EMV_NW + (threadIdx.x >> 5); w < items; w += gridDim.x * EMV_NW) {
-        const bool single = w >= pairs;                             // (split_last, as expert_mv_body)
-        const int u = single ? pairs + ((w - pairs) >> 1) : w;
-        const int p = u / upp, j = p / nm;
-        const int r0 = 2 * (u - p * upp) + (single ? (w - pairs) & 1 : 0);
-        if (r0 >= R) continue;
-        const bool two = !single && r0 + 1 < R;
-        const u8* row0 = (p - j * nm == 0 ? w0 : w1) + (size_t)ids[j] * (size_t)stride + (size_t)r0 * (nb * 17);
-        const u8* row1 = two ? row0 + nb * 17 : row0;               // the first row again: its sum discarded
-        const u32 oa = (u32)reinterpret_cast<size_t>(row0) & 3u, ob = (u32)reinterpret_cast<size_t>(row1) & 3u;
-        const XS<16, true> xs = emv_xs(base, region, per_expert_x ? j : 0, KC);
+    for (int w = blockIdx.x * EMV_NW + (threadIdx.x >> 5); w < items; w += gridDim.x * EMV_NW) {   // (split_last, as expert_mv_body)
+        const EmvUnit U = emv_unit<false>(w, pairs, upp, nm, R, nb, w0, w1, ids, stride);
+        if (U.skip) continue;
+        const int p = U.p, r0 = U.r0;
+        const u32 oa = (u32)reinterpret_cast<size_t>(U.row0) & 3u, ob = (u32)reinterpret_cast<size_t>(U.row1) & 3u;
+        const XS<16, true> xs = emv_xs(base, region, per_expert_x ? U.j : 0, KC);
         float acc0 = 0.f, acc1 = 0.f;
         u32 wa[2][5], wb[2][5];
-        if (single) {
+        if (U.single) {
 #pragma unroll
-            for (int t = 0; t < 2 && t < NS; ++t) emv_load5<WHOLE>(wa[t], row0, min(32 * t + lane, nb - 1));
+            for (int t = 0; t < 2 && t < NS; ++t) emv_load5<WHOLE>(wa[t], U.row0, min(32 * t + lane, nb - 1));
 #pragma unroll
             for (int t = 0; t < NS; ++t) {
                 const int c = 32 * t + lane, cc = min(c, nb - 1);
                 const tMXFP4::Raw a = emv_shift5(wa[t & 1], (oa + (u32)cc) & 3u);   // (row + 17 c) & 3
                 const int sa = emv_dot1(a, reinterpret_cast<const int4*>(xs.q) + pl_slot(cc), m0);
                 acc0 = fmaf((float)sa * T[a.e], c < nb ? xs.d[cc] : 0.f, acc0);
-                if (t + 2 < NS) emv_load5<WHOLE>(wa[t & 1], row0, min(32 * (t + 2) + lane, nb - 1));
+                if (t + 2 < NS) emv_load5<WHOLE>(wa[t & 1], U.row0, min(32 * (t + 2) + lane, nb - 1));
             }
 #pragma unroll
             for (int o = 16; o > 0; o >>= 1) acc0 += __shfl_xor_sync(0xffffffffu, acc0, o);
@@ -228,8 +266,8 @@ __device__ __forceinline__ void expert_mv_fixed(const u8* __restrict__ w0, const
 #pragma unroll
         for (int t = 0; t < 2 && t < NS; ++t) {
             const int c = min(32 * t + lane, nb - 1);
-            emv_load5<WHOLE>(wa[t], row0, c);
-            emv_load5<WHOLE>(wb[t], row1, c);
+            emv_load5<WHOLE>(wa[t], U.row0, c);
+            emv_load5<WHOLE>(wb[t], U.row1, c);
         }
 #pragma unroll
         for (int t = 0; t < NS; ++t) {
@@ -242,23 +280,35 @@ __device__ __forceinline__ void expert_mv_fixed(const u8* __restrict__ w0, const
             acc1 = fmaf((float)sb * T[b.e], d, acc1);
             if (t + 2 < NS) {                                       // the slot two ahead, into the words just used
                 const int c2 = min(32 * (t + 2) + lane, nb - 1);
-                emv_load5<WHOLE>(wa[t & 1], row0, c2);
-                emv_load5<WHOLE>(wb[t & 1], row1, c2);
+                emv_load5<WHOLE>(wa[t & 1], U.row0, c2);
+                emv_load5<WHOLE>(wb[t & 1], U.row1, c2);
             }
         }
         const bool hi = lane & 16;                                  // as expert_mv_body
         float v = (hi ? acc1 : acc0) + __shfl_xor_sync(0xffffffffu, hi ? acc0 : acc1, 16);
 #pragma unroll
         for (int o = 8; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-        if ((lane & 15) == 0 && (!hi || two)) y[(size_t)p * R + r0 + (hi ? 1 : 0)] = v * 2.3283064365386963e-10f;
+        if ((lane & 15) == 0 && (!hi || U.two)) y[(size_t)p * R + r0 + (hi ? 1 : 0)] = v * 2.3283064365386963e-10f;
     }
 }
 
 extern "C" __global__ void __launch_bounds__(EMV_NW * 32, 3) expert_mv_k2880(EMV_ARGS) {
-    expert_mv_fixed<true, 2880>(w0, w1, nm, ids, stride, k, R, per_expert_x, y, staged, pairs);
+    expert_mv_fixed<true, 2880, false>(w0, w1, nm, ids, stride, k, R, per_expert_x, y, staged, pairs);
 }
 extern "C" __global__ void __launch_bounds__(EMV_NW * 32, 3) expert_mv_k2880_tail(EMV_ARGS) {
-    expert_mv_fixed<false, 2880>(w0, w1, nm, ids, stride, k, R, per_expert_x, y, staged, pairs);
+    expert_mv_fixed<false, 2880, false>(w0, w1, nm, ids, stride, k, R, per_expert_x, y, staged, pairs);
+}
+extern "C" __global__ void __launch_bounds__(EMV_NW * 32, 3) expert_mv_k2880x(EMV_ARGS) {
+    expert_mv_fixed<true, 2880, false, true>(w0, w1, nm, ids, stride, k, R, 0, y, staged, pairs, x);
+}
+extern "C" __global__ void __launch_bounds__(EMV_NW * 32, 3) expert_mv_k2880x_tail(EMV_ARGS) {
+    expert_mv_fixed<false, 2880, false, true>(w0, w1, nm, ids, stride, k, R, 0, y, staged, pairs, x);
+}
+extern "C" __global__ void __launch_bounds__(EMV_NW * 32, 3) expert_mv_k2880e(EMV_ARGS) {
+    expert_mv_fixed<true, 2880, true>(w0, w1, nm, ids, stride, k, R, per_expert_x, y, staged, pairs);
+}
+extern "C" __global__ void __launch_bounds__(EMV_NW * 32, 3) expert_mv_k2880e_tail(EMV_ARGS) {
+    expert_mv_fixed<false, 2880, true>(w0, w1, nm, ids, stride, k, R, per_expert_x, y, staged, pairs);
 }
 
 // emv_stage: the staged input of expert_mv, made once instead of in every CTA: the nx regions (region bytes each,
@@ -270,8 +320,12 @@ extern "C" __global__ void __launch_bounds__(EMV_NW * 32, 3) expert_mv_k2880_tai
 extern "C" __global__ void emv_stage(const float* __restrict__ x, const int* __restrict__ ids, const float* __restrict__ bg,
                                      const float* __restrict__ bu, int nx, int K, int act, unsigned char* __restrict__ staged,
                                      int region, float* __restrict__ a) {
+    // The kernel after it (the down products) may launch once this one's wait has returned — not before: the ids it may
+    // read before its own wait (expert_mv_k2880e) are then complete (see expert_mv_fixed); its x, this kernel's
+    // output, it reads after that wait, which waits for this whole grid.
 #if __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;");
 #endif
     const int lane = threadIdx.x & 31, nb = K / 32;
     const int w = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
@@ -298,7 +352,4 @@ extern "C" __global__ void emv_stage(const float* __restrict__ x, const int* __r
     if (lane < 16) const_cast<int*>(xs.q)[4 * pl_slot(b) + lane] = (int)(((u32)q & 0xffffu) | (u32)qh << 16);
     if (lane == 0) { const_cast<float*>(xs.d)[b] = dd; const_cast<int*>(xs.s16)[2 * b] = s; }
     if (lane == 16) const_cast<int*>(xs.s16)[2 * b + 1] = s;
-#if __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.launch_dependents;");
-#endif
 }

@@ -172,9 +172,11 @@ def experts_table(copy_bw, sweep=False, profile=False, bits=None):
               flush=True)
         if pair is None and pm:                    # the dedicated kernel (06d), the input staged in each CTA and once
             nx = k if pe else 1
-            for staged, split, k2880 in ((False, True, False), (True, False, False), (True, True, False), (True, True, True)):
-                if k2880 and K != 2880: continue
-                mvs = [ExpertMV(dev, K, cp.asarray(c), per_expert_x=pe, staged=staged, split_last=split, k2880=k2880)
+            for staged, split, k2880, early in ((False, True, False, False), (False, True, True, False), (True, False, False, False),
+                                                (True, True, False, False), (True, True, True, False), (True, True, True, True)):
+                if k2880 and (K != 2880 or (pe and not staged)): continue
+                mvs = [ExpertMV(dev, K, cp.asarray(c), per_expert_x=pe, staged=staged, split_last=split, k2880=k2880,
+                                early=early)
                        for c in choices]
                 xin_d = emv_stage(x, K, cp.zeros(nx * emv_region(K), np.uint8)) if staged else x
                 us = graph_us([(lambda m=m: m(xin_d, out)) for m in mvs] * 25)

@@ -50,6 +50,26 @@ __device__ __forceinline__ void emv_dot2(const tMXFP4::Raw& a, const tMXFP4::Raw
 // One row's sums (a single-row unit, see `pairs` below): the pair-layout matvec's own.
 __device__ __forceinline__ int emv_dot1(const tMXFP4::Raw& a, const int4* xb, u32 m0) { return tMXFP4P::isum(a, xb, m0); }
 
+// A warp's unit of work: work item w is row pair w (w < pairs), else one row of pair
+// pairs + (w - pairs) / 2. skip: the missing half of an odd R's last pair.
+struct EmvUnit { const u8* row0; const u8* row1; int p, j, r0; bool single, two, skip; };
+template <bool CG>
+__device__ __forceinline__ EmvUnit emv_unit(int w, int pairs, int upp, int nm, int R, int nb, const u8* w0, const u8* w1,
+                                            const int* __restrict__ ids, long long stride) {
+    EmvUnit U;
+    U.single = w >= pairs;
+    const int u = U.single ? pairs + ((w - pairs) >> 1) : w;
+    U.p = u / upp; U.j = U.p / nm;
+    U.r0 = 2 * (u - U.p * upp) + (U.single ? (w - pairs) & 1 : 0);
+    U.skip = U.r0 >= R;
+    U.two = !U.single && U.r0 + 1 < R;
+    if (U.skip) return U;
+    const int e = CG ? __ldcg(ids + U.j) : ids[U.j];                // CG: read before the wait (see expert_mv_fixed)
+    U.row0 = (U.p - U.j * nm == 0 ? w0 : w1) + (size_t)e * (size_t)stride + (size_t)U.r0 * (nb * 17);
+    U.row1 = U.two ? U.row0 + nb * 17 : U.row0;                     // the first row again: its sum discarded
+    return U;
+}
+
 // WHOLE: every block may be read as the 5 aligned words covering it (the matrices' bytes per expert, R K/32 17, end on
 // a 4-byte boundary: the bytes read past a block are the next block's or the next row's); else the predicated tail.
 template <bool WHOLE>
@@ -77,7 +97,6 @@ __device__ __forceinline__ void expert_mv_body(const u8* __restrict__ w0, const 
         }
     __syncthreads();
     const int lane = threadIdx.x & 31, nb = K / 32;
-    const size_t row_bytes = (size_t)nb * 17;
     const int upp = (R + 1) / 2, units = k * nm * upp;
     const int warps = gridDim.x * EMV_NW;
     const u32 m0 = emv_xs(base, region, 0, K).t0;
@@ -85,14 +104,11 @@ __device__ __forceinline__ void expert_mv_body(const u8* __restrict__ w0, const 
     // that a last, partial round of pairs (down: 5,760 pairs over 4,224 warps) becomes one round of half the work.
     const int items = pairs + 2 * (units - pairs);
     for (int w = blockIdx.x * EMV_NW + (threadIdx.x >> 5); w < items; w += warps) {
-        const bool single = w >= pairs;                             // uniform over the warp
-        const int u = single ? pairs + ((w - pairs) >> 1) : w;
-        const int p = u / upp, j = p / nm;
-        const int r0 = 2 * (u - p * upp) + (single ? (w - pairs) & 1 : 0);
-        if (r0 >= R) continue;                                      // the missing half of an odd R's last pair
-        const bool two = !single && r0 + 1 < R;
-        const u8* row0 = (p - j * nm == 0 ? w0 : w1) + (size_t)ids[j] * (size_t)stride + (size_t)r0 * row_bytes;
-        const u8* row1 = row0 + row_bytes;
+        const EmvUnit U = emv_unit<false>(w, pairs, upp, nm, R, nb, w0, w1, ids, stride);   // uniform over the warp
+        if (U.skip) continue;                                       // the missing half of an odd R's last pair
+        const bool single = U.single, two = U.two;
+        const int p = U.p, j = U.j, r0 = U.r0;
+        const u8 *row0 = U.row0, *row1 = U.row1;
         const XS<16, true> xs = emv_xs(base, region, per_expert_x ? j : 0, K);
         float acc0 = 0.f, acc1 = 0.f;
         if (single) {
@@ -121,7 +137,7 @@ __device__ __forceinline__ void expert_mv_body(const u8* __restrict__ w0, const 
             for (int t = 0; t < EMV_J; ++t) {
                 const int c = min(c0 + 32 * t + lane, nb - 1);
                 ra[t] = tMXFP4::load_words<WHOLE>(row0, c);
-                rb[t] = tMXFP4::load_words<WHOLE>(two ? row1 : row0, c);
+                rb[t] = tMXFP4::load_words<WHOLE>(row1, c);
             }
 #pragma unroll
             for (int t = 0; t < EMV_J; ++t) {
@@ -173,26 +189,6 @@ __device__ __forceinline__ tMXFP4::Raw emv_shift5(const u32 (&w)[5], u32 o) {   
 #pragma unroll
     for (int i = 0; i < 4; ++i) r.q[i] = __funnelshift_rc(w[i], w[i + 1], 8 * o + 8);
     return r;
-}
-
-// A warp's unit of work (as expert_mv_body decodes it): work item w is row pair w (w < pairs), else one row of pair
-// pairs + (w - pairs) / 2. skip: the missing half of an odd R's last pair.
-struct EmvUnit { const u8* row0; const u8* row1; int p, j, r0; bool single, two, skip; };
-template <bool CG>
-__device__ __forceinline__ EmvUnit emv_unit(int w, int pairs, int upp, int nm, int R, int nb, const u8* w0, const u8* w1,
-                                            const int* __restrict__ ids, long long stride) {
-    EmvUnit U;
-    U.single = w >= pairs;
-    const int u = U.single ? pairs + ((w - pairs) >> 1) : w;
-    U.p = u / upp; U.j = U.p / nm;
-    U.r0 = 2 * (u - U.p * upp) + (U.single ? (w - pairs) & 1 : 0);
-    U.skip = U.r0 >= R;
-    U.two = !U.single && U.r0 + 1 < R;
-    if (U.skip) return U;
-    const int e = CG ? __ldcg(ids + U.j) : ids[U.j];                // CG: read before the wait (see expert_mv_fixed)
-    U.row0 = (U.p - U.j * nm == 0 ? w0 : w1) + (size_t)e * (size_t)stride + (size_t)U.r0 * (nb * 17);
-    U.row1 = U.two ? U.row0 + nb * 17 : U.row0;                     // the first row again: its sum discarded
-    return U;
 }
 
 // EARLY (expert_mv_k2880e): before griddepcontrol.wait, each warp reads its first unit's expert id and asks L2 for the

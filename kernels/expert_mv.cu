@@ -231,8 +231,17 @@ __device__ __forceinline__ void expert_mv_fixed(const u8* __restrict__ w0, const
         const XS<16, true> xs = emv_xs(base, region, 0, KC);
         stage_q8<EMV_NW * 32, 16, true, IN_X>(x, KC, const_cast<int*>(xs.q), const_cast<float*>(xs.d),
                                               const_cast<int*>(xs.s16), nullptr, 1.f, 0);
-    } else
-        for (int i = threadIdx.x; i < nx * region / 16; i += EMV_NW * 32) emv_smem[i] = staged[i];
+    } else {
+        // Only the regions this CTA reads: with one round of work items (the grid covers them all), those of the
+        // experts from its first item's to its last's (items run expert by expert) — gpt-oss's down: one of four.
+        int i0 = 0, i1 = nx * region / 16;
+        if (!EARLY && per_expert_x && gridDim.x * EMV_NW >= items) {   // (EARLY: its registers are spent)
+            const auto expert = [&](int w) { return (w < pairs ? w : pairs + ((w - pairs) >> 1)) / upp / nm; };
+            const int wf = blockIdx.x * EMV_NW, wl = min(items, wf + EMV_NW) - 1;
+            if (wf <= wl) { i0 = expert(wf) * (region / 16); i1 = (expert(wl) + 1) * (region / 16); }
+        }
+        for (int i = i0 + threadIdx.x; i < i1; i += EMV_NW * 32) emv_smem[i] = staged[i];
+    }
     __syncthreads();
     const u32 m0 = emv_xs(base, region, 0, KC).t0;
     for (int w = blockIdx.x * EMV_NW + (threadIdx.x >> 5); w < items; w += gridDim.x * EMV_NW) {   // (split_last, as expert_mv_body)

@@ -24,10 +24,11 @@
 template <int D>
 __device__ __forceinline__ void attention_mma_body(
         const float* __restrict__ qkv, int q_stride, const __half* __restrict__ k_cache,
-        const __half* __restrict__ v_cache, int n_ctx, int pos0, int T, int n_heads, int n_kv, float scale, int window,
-        const float* __restrict__ sinks, float* __restrict__ out) {
+        const __half* __restrict__ v_cache, int n_ctx, int pos0, const int* __restrict__ pos_dev, int T, int n_heads,
+        int n_kv, float scale, int window, const float* __restrict__ sinks, float* __restrict__ out) {
     constexpr int KS = D / 16, NT = AM_TK / 8, NV = D / 8, ST = D + 8;   // k-steps, key n-tiles, value n-tiles, row stride
     extern __shared__ __align__(16) __half am_smem[];                     // [2][K tile | V tile], rows of ST halves
+    if (pos_dev) pos0 = pos_dev[0];                                      // (a captured prompt chunk: any start)
     const int G = n_heads / n_kv, h = blockIdx.x, rows = T * G;
     const int rb = (gridDim.y - 1 - blockIdx.y) * AM_ROWS;               // the latest tokens (most keys) first
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
@@ -160,9 +161,9 @@ __device__ __forceinline__ void attention_mma_body(
 
 // The kernels (block (128,), grid (n_kv, ceil(T G / 64)), dynamic shared memory 512 (D + 8) bytes).
 #define AM_ARGS const float* __restrict__ qkv, int q_stride, const __half* __restrict__ k_cache, \
-    const __half* __restrict__ v_cache, int n_ctx, int pos0, int T, int n_heads, int n_kv, float scale, int window, \
-    const float* __restrict__ sinks, float* __restrict__ out
-#define AM_PASS qkv, q_stride, k_cache, v_cache, n_ctx, pos0, T, n_heads, n_kv, scale, window, sinks, out
+    const __half* __restrict__ v_cache, int n_ctx, int pos0, const int* __restrict__ pos_dev, int T, int n_heads, \
+    int n_kv, float scale, int window, const float* __restrict__ sinks, float* __restrict__ out
+#define AM_PASS qkv, q_stride, k_cache, v_cache, n_ctx, pos0, pos_dev, T, n_heads, n_kv, scale, window, sinks, out
 extern "C" __global__ void __launch_bounds__(128) attention_mma_64(AM_ARGS) { attention_mma_body<64>(AM_PASS); }
 extern "C" __global__ void __launch_bounds__(128) attention_mma_96(AM_ARGS) { attention_mma_body<96>(AM_PASS); }
 extern "C" __global__ void __launch_bounds__(128) attention_mma_128(AM_ARGS) { attention_mma_body<128>(AM_PASS); }

@@ -11,7 +11,7 @@ __all__ = ['MATVEC_KERNELS', 'FLOAT_TYPES', 'X_BITS', 'GATED', 'V2_TYPES', 'PART
            'plan_linear', 'precompile', 'trace_records', 'assign_ctas', 'Linear', 'expert_linear', 'expert_linear_ref',
            'prmt_ref', 'mxfp4_pairs_ref', 'dequantize_rows', 'dequantize']
 
-# %% ../nbs/06a_cuda_matvec.ipynb #e34e208b
+# %% ../nbs/06a_cuda_matvec.ipynb #9690c076
 import functools, math, os
 import numpy as np
 from .cuda import load_kernel, _check, cuda_device, kernel_source, headers_tag
@@ -20,12 +20,12 @@ from .quants import (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q
 from . import ops
 from .ops import rms_norm
 
-# %% ../nbs/06a_cuda_matvec.ipynb #74aa54eb
+# %% ../nbs/06a_cuda_matvec.ipynb #e18d2fc8
 def matvec_ref(w: np.ndarray, x: np.ndarray, rows: int, ggml_type: int) -> np.ndarray:
     "numpy reference: `W @ x` with `W` given as the raw `ggml_type` bytes of a `(rows, K)` weight."
     return np_dequantize(np.asarray(w, np.uint8).reshape(-1), ggml_type).reshape(rows, -1) @ x.astype(np.float32)
 
-# %% ../nbs/06a_cuda_matvec.ipynb #8ef2d5a3
+# %% ../nbs/06a_cuda_matvec.ipynb #3e1fb146
 MATVEC_KERNELS = {Q8_0: 'matvec_q8_0', Q4_K: 'matvec_q4_k', Q6_K: 'matvec_q6_k', Q5_0: 'matvec_q5_0',
                   MXFP4: 'matvec_mxfp4'}
 
@@ -46,7 +46,7 @@ def matvec(w, x, rows: int, ggml_type: int, y=None, warps_per_block: int = 4):
     load_kernel(name, name)(grid, (32 * warps_per_block,), (w, x, y, np.int32(rows), np.int32(K)))
     return y
 
-# %% ../nbs/06a_cuda_matvec.ipynb #d35dd945
+# %% ../nbs/06a_cuda_matvec.ipynb #c0f5715a
 FLOAT_TYPES = (F32, F16, BF16)
 X_BITS = 16     # default width of the staged input's codes (8: llama.cpp's q8_1, faster, 256 times coarser)
 
@@ -82,7 +82,7 @@ def linear_ref(parts, x, bias=None, y=None, bits: int = X_BITS, norm=None, eps: 
         if extra is not None: ref, mag = ref + extra, mag + np.abs(extra)
     return ref, mag, errx
 
-# %% ../nbs/06a_cuda_matvec.ipynb #7c5f306d
+# %% ../nbs/06a_cuda_matvec.ipynb #75028caa
 _SCALE = {Q4_0: .2, Q4_1: .1, Q5_0: .1, Q5_1: .05, Q8_0: .01, Q4_K: .004, Q5_K: .002, Q6_K: .001}
 
 def random_weight(rng, ggml_type, rows, K):
@@ -97,7 +97,7 @@ def random_weight(rng, ggml_type, rows, K):
     if ggml_type == MXFP4: blocks['e'] = rng.choice(np.r_[0:3, 120:130], blocks.size)   # subnormal and normal
     return b
 
-# %% ../nbs/06a_cuda_matvec.ipynb #d9cc0724
+# %% ../nbs/06a_cuda_matvec.ipynb #58693db9
 # ggml type -> (trait in kernels/matvec_v2.cuh, values per chunk, default batch U)
 V2_TYPES = {F32: ('tF32', 4, 2), F16: ('tF16', 8, 2), BF16: ('tBF16', 8, 2), Q4_0: ('tQ4_0', 32, 2),
             Q4_1: ('tQ4_1', 32, 2), Q5_0: ('tQ5_0', 32, 2), Q5_1: ('tQ5_1', 32, 2), Q8_0: ('tQ8_0', 32, 1),
@@ -168,7 +168,7 @@ def _smem_bytes(K, q8, f32, bits: int = X_BITS, pair: bool = False):
     qb = K if bits == 8 else (144 * ((K // 32 + 1) // 2) + 127) // 128 * 128 if pair else (2 * K + 127) // 128 * 128
     return ((qb + K // 8 + K // 4 + 15) // 16 * 16 if q8 else 0) + (4 * K if f32 else 0)
 
-# %% ../nbs/06a_cuda_matvec.ipynb #42abb09a
+# %% ../nbs/06a_cuda_matvec.ipynb #6befeb88
 _V2_FUNCS, _V2_MODULES = {}, []
 TRACE = os.environ.get('ORCD_TRACE') == '1'   # diagnostics: the kernels stamp their phases (matvec_v2.cuh, MV_STAMP)
 
@@ -212,11 +212,11 @@ def _ctas_per_sm(kernel, threads, smem):
     by_smem = smem_sm // (smem + kernel.shared_size_bytes + 1024)
     return max(1, min(32, threads_sm // threads, by_regs, by_smem))
 
-# %% ../nbs/06a_cuda_matvec.ipynb #cc4af1ac
+# %% ../nbs/06a_cuda_matvec.ipynb #f337e83c
 import ctypes
 from .cuda import _PdlLaunch, _has_pdl     # the launch itself lives in 06_cuda: the other kernels use it too
 
-# %% ../nbs/06a_cuda_matvec.ipynb #b21bba2c
+# %% ../nbs/06a_cuda_matvec.ipynb #f83667c9
 def _check_parts(parts, K):
     for w, rows, t in parts:
         if t not in V2_TYPES:
@@ -245,7 +245,7 @@ def assign_ctas(tile_ends, grid: int) -> np.ndarray:
     if grid >= 1 << 16: raise ValueError(f'assign_ctas: grid {grid} does not fit 16 bits')
     return (first | count << 16).astype(np.int32)
 
-# %% ../nbs/06a_cuda_matvec.ipynb #659ee387
+# %% ../nbs/06a_cuda_matvec.ipynb #1a05ff55
 class Linear:
     """y = W x (+ b) (+ y when accumulate); W = `parts` stacked along rows, all reading the same input x (K,).
     `routes` [(j, stride, xoff)] per part and `ids`: routed parts (`expert_linear`)."""
@@ -331,7 +331,7 @@ class Linear:
         return (f'Linear({self.rows}x{self.K}, {" | ".join(f"{r} {QUANT_TYPES[t].name}" for _, r, t in self.parts)}; '
                 f'{self.expr}, G={self.tpr}, grid={self._grid}{", pdl" if self.pdl else ""}{", part-major" if self.part_major else ""}{", L2 prefetch" if self.prefetch else ""})')
 
-# %% ../nbs/06a_cuda_matvec.ipynb #109ba6a2
+# %% ../nbs/06a_cuda_matvec.ipynb #0cdbfac5
 def expert_linear(experts, K: int, ids, per_expert_x: bool = False, **kw) -> Linear:
     """y (k·Σrows) = for j < k, for each (w, E, rows, ggml_type) of `experts`: W[ids[j]] x_j, W the (E, rows, K)
     blocks w (cupy uint8), ids (k,) int32 on the device, read when the kernel runs; x_j = x, or x[jK:(j+1)K]."""
@@ -354,7 +354,7 @@ def expert_linear_ref(experts, K, ids, x, per_expert_x=False, bits: int = X_BITS
             out.append(linear_ref([(w[e * n:(e + 1) * n], rows, t)], xj, bits=bits))
     return tuple(np.concatenate(c) for c in zip(*out))
 
-# %% ../nbs/06a_cuda_matvec.ipynb #59b43457
+# %% ../nbs/06a_cuda_matvec.ipynb #c3abf321
 def prmt_ref(a, b, s):
     "numpy emulation of PTX `prmt.b32 d, a, b, s` (default mode): byte i of d from nibble i of s (bit 3: sign fill)."
     a, b, s = (np.asarray(v, np.uint64) for v in (a, b, s))
@@ -373,7 +373,7 @@ def mxfp4_pairs_ref(q):
     neg = prmt_ref(0x03020100, 0x0c080604, q ^ np.uint32(0x8888))
     return prmt_ref(0x03020100, 0x0c080604, q) | ((np.uint32(0x80808080) - neg) ^ np.uint32(0x80808080))
 
-# %% ../nbs/06a_cuda_matvec.ipynb #10cca753
+# %% ../nbs/06a_cuda_matvec.ipynb #4c6635f8
 def _dq_grid(nout: int, K: int) -> tuple: return (-(-K // 256), min(nout, 65535))
 
 def _row_bytes(ggml_type, K, name):
@@ -409,23 +409,59 @@ def dequantize(w, ggml_type: int, rows: int, K: int, dtype=np.float16, out=None)
         w, np.int32(ggml_type), np.int32(rows), np.int32(K), _NULL, np.int32(rows), out, np.float32(1)))
     return out
 
-# %% ../nbs/06a_cuda_matvec.ipynb #728d21cc
+# %% ../nbs/06a_cuda_matvec.ipynb #2d796366
 MATMUL_MODE = 'tf32'
 _CUDA_R_32F, _CUDA_R_16F, _OP_N, _OP_T = 0, 2, 0, 1
 _COMPUTE = {'f16': 68, 'f32': 68, 'tf32': 77}      # CUBLAS_COMPUTE_32F, CUBLAS_COMPUTE_32F_FAST_TF32
 
+class _Cublas:
+    """`cublasGemmEx` (and 06d's batched products) through ctypes on the cuBLAS library CuPy loaded, with a handle of
+    our own per device and thread. CuPy's
+    wrappers set the handle's stream on every call, and refuse to while the stream captures a graph — so a prompt chunk,
+    products included, could not become one (06c). Here the stream is set only when it changes: a chunk is captured
+    after it ran eagerly on the same stream, so no call during a capture sets it."""
+    _lib, _handles = None, {}
+
+    @classmethod
+    def _load(cls):
+        import ctypes
+        from cupy_backends.cuda.libs import cublas                  # (links libcublas into the process)
+        path = next((l.split()[-1] for l in open('/proc/self/maps') if '/libcublas.so' in l), None)
+        if path is None: raise RuntimeError('cuBLAS: libcublas is not loaded in this process')
+        lib = ctypes.CDLL(path)
+        P, I = ctypes.c_void_p, ctypes.c_int
+        lib.cublasCreate_v2.argtypes, lib.cublasSetStream_v2.argtypes = [ctypes.POINTER(P)], [P, P]
+        lib.cublasGemmEx.argtypes = [P, I, I, I, I, I, P, P, I, I, P, I, I, P, P, I, I, I, I]
+        L = ctypes.c_longlong
+        lib.cublasGemmStridedBatchedEx.argtypes = [P, I, I, I, I, I, P, P, I, I, L, P, I, I, L, P, P, I, I, L, I, I, I]
+        cls._lib, cls._error = lib, cublas.CUBLASError             # failures raise CuPy's own error, as before
+
+    @classmethod
+    def handle(cls, stream_ptr: int):
+        "This device's handle for this thread (as CuPy keeps its own), bound to the stream `stream_ptr`."
+        import ctypes, cupy, threading
+        if cls._lib is None: cls._load()
+        dev = (cupy.cuda.Device().id, threading.get_ident())
+        if dev not in cls._handles:
+            h = ctypes.c_void_p()
+            if (st := cls._lib.cublasCreate_v2(ctypes.byref(h))): raise cls._error(st)
+            cls._handles[dev] = [h, None]
+        entry = cls._handles[dev]
+        if entry[1] != stream_ptr:
+            if (st := cls._lib.cublasSetStream_v2(entry[0], stream_ptr)): raise cls._error(st)
+            entry[1] = stream_ptr
+        return entry[0]
+
 def _gemm(W, X, Y, beta, mode):
     "Y (T, rows) = X (T, K) @ W (rows, K)^T + beta Y through cublasGemmEx on the current stream."
     import cupy
-    try: from cupy_backends.cuda.libs import cublas
-    except ImportError: from cupy.cuda import cublas
     (rows, K), T = W.shape, X.shape[0]
     dt = _CUDA_R_16F if W.dtype == np.float16 else _CUDA_R_32F
-    one, b = np.array(1, np.float32), np.array(beta, np.float32)
-    handle = cupy.cuda.Device().cublas_handle
-    cublas.setStream(handle, cupy.cuda.get_current_stream().ptr)
-    cublas.gemmEx(handle, _OP_T, _OP_N, rows, T, K, one.ctypes.data, W.data.ptr, dt, K,
-                  X.data.ptr, dt, K, b.ctypes.data, Y.data.ptr, _CUDA_R_32F, Y.strides[0] // 4, _COMPUTE[mode], -1)
+    one, b = np.array(1, np.float32), np.array(beta, np.float32)     # (host scalars: read when the call is made)
+    h = _Cublas.handle(cupy.cuda.get_current_stream().ptr)
+    st = _Cublas._lib.cublasGemmEx(h, _OP_T, _OP_N, rows, T, K, one.ctypes.data, W.data.ptr, dt, K, X.data.ptr, dt, K,
+                                   b.ctypes.data, Y.data.ptr, _CUDA_R_32F, Y.strides[0] // 4, _COMPUTE[mode], -1)
+    if st: raise _Cublas._error(st)
 
 def _linear_matmul(lin, X, Y, accumulate, mode):
     import cupy

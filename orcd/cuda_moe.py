@@ -11,7 +11,7 @@ __all__ = ['EXPERT_MV', 'EMV_K2880', 'EMV_EARLY', 'EMV_GU_K2880', 'EXPERT_PLAN',
            'gemm_batched', 'moe_tiles', 'moe_mma_ref', 'moe_mma_fits', 'moe_mma', 'mxfp4_f16_bits_ref', 'moe_sort_ref',
            'moe_sort']
 
-# %% ../nbs/06d_cuda_moe.ipynb #44d85702
+# %% ../nbs/06d_cuda_moe.ipynb #64a9d367
 import numpy as np
 from . import ops
 from .cuda import load_kernel, _check, cuda_device
@@ -19,7 +19,7 @@ from .cuda_ops import _ptr
 from .errors import BackendUnavailableError
 from .quants import MXFP4
 
-# %% ../nbs/06d_cuda_moe.ipynb #24ad7a66
+# %% ../nbs/06d_cuda_moe.ipynb #4136f779
 def moe_topk_ref(logits, k: int):
     "numpy reference: `(ids (T, k) int32, weights (T, k) float32)` of router logits (T, E)."
     ids, wts = ops.moe_route(np.asarray(logits, np.float32), k)
@@ -35,7 +35,7 @@ def moe_topk(logits, k: int, ids, wts):
     load_kernel('moe', 'moe_topk')((-(-T // 4),), (128,), (logits, np.int32(T), np.int32(E), np.int32(k), ids, wts))
     return ids, wts
 
-# %% ../nbs/06d_cuda_moe.ipynb #5ffcea6c
+# %% ../nbs/06d_cuda_moe.ipynb #3f91f15a
 def moe_act_ref(gu, ids, bg, bu, n: int):
     "numpy reference: a (k, n) = swiglu_oai(gate + bg[ids], up + bu[ids]) of gu (k, 2n)."
     gu = np.asarray(gu, np.float32).reshape(len(ids), 2 * n)
@@ -65,7 +65,7 @@ def moe_combine(y, ids, wts, bd, d: int, out):
     load_kernel('moe', 'moe_combine')((-(-d // 256),), (256,), (y, ids, wts, _ptr(bd), np.int32(k), np.int32(d), out))
     return out
 
-# %% ../nbs/06d_cuda_moe.ipynb #527f80d8
+# %% ../nbs/06d_cuda_moe.ipynb #87928b00
 def emv_region(K: int) -> int:
     "Bytes of one staged input of K values (the pair layout's codes, block scales, half-block sums; 16-aligned)."
     return ((144 * ((K // 32 + 1) // 2) + 127) // 128 * 128 + K // 8 + K // 4 + 15) // 16 * 16
@@ -101,7 +101,7 @@ def emv_stage(x, K: int, staged, ids=None, bg=None, bu=None, a=None):
         np.int32(emv_region(K)), _ptr(a)))
     return staged
 
-# %% ../nbs/06d_cuda_moe.ipynb #e85e5b67
+# %% ../nbs/06d_cuda_moe.ipynb #2962b0ae
 class ExpertMV:
     """The routed MXFP4 expert products of one token (`kernels/expert_mv.cu`), the numbers of `expert_linear`:
     y (k·Σ R) = for j < k, for each (w, E, R, MXFP4) of `experts` (1 or 2 matrices of the same shape): W[ids[j]] x_j,
@@ -161,7 +161,7 @@ class ExpertMV:
         return (f'ExpertMV({self.k} of {self.E} experts, {len(self.w)} x {self.R}x{self.K} MXFP4; grid {self.grid}'
                 f'{", staged x" if self.staged else ""}{", expert_mv_k2880" if self.k2880 else ""}{" (first rows to L2 before the wait)" if self.early else ""}{split})')
 
-# %% ../nbs/06d_cuda_moe.ipynb #d5b358f2
+# %% ../nbs/06d_cuda_moe.ipynb #c1253882
 import os
 EXPERT_MV = os.environ.get('ORCD_EXPERT_MV', '1') != '0'     # MoE decode: ExpertMV (1) or expert_linear (0)
 EMV_K2880 = os.environ.get('ORCD_EMV_K2880', '1') != '0'    # the down products by expert_mv_k2880 (Session 12: 9.1 against 10.0 µs)
@@ -212,7 +212,7 @@ class MoE:
         for _, f in self.launches(x, out): f()
         return out
 
-# %% ../nbs/06d_cuda_moe.ipynb #03f9665c
+# %% ../nbs/06d_cuda_moe.ipynb #fbd593df
 def moe_groups(ids, E: int, xp=np):
     """The T·k pairs of ids (T, k) in expert order: `(order, experts, counts)`, order the flat indices t·k + j sorted by
     expert (tokens ascending within one), experts their expert ids, counts (E,) the run lengths. xp: numpy or cupy."""
@@ -220,7 +220,7 @@ def moe_groups(ids, E: int, xp=np):
     order = xp.argsort(flat * flat.size + xp.arange(flat.size))   # unique keys: stable without a stable sort
     return order, flat[order], xp.bincount(flat, minlength=E)
 
-# %% ../nbs/06d_cuda_moe.ipynb #8b53fd38
+# %% ../nbs/06d_cuda_moe.ipynb #dd3f4bf0
 MOE_PREFILL_BYTES = 512 << 20
 MOE_PAD, MOE_PAD_SLACK = 2, 256
 
@@ -255,27 +255,25 @@ def padded_batches(counts, e0: int, e1: int, pad: int = MOE_PAD, slack: int = MO
         out.append((a, b, M))
     return out
 
-# %% ../nbs/06d_cuda_moe.ipynb #cff487e5
+# %% ../nbs/06d_cuda_moe.ipynb #b538fcf2
 def gemm_batched(W, X, Y):
     "Y[b] (M, rows) = X[b] (M, K) @ W[b] (rows, K)^T for every b, one cublasGemmStridedBatchedEx on the current stream."
     import cupy
-    from orcd.cuda_matvec import _CUDA_R_16F, _CUDA_R_32F, _OP_N, _OP_T, _COMPUTE
-    try: from cupy_backends.cuda.libs import cublas
-    except ImportError: from cupy.cuda import cublas
+    from orcd.cuda_matvec import _CUDA_R_16F, _CUDA_R_32F, _OP_N, _OP_T, _COMPUTE, _Cublas
     (B, rows, K), M = W.shape, X.shape[1]
     if W.dtype != np.float16 or X.dtype != np.float16 or not (W.flags.c_contiguous and X.flags.c_contiguous):
         raise ValueError('gemm_batched: W and X must be contiguous float16')
     if X.shape != (B, M, K) or Y.shape != (B, M, rows) or Y.dtype != np.float32 or Y.strides[2] != 4:
         raise ValueError(f'gemm_batched: W {W.shape}, X {X.shape}, Y {Y.shape} {Y.dtype} do not fit')
     one, zero = np.array(1, np.float32), np.array(0, np.float32)
-    handle = cupy.cuda.Device().cublas_handle
-    cublas.setStream(handle, cupy.cuda.get_current_stream().ptr)
-    cublas.gemmStridedBatchedEx(handle, _OP_T, _OP_N, rows, M, K, one.ctypes.data, W.data.ptr, _CUDA_R_16F, K, rows * K,
-                                X.data.ptr, _CUDA_R_16F, K, M * K, zero.ctypes.data, Y.data.ptr, _CUDA_R_32F,
-                                Y.strides[1] // 4, Y.strides[0] // 4, B, _COMPUTE['f16'], -1)
+    h = _Cublas.handle(cupy.cuda.get_current_stream().ptr)       # (through ctypes: capturable, see 06a)
+    st = _Cublas._lib.cublasGemmStridedBatchedEx(
+        h, _OP_T, _OP_N, rows, M, K, one.ctypes.data, W.data.ptr, _CUDA_R_16F, K, rows * K, X.data.ptr, _CUDA_R_16F, K,
+        M * K, zero.ctypes.data, Y.data.ptr, _CUDA_R_32F, Y.strides[1] // 4, Y.strides[0] // 4, B, _COMPUTE['f16'], -1)
+    if st: raise _Cublas._error(st)
     return Y
 
-# %% ../nbs/06d_cuda_moe.ipynb #a00e1192
+# %% ../nbs/06d_cuda_moe.ipynb #5f2e1b5f
 import os
 MOE_BATCHED = os.environ.get('ORCD_MOE_BATCHED', '1') != '0'
 
@@ -311,7 +309,7 @@ def _combine(self, Y, wts, order, experts, OUT, bias: bool = True):
     OUT[...] = back.reshape(OUT.shape[0], self.k, self.d).sum(1)
     return OUT
 
-# %% ../nbs/06d_cuda_moe.ipynb #35870c7d
+# %% ../nbs/06d_cuda_moe.ipynb #f60e47ba
 def _batch(self, Wg, Wu, Wd, Xs, Y, rows, a, b, M, e0):
     "Experts a .. b-1 (of the dequantised Wg, Wu, Wd, which start at expert e0) over their sorted rows of Xs into Y."
     import cupy
@@ -348,7 +346,7 @@ def _moe_prefill_batched(self, X, OUT):
         del Wg, Wu, Wd
     return _combine(self, Y, wts, order, experts, OUT)
 
-# %% ../nbs/06d_cuda_moe.ipynb #b2d9431e
+# %% ../nbs/06d_cuda_moe.ipynb #b1b94f04
 def _moe_prefill_per_expert(self, X, OUT):
     "OUT (T, d) = the block of the T tokens X (T, d), three cuBLAS products per expert present."
     import cupy
@@ -377,7 +375,7 @@ def _moe_prefill_per_expert(self, X, OUT):
         del Wg, Wu, Wd
     return _combine(self, Y, wts, order, experts, OUT)
 
-# %% ../nbs/06d_cuda_moe.ipynb #c34b1635
+# %% ../nbs/06d_cuda_moe.ipynb #6ce6df1d
 MOE_MMA = os.environ.get('ORCD_MOE_MMA', '1') != '0'
 MMA_TILE = 64                   # the columns of a block's output tile, and the multiple rows and K must be
 MMA_ROWS = (64, 128)            # rows of X per tile: the kernels moe_mma_64 and moe_mma_128
@@ -437,7 +435,7 @@ def moe_mma(w, E: int, rows: int, K: int, X, tiles, Y, bias=None, w2=None, bias2
             _ptr(bias), _ptr(bias2)), shared_mem=smem)
     return Y
 
-# %% ../nbs/06d_cuda_moe.ipynb #27c3462e
+# %% ../nbs/06d_cuda_moe.ipynb #522d9eb7
 MXFP4_FAST_E = (99, 128)        # exponents whose blocks moe_mma dequantises by the fp16 shortcut
 
 def mxfp4_f16_bits_ref(e: int, codes) -> np.ndarray:
@@ -447,7 +445,7 @@ def mxfp4_f16_bits_ref(e: int, codes) -> np.ndarray:
     half = (((c << 9) & 0x0e00) | sign).astype(np.uint16).view(np.float16)
     return half * np.uint16((int(e) - 113 + 15) << 10).view(np.float16)
 
-# %% ../nbs/06d_cuda_moe.ipynb #3c7897a1
+# %% ../nbs/06d_cuda_moe.ipynb #6e973c1b
 def moe_sort_ref(ids, E: int, bm: int = MOE_MMA_ROWS):
     "numpy reference of `moe_sort`: `(order, experts, counts, tiles)`, tiles padded with zero rows to ⌈N/bm⌉ + E."
     order, experts, counts = moe_groups(np.asarray(ids), E)
@@ -470,7 +468,7 @@ def moe_sort(ids, E: int, bm: int = MOE_MMA_ROWS):
                                                 tiles, np.int32(mt)), shared_mem=8 * E)
     return order, experts, counts, tiles
 
-# %% ../nbs/06d_cuda_moe.ipynb #f8519512
+# %% ../nbs/06d_cuda_moe.ipynb #8a86d24d
 def _moe_prefill_mma(self, X, OUT):
     "OUT (T, d) = the block of the T tokens X (T, d): the experts' products by `moe_mma`. No host synchronisation."
     import cupy

@@ -9,13 +9,13 @@ __all__ = ['FUSED_MERGE', 'ATTN_MIN_TILES', 'ATTN_MMA', 'MMA_HEAD_DIMS', 'ACT_KI
            'attention_prefill', 'act_ref', 'act', 'add', 'scale_', 'softcap', 'Argmax', 'sample_token_ref',
            'sample_sorted', 'sample_fast', 'sample_token', 'time_graph']
 
-# %% ../nbs/06b_cuda_ops.ipynb #95960b3d
+# %% ../nbs/06b_cuda_ops.ipynb #aa511161
 import os
 import numpy as np
 from . import ops
 from .cuda import load_kernel, _check, cuda_device
 
-# %% ../nbs/06b_cuda_ops.ipynb #7861091d
+# %% ../nbs/06b_cuda_ops.ipynb #a9544b96
 _NULL = np.uint64(0)          # a null pointer argument (CuPy turns None into -1, not 0)
 def _ptr(a): return _NULL if a is None else a
 
@@ -25,7 +25,7 @@ def _sm_count() -> int:
 
 def _blocks(n: int, threads: int) -> int: return max(1, -(-n // threads))
 
-# %% ../nbs/06b_cuda_ops.ipynb #ce36268e
+# %% ../nbs/06b_cuda_ops.ipynb #9cdbb8c2
 def _norm(name, x, w, b, out, eps, residual, layer):
     T, d = (1, x.size) if x.ndim == 1 else x.shape
     if d > 8192: raise ValueError(f'{name}: rows of {d} values; the kernel keeps at most 8192 in registers')
@@ -45,7 +45,7 @@ def layer_norm(x, w, b, out, eps, residual=None):
     "`out = (x - mean) / sqrt(var + eps) * w + b` (`w`, `b` may be None); with `residual`, first `x += residual`."
     _norm('layer_norm', x, w, b, out, eps, residual, 1)
 
-# %% ../nbs/06b_cuda_ops.ipynb #9e49448a
+# %% ../nbs/06b_cuda_ops.ipynb #2a0043d1
 def head_rms_norm(buf, w, n_heads, head_dim, eps, col_offset, row_stride, T):
     "In place: RMSNorm (weight `w (head_dim,)`) of `buf[t, col_offset + h*head_dim :][:head_dim]`, `h < n_heads`, `t < T`."
     _check('head_rms_norm', buf, 'buf', np.float32, T * row_stride)
@@ -56,7 +56,7 @@ def head_rms_norm(buf, w, n_heads, head_dim, eps, col_offset, row_stride, T):
         buf, w, np.int32(n_heads), np.int32(head_dim), np.float32(eps), np.int32(col_offset), np.int32(row_stride),
         np.int32(T)))
 
-# %% ../nbs/06b_cuda_ops.ipynb #53236206
+# %% ../nbs/06b_cuda_ops.ipynb #4f6f3c5e
 def rope_kv_ref(qkv, pos, cos, sin, k_cache, v_cache, n_heads, n_kv, head_dim, head_dim_v, rope_dim, neox):
     "numpy reference of `rope_kv`: returns the rotated `qkv` and updated copies of the fp16 caches."
     T = len(pos); nq, nk = n_heads * head_dim, n_kv * head_dim
@@ -70,7 +70,7 @@ def rope_kv_ref(qkv, pos, cos, sin, k_cache, v_cache, n_heads, n_kv, head_dim, h
     vc[:, pos] = qkv[:, nq + nk:].reshape(T, n_kv, head_dim_v).transpose(1, 0, 2).astype(np.float16)
     return qkv, kc, vc
 
-# %% ../nbs/06b_cuda_ops.ipynb #909c17df
+# %% ../nbs/06b_cuda_ops.ipynb #5030659a
 def rope_kv(qkv, pos, cos, sin, k_cache, v_cache, n_heads, n_kv, head_dim, head_dim_v, rope_dim, neox, T):
     "Rotate q, k of `qkv (T, ...)` in place at positions `pos` (int32, device); write k, v fp16 into the caches."
     row = (n_heads + n_kv) * head_dim + n_kv * head_dim_v
@@ -89,7 +89,7 @@ def rope_kv(qkv, pos, cos, sin, k_cache, v_cache, n_heads, n_kv, head_dim, head_
         np.int32(n_heads), np.int32(n_kv), np.int32(head_dim), np.int32(head_dim_v), np.int32(rope_dim),
         np.int32(bool(neox)), np.int32(n_ctx)))
 
-# %% ../nbs/06b_cuda_ops.ipynb #a1c05ea1
+# %% ../nbs/06b_cuda_ops.ipynb #0304adce
 def attention_ref(qkv, k_cache, v_cache, positions, scale, n_heads, n_kv, head_dim, head_dim_v, window=0, sinks=None):
     "numpy reference: `orcd.ops.attention` of the queries in `qkv (T, ...)` at `positions` over the fp16 caches."
     positions = np.asarray(positions); T, S = len(positions), int(positions.max()) + 1
@@ -119,7 +119,7 @@ def _attn_check(name, qkv, k_cache, v_cache, out, sinks, T, n_ctx, n_heads, n_kv
     if sinks is not None: _check(name, sinks, 'sinks', np.float32, n_heads)
     return row
 
-# %% ../nbs/06b_cuda_ops.ipynb #1a347fe4
+# %% ../nbs/06b_cuda_ops.ipynb #91249e4c
 FUSED_MERGE = os.environ.get('ORCD_FUSED_MERGE') == '1'   # default of DecodeAttention(fused_merge=...)
 ATTN_MIN_TILES = int(os.environ.get('ORCD_ATTN_MIN_TILES', '1'))   # default of DecodeAttention(min_tiles=...)
 
@@ -168,7 +168,7 @@ class DecodeAttention:
             self._k[1]((nh, -(-Dv // 32)), (256,), (self.ws, pos, i32(nh), i32(Dv), i32(n_ctx), i32(window), ms, mt, sk,
                                                     out), shared_mem=4 * self.max_splits)
 
-# %% ../nbs/06b_cuda_ops.ipynb #52057ea8
+# %% ../nbs/06b_cuda_ops.ipynb #c6413537
 ATTN_MMA = os.environ.get('ORCD_ATTN_MMA', '1') != '0'   # default of attention_prefill(mma=...); ORCD_ATTN_MMA=0: off
 MMA_HEAD_DIMS = (64, 96, 128)
 
@@ -188,17 +188,19 @@ def mma_heads(head_dim, head_dim_v) -> bool:
     "Whether `attention_mma` takes these heads: D = Dv in MMA_HEAD_DIMS, on a GPU that is `mma_capable`."
     return head_dim == head_dim_v and head_dim in MMA_HEAD_DIMS and mma_capable()
 
-def _attention_mma(qkv, row, k_cache, v_cache, n_ctx, pos0, T, out, scale, n_heads, n_kv, D, window, sinks):
+def _attention_mma(qkv, row, k_cache, v_cache, n_ctx, pos0, T, out, scale, n_heads, n_kv, D, window, sinks, pos_dev=None):
     k, smem = load_kernel('attention_mma', f'attention_mma_{D}'), 512 * (D + 8)   # 2 buffers x (K, V) x 64 keys
     if smem > 48 * 1024: k.raw.max_dynamic_shared_size_bytes = smem
     i32 = np.int32
     k((n_kv, _blocks(T * (n_heads // n_kv), 64)), (128,), (qkv, i32(row), k_cache, v_cache, i32(n_ctx), i32(pos0),
-      i32(T), i32(n_heads), i32(n_kv), np.float32(scale), i32(window), _ptr(sinks), out), shared_mem=smem)
+      _ptr(pos_dev), i32(T), i32(n_heads), i32(n_kv), np.float32(scale), i32(window), _ptr(sinks), out), shared_mem=smem)
 
 def attention_prefill(qkv, k_cache, v_cache, pos0, T, out, scale, n_heads, n_kv, head_dim, head_dim_v,
-                      window=0, sinks=None, mma=None):
+                      window=0, sinks=None, mma=None, pos_dev=None):
     """`out (T, n_heads*head_dim_v)` <- causal attention of the T queries of `qkv` at pos0.. over the cache; `mma`
-    (default ATTN_MMA): on the tensor cores where `mma_heads` allows (True: required), else the scalar kernel."""
+    (default ATTN_MMA): on the tensor cores where `mma_heads` allows (True: required), else the scalar kernel.
+    `pos_dev` (int32 on the device, [0] = pos0): the kernels read the first position there, so that a captured prompt
+    chunk serves any start (pos0 is still what is checked here)."""
     n_ctx = k_cache.shape[1]
     row = _attn_check('attention_prefill', qkv, k_cache, v_cache, out, sinks, T, n_ctx, n_heads, n_kv, head_dim,
                       head_dim_v)
@@ -207,16 +209,17 @@ def attention_prefill(qkv, k_cache, v_cache, pos0, T, out, scale, n_heads, n_kv,
     if mma and not mma_heads(head_dim, head_dim_v):
         raise ValueError(f'attention_prefill: mma=True needs head_dim = head_dim_v in {MMA_HEAD_DIMS}, got {head_dim}, {head_dim_v}')
     if (ATTN_MMA if mma is None else mma) and mma_heads(head_dim, head_dim_v):
-        return _attention_mma(qkv, row, k_cache, v_cache, n_ctx, pos0, T, out, scale, n_heads, n_kv, head_dim, window, sinks)
+        return _attention_mma(qkv, row, k_cache, v_cache, n_ctx, pos0, T, out, scale, n_heads, n_kv, head_dim, window,
+                              sinks, pos_dev)
     BQ = max(1, rows // Gb)                                       # tokens per block
     i32 = np.int32
     load_kernel('attention', 'attention')((n_kv * nz, _blocks(T, BQ), 1), (256,), (
-        qkv, i32(row), k_cache, v_cache, i32(n_ctx), _NULL, i32(pos0), i32(T), i32(n_heads), i32(n_kv),
+        qkv, i32(row), k_cache, v_cache, i32(n_ctx), _ptr(pos_dev), i32(pos0), i32(T), i32(n_heads), i32(n_kv),
         i32(head_dim), i32(head_dim_v), np.float32(scale), i32(window), i32(Gb), i32(BQ), _ptr(sinks), out,
         _NULL, i32(0), i32(1), _NULL, _NULL, _NULL, i32(0), i32(0), _NULL, _NULL),
         shared_mem=_attn_smem(Gb * BQ, head_dim, head_dim_v))
 
-# %% ../nbs/06b_cuda_ops.ipynb #7c9e9b4b
+# %% ../nbs/06b_cuda_ops.ipynb #63cabf2e
 ACT_KINDS = {'swiglu': 0, 'geglu': 1, 'swiglu_oai': 2, 'gelu': 3}
 
 def act_ref(kind, gu, n):
@@ -250,7 +253,7 @@ def softcap(x, cap: float):
     "`x = tanh(x / cap) * cap`."
     _elementwise('softcap', x, None, 2, cap)
 
-# %% ../nbs/06b_cuda_ops.ipynb #99d9476b
+# %% ../nbs/06b_cuda_ops.ipynb #8b99f273
 def _argmax(v, allowed, out, ws_v, ws_i, sfx):
     n, nb = v.size, ws_i.size
     load_kernel('sample', f'argmax_blocks_{sfx}')((nb,), (256,), (v, _ptr(allowed), np.int32(n), ws_v, ws_i))
@@ -271,7 +274,7 @@ class Argmax:
         _check('Argmax', out, 'out', np.int32, 1)
         _argmax(logits, allowed, out, self.ws_v, self.ws_i, 'f32')
 
-# %% ../nbs/06b_cuda_ops.ipynb #2be9b73d
+# %% ../nbs/06b_cuda_ops.ipynb #77a32e5d
 def sample_token_ref(logits, allowed, params, u: float, penalty_ids=None, penalty_counts=None) -> int:
     "The id `orcd.engine.Sampler` draws from `logits` with uniform `u` (its `distribution` + its cumulative rule)."
     from collections import Counter
@@ -283,7 +286,7 @@ def sample_token_ref(logits, allowed, params, u: float, penalty_ids=None, penalt
     cs = np.cumsum(probs)
     return int(ids[min(int(np.searchsorted(cs, u * cs[-1], side='right')), len(ids) - 1)])
 
-# %% ../nbs/06b_cuda_ops.ipynb #05c53047
+# %% ../nbs/06b_cuda_ops.ipynb #872bd6a9
 def _penalised(logits, allowed, p, penalty_ids=None, penalty_counts=None):
     "The float64 logits the sampler draws from (`(vocab,)` on the device): -inf where not allowed, penalties applied."
     import cupy
@@ -314,7 +317,7 @@ def sample_sorted(z, allowed, p, u: float) -> int:
         np.int32(p.top_k), np.float64(p.top_p), np.float64(p.min_p), np.float64(u), out))
     return int(out[0])
 
-# %% ../nbs/06b_cuda_ops.ipynb #5c4e8045
+# %% ../nbs/06b_cuda_ops.ipynb #5faf194a
 SF_SMEM = 4096 * (8 + 4) + 4096 * 4 + 8 * 1024  # kernels/sample.cu: SF_CAP (e, id), SF_BUCKETS counts, a scale per block
 
 @functools.lru_cache(maxsize=4)
@@ -354,7 +357,7 @@ def sample_token(logits, allowed, params, u: float, penalty_ids=None, penalty_co
     i, _ = sample_fast(z, p, u)
     return i if i >= 0 else sample_sorted(z, allowed, p, u)
 
-# %% ../nbs/06b_cuda_ops.ipynb #c30cdd16
+# %% ../nbs/06b_cuda_ops.ipynb #adcbea4b
 def time_graph(fn, n: int = 200, graph: bool = True) -> float:
     "µs per call of `fn()` (kernel launches only): `n` calls captured in a CUDA graph (or eager), CUDA events."
     import cupy

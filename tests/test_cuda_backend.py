@@ -128,6 +128,25 @@ def test_graph_equals_eager_and_sampler_paths(path):
         del be
     assert runs[True] == runs[False]
 
+@pytest.mark.parametrize('path', MODELS[:1] + MODELS[-1:], ids=lambda p: p.stem)
+def test_prompt_graphs_equal_eager(path):
+    """Prompt chunks replayed as captured graphs (padded to their length bucket, the first position read on the
+    device) give the eager path's logits: bucket 16 captured at position 0 and replayed at 30 (a cached prefix
+    continued), bucket 64 captured for a prompt's first chunk and replayed for its second, at 64."""
+    from orcd.gguf import GGUFFile
+    from orcd.cuda_backend import CUDABackend
+    gf = GGUFFile(path)
+    g, e = CUDABackend(gf, N_CTX, chunk=64), CUDABackend(gf, N_CTX, chunk=64, graphs=False)
+    assert g._pgraph_on and not e._pgraph_on
+    for n, start in ((10, 0), (100, 0), (30, 0), (45, 30), (23, 0)):
+        ids = _prompt(g.hp.vocab_size, n=n, seed=n)
+        if start:                                             # the same prefix cached in both
+            ids[:start] = _prompt(g.hp.vocab_size, n=start, seed=start)
+            g.prefill(ids[:start]); e.prefill(ids[:start])
+        a, b = g.prefill(ids, start), e.prefill(ids, start)
+        assert np.abs(a - b).max() <= 1e-3 * np.abs(b).max(), (n, start)
+    assert {16, 32, 64} <= set(g._pgraphs) and not e._pgraphs
+
 def test_residency_fit_and_oom_recovery():
     from orcd.gguf import GGUFFile
     from orcd.cuda_backend import CUDABackend

@@ -329,6 +329,11 @@ def test_attention_prefill(model, T, pos0, mma):
     report(f'prefill {"mma" if mma else "scalar"} {model} T={T} pos0={pos0} window={window}', got, ref)
     tol = dict(rtol=2 ** -16, atol=2 * 2 ** -11 * float(np.abs(vc).max())) if mma else ATT_TOL
     assert_close(got, ref, **tol, name=model)
+    # the first position read on the device (pos_dev: a captured prompt chunk), the host's pos0 a wrong one: the same
+    out2 = cp.full((T, nh * D), np.nan, np.float32)
+    co.attention_prefill(cp.asarray(qkv), cp.asarray(kc), cp.asarray(vc), 0, T, out2, D ** -0.5, nh, nkv, D, D,
+                         window, None if sk is None else cp.asarray(sk), mma=mma, pos_dev=cp.asarray([pos0], np.int32))
+    assert np.array_equal(cp.asnumpy(out2), got)
 
 
 @needs_gpu

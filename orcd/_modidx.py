@@ -234,6 +234,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'orcd.cuda_moe._moe_prefill_batched': ('cuda_moe.html#_moe_prefill_batched', 'orcd/cuda_moe.py'),
                                'orcd.cuda_moe._moe_prefill_mma': ('cuda_moe.html#_moe_prefill_mma', 'orcd/cuda_moe.py'),
                                'orcd.cuda_moe._moe_prefill_per_expert': ('cuda_moe.html#_moe_prefill_per_expert', 'orcd/cuda_moe.py'),
+                               'orcd.cuda_moe._prefill_mode': ('cuda_moe.html#_prefill_mode', 'orcd/cuda_moe.py'),
+                               'orcd.cuda_moe._prefill_syncs': ('cuda_moe.html#_prefill_syncs', 'orcd/cuda_moe.py'),
                                'orcd.cuda_moe._route': ('cuda_moe.html#_route', 'orcd/cuda_moe.py'),
                                'orcd.cuda_moe._topk': ('cuda_moe.html#_topk', 'orcd/cuda_moe.py'),
                                'orcd.cuda_moe.emv_region': ('cuda_moe.html#emv_region', 'orcd/cuda_moe.py'),

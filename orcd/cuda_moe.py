@@ -11,7 +11,7 @@ __all__ = ['EXPERT_MV', 'EMV_K2880', 'EMV_EARLY', 'EMV_GU_K2880', 'EXPERT_PLAN',
            'gemm_batched', 'moe_tiles', 'moe_mma_ref', 'moe_mma_fits', 'moe_mma', 'mxfp4_f16_bits_ref', 'moe_sort_ref',
            'moe_sort']
 
-# %% ../nbs/06d_cuda_moe.ipynb #64a9d367
+# %% ../nbs/06d_cuda_moe.ipynb #4ab8bf48
 import numpy as np
 from . import ops
 from .cuda import load_kernel, _check, cuda_device
@@ -19,7 +19,7 @@ from .cuda_ops import _ptr
 from .errors import BackendUnavailableError
 from .quants import MXFP4
 
-# %% ../nbs/06d_cuda_moe.ipynb #4136f779
+# %% ../nbs/06d_cuda_moe.ipynb #fcc8012a
 def moe_topk_ref(logits, k: int):
     "numpy reference: `(ids (T, k) int32, weights (T, k) float32)` of router logits (T, E)."
     ids, wts = ops.moe_route(np.asarray(logits, np.float32), k)
@@ -35,7 +35,7 @@ def moe_topk(logits, k: int, ids, wts):
     load_kernel('moe', 'moe_topk')((-(-T // 4),), (128,), (logits, np.int32(T), np.int32(E), np.int32(k), ids, wts))
     return ids, wts
 
-# %% ../nbs/06d_cuda_moe.ipynb #3f91f15a
+# %% ../nbs/06d_cuda_moe.ipynb #187b8eaf
 def moe_act_ref(gu, ids, bg, bu, n: int):
     "numpy reference: a (k, n) = swiglu_oai(gate + bg[ids], up + bu[ids]) of gu (k, 2n)."
     gu = np.asarray(gu, np.float32).reshape(len(ids), 2 * n)
@@ -65,7 +65,7 @@ def moe_combine(y, ids, wts, bd, d: int, out):
     load_kernel('moe', 'moe_combine')((-(-d // 256),), (256,), (y, ids, wts, _ptr(bd), np.int32(k), np.int32(d), out))
     return out
 
-# %% ../nbs/06d_cuda_moe.ipynb #87928b00
+# %% ../nbs/06d_cuda_moe.ipynb #690bbfe6
 def emv_region(K: int) -> int:
     "Bytes of one staged input of K values (the pair layout's codes, block scales, half-block sums; 16-aligned)."
     return ((144 * ((K // 32 + 1) // 2) + 127) // 128 * 128 + K // 8 + K // 4 + 15) // 16 * 16
@@ -101,7 +101,7 @@ def emv_stage(x, K: int, staged, ids=None, bg=None, bu=None, a=None):
         np.int32(emv_region(K)), _ptr(a)))
     return staged
 
-# %% ../nbs/06d_cuda_moe.ipynb #2962b0ae
+# %% ../nbs/06d_cuda_moe.ipynb #f6dc03e2
 class ExpertMV:
     """The routed MXFP4 expert products of one token (`kernels/expert_mv.cu`), the numbers of `expert_linear`:
     y (k·Σ R) = for j < k, for each (w, E, R, MXFP4) of `experts` (1 or 2 matrices of the same shape): W[ids[j]] x_j,
@@ -161,7 +161,7 @@ class ExpertMV:
         return (f'ExpertMV({self.k} of {self.E} experts, {len(self.w)} x {self.R}x{self.K} MXFP4; grid {self.grid}'
                 f'{", staged x" if self.staged else ""}{", expert_mv_k2880" if self.k2880 else ""}{" (first rows to L2 before the wait)" if self.early else ""}{split})')
 
-# %% ../nbs/06d_cuda_moe.ipynb #c1253882
+# %% ../nbs/06d_cuda_moe.ipynb #865e1596
 import os
 EXPERT_MV = os.environ.get('ORCD_EXPERT_MV', '1') != '0'     # MoE decode: ExpertMV (1) or expert_linear (0)
 EMV_K2880 = os.environ.get('ORCD_EMV_K2880', '1') != '0'    # the down products by expert_mv_k2880 (Session 12: 9.1 against 10.0 µs)
@@ -212,7 +212,7 @@ class MoE:
         for _, f in self.launches(x, out): f()
         return out
 
-# %% ../nbs/06d_cuda_moe.ipynb #fbd593df
+# %% ../nbs/06d_cuda_moe.ipynb #b7f918a8
 def moe_groups(ids, E: int, xp=np):
     """The T·k pairs of ids (T, k) in expert order: `(order, experts, counts)`, order the flat indices t·k + j sorted by
     expert (tokens ascending within one), experts their expert ids, counts (E,) the run lengths. xp: numpy or cupy."""
@@ -220,7 +220,7 @@ def moe_groups(ids, E: int, xp=np):
     order = xp.argsort(flat * flat.size + xp.arange(flat.size))   # unique keys: stable without a stable sort
     return order, flat[order], xp.bincount(flat, minlength=E)
 
-# %% ../nbs/06d_cuda_moe.ipynb #dd3f4bf0
+# %% ../nbs/06d_cuda_moe.ipynb #adb80d36
 MOE_PREFILL_BYTES = 512 << 20
 MOE_PAD, MOE_PAD_SLACK = 2, 256
 
@@ -255,7 +255,7 @@ def padded_batches(counts, e0: int, e1: int, pad: int = MOE_PAD, slack: int = MO
         out.append((a, b, M))
     return out
 
-# %% ../nbs/06d_cuda_moe.ipynb #b538fcf2
+# %% ../nbs/06d_cuda_moe.ipynb #4a00c54e
 def gemm_batched(W, X, Y):
     "Y[b] (M, rows) = X[b] (M, K) @ W[b] (rows, K)^T for every b, one cublasGemmStridedBatchedEx on the current stream."
     import cupy
@@ -273,7 +273,7 @@ def gemm_batched(W, X, Y):
     if st: raise _Cublas._error(st)
     return Y
 
-# %% ../nbs/06d_cuda_moe.ipynb #5f2e1b5f
+# %% ../nbs/06d_cuda_moe.ipynb #62755d15
 import os
 MOE_BATCHED = os.environ.get('ORCD_MOE_BATCHED', '1') != '0'
 
@@ -309,7 +309,7 @@ def _combine(self, Y, wts, order, experts, OUT, bias: bool = True):
     OUT[...] = back.reshape(OUT.shape[0], self.k, self.d).sum(1)
     return OUT
 
-# %% ../nbs/06d_cuda_moe.ipynb #f60e47ba
+# %% ../nbs/06d_cuda_moe.ipynb #4931f3bb
 def _batch(self, Wg, Wu, Wd, Xs, Y, rows, a, b, M, e0):
     "Experts a .. b-1 (of the dequantised Wg, Wu, Wd, which start at expert e0) over their sorted rows of Xs into Y."
     import cupy
@@ -346,7 +346,7 @@ def _moe_prefill_batched(self, X, OUT):
         del Wg, Wu, Wd
     return _combine(self, Y, wts, order, experts, OUT)
 
-# %% ../nbs/06d_cuda_moe.ipynb #b1b94f04
+# %% ../nbs/06d_cuda_moe.ipynb #66f8f3f8
 def _moe_prefill_per_expert(self, X, OUT):
     "OUT (T, d) = the block of the T tokens X (T, d), three cuBLAS products per expert present."
     import cupy
@@ -375,7 +375,7 @@ def _moe_prefill_per_expert(self, X, OUT):
         del Wg, Wu, Wd
     return _combine(self, Y, wts, order, experts, OUT)
 
-# %% ../nbs/06d_cuda_moe.ipynb #6ce6df1d
+# %% ../nbs/06d_cuda_moe.ipynb #c19cac6b
 MOE_MMA = os.environ.get('ORCD_MOE_MMA', '1') != '0'
 MMA_TILE = 64                   # the columns of a block's output tile, and the multiple rows and K must be
 MMA_ROWS = (64, 128)            # rows of X per tile: the kernels moe_mma_64 and moe_mma_128
@@ -435,7 +435,7 @@ def moe_mma(w, E: int, rows: int, K: int, X, tiles, Y, bias=None, w2=None, bias2
             _ptr(bias), _ptr(bias2)), shared_mem=smem)
     return Y
 
-# %% ../nbs/06d_cuda_moe.ipynb #522d9eb7
+# %% ../nbs/06d_cuda_moe.ipynb #51d24f07
 MXFP4_FAST_E = (99, 128)        # exponents whose blocks moe_mma dequantises by the fp16 shortcut
 
 def mxfp4_f16_bits_ref(e: int, codes) -> np.ndarray:
@@ -445,7 +445,7 @@ def mxfp4_f16_bits_ref(e: int, codes) -> np.ndarray:
     half = (((c << 9) & 0x0e00) | sign).astype(np.uint16).view(np.float16)
     return half * np.uint16((int(e) - 113 + 15) << 10).view(np.float16)
 
-# %% ../nbs/06d_cuda_moe.ipynb #6e973c1b
+# %% ../nbs/06d_cuda_moe.ipynb #2e2ac1fa
 def moe_sort_ref(ids, E: int, bm: int = MOE_MMA_ROWS):
     "numpy reference of `moe_sort`: `(order, experts, counts, tiles)`, tiles padded with zero rows to ⌈N/bm⌉ + E."
     order, experts, counts = moe_groups(np.asarray(ids), E)
@@ -468,7 +468,7 @@ def moe_sort(ids, E: int, bm: int = MOE_MMA_ROWS):
                                                 tiles, np.int32(mt)), shared_mem=8 * E)
     return order, experts, counts, tiles
 
-# %% ../nbs/06d_cuda_moe.ipynb #8a86d24d
+# %% ../nbs/06d_cuda_moe.ipynb #942d5b9c
 def _moe_prefill_mma(self, X, OUT):
     "OUT (T, d) = the block of the T tokens X (T, d): the experts' products by `moe_mma`. No host synchronisation."
     import cupy
@@ -484,17 +484,27 @@ def _moe_prefill_mma(self, X, OUT):
     Y = moe_mma(self.w['down'][0], self.E, d, n, A.astype(np.float16), tiles, cupy.empty((T * k, d), np.float32), self.bd)
     return _combine(self, Y, wts, order, experts, OUT, bias=False)
 
-def _moe_prefill(self, X, OUT, mode: str | None = None):
-    """OUT (T, d) = the block of the T tokens X (T, d). `mode`: 'mma' (`moe_mma`, where `moe_mma_fits`), 'batched' or
-    'per_expert'; default: 'mma' when `MOE_MMA` and it fits, else 'batched' (or 'per_expert' when not `MOE_BATCHED`)."""
-    fits = getattr(self, '_mma_fits', None)                       # decided once per layer, at its first prompt
+def _prefill_mode(self, mode: str | None = None) -> str:
+    "The prompt path: `mode` checked, or the default ('mma' when `MOE_MMA` and it fits, else 'batched' / 'per_expert')."
+    fits = getattr(self, '_mma_fits', None)                       # decided once per layer
     if fits is None:
         fits = self._mma_fits = all(moe_mma_fits(t, *((self.d, self.ffn) if key == 'down' else (self.ffn, self.d)))
                                     for key, (_, t) in self.w.items())
     if mode is None: mode = 'mma' if MOE_MMA and fits else 'batched' if MOE_BATCHED else 'per_expert'
     if mode == 'mma' and not fits: raise ValueError('MoE.prefill: mode mma needs MXFP4 experts of widths that are multiples of 64')
-    fn = {'mma': _moe_prefill_mma, 'batched': _moe_prefill_batched, 'per_expert': _moe_prefill_per_expert}.get(mode)
-    if fn is None: raise ValueError(f"MoE.prefill: mode must be 'mma', 'batched' or 'per_expert', got {mode!r}")
-    return fn(self, X, OUT)
+    if mode not in ('mma', 'batched', 'per_expert'):
+        raise ValueError(f"MoE.prefill: mode must be 'mma', 'batched' or 'per_expert', got {mode!r}")
+    return mode
 
-MoE.prefill = _moe_prefill
+def _moe_prefill(self, X, OUT, mode: str | None = None):
+    """OUT (T, d) = the block of the T tokens X (T, d). `mode`: 'mma' (`moe_mma`, where `moe_mma_fits`), 'batched' or
+    'per_expert'; default: 'mma' when `MOE_MMA` and it fits, else 'batched' (or 'per_expert' when not `MOE_BATCHED`)."""
+    mode = _prefill_mode(self, mode)
+    return {'mma': _moe_prefill_mma, 'batched': _moe_prefill_batched, 'per_expert': _moe_prefill_per_expert}[mode](self, X, OUT)
+
+def _prefill_syncs(self) -> bool:
+    """Whether the default prompt path waits for the host: 'batched' and 'per_expert' read the experts' token counts
+    back (`_route`), so a prompt chunk through them cannot be captured into a graph (06c asks before it tries)."""
+    return _prefill_mode(self) != 'mma'
+
+MoE.prefill, MoE.prefill_syncs = _moe_prefill, _prefill_syncs

@@ -53,12 +53,13 @@ __device__ __forceinline__ int emv_dot1(const tMXFP4::Raw& a, const int4* xb, u3
 // A warp's unit of work: work item w is row pair w (w < pairs), else one row of pair
 // pairs + (w - pairs) / 2. skip: the missing half of an odd R's last pair.
 struct EmvUnit { const u8* row0; const u8* row1; int p, j, r0; bool single, two, skip; };
+__device__ __forceinline__ int emv_pair(int w, int pairs) { return w < pairs ? w : pairs + ((w - pairs) >> 1); }   // w's pair
 template <bool CG>
 __device__ __forceinline__ EmvUnit emv_unit(int w, int pairs, int upp, int nm, int R, int nb, const u8* w0, const u8* w1,
                                             const int* __restrict__ ids, long long stride) {
     EmvUnit U;
     U.single = w >= pairs;
-    const int u = U.single ? pairs + ((w - pairs) >> 1) : w;
+    const int u = emv_pair(w, pairs);
     U.p = u / upp; U.j = U.p / nm;
     U.r0 = 2 * (u - U.p * upp) + (U.single ? (w - pairs) & 1 : 0);
     U.skip = U.r0 >= R;
@@ -236,7 +237,7 @@ __device__ __forceinline__ void expert_mv_fixed(const u8* __restrict__ w0, const
         // experts from its first item's to its last's (items run expert by expert) — gpt-oss's down: one of four.
         int i0 = 0, i1 = nx * region / 16;
         if (!EARLY && per_expert_x && gridDim.x * EMV_NW >= items) {   // (EARLY: its registers are spent)
-            const auto expert = [&](int w) { return (w < pairs ? w : pairs + ((w - pairs) >> 1)) / upp / nm; };
+            const auto expert = [&](int w) { return emv_pair(w, pairs) / upp / nm; };   // emv_unit's j
             const int wf = blockIdx.x * EMV_NW, wl = min(items, wf + EMV_NW) - 1;
             if (wf <= wl) { i0 = expert(wf) * (region / 16); i1 = (expert(wl) + 1) * (region / 16); }
         }

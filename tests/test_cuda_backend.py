@@ -140,6 +140,9 @@ def test_prompt_graphs_equal_eager(path):
     from orcd.cuda_backend import CUDABackend, prefill_bucket
     gf = GGUFFile(path)
     g, e = CUDABackend(gf, N_CTX, chunk=64), CUDABackend(gf, N_CTX, chunk=64, graphs=False)
+    if any(L['moe'].prefill_syncs() for L in g.layers if 'moe' in L):
+        pytest.skip('this MoE prompt path reads counts back to the host (ORCD_MOE_MMA=0): prompts run eagerly, '
+                    'see test_prompt_graphs_off_where_moe_syncs')
     c = CPUBackend.from_gguf(gf, N_CTX)
     assert g._pgraph_on and not e._pgraph_on
     for n, start in ((16, 0), (48, 32), (128, 0), (10, 0), (100, 0), (23, 0), (32, 0)):

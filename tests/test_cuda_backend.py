@@ -218,8 +218,14 @@ def _log_softmax(z):
 @pytest.mark.parametrize('path', MODELS[:1] + MODELS[-1:], ids=lambda p: p.stem)
 def test_prompt_cache_and_logprobs(path):
     """prefill(ids, start) continues a cached prefix and gives the full prefill's logits; top_logprobs is the
-    log-softmax of the step's logits; prompt_logprobs agrees with the CPU backend's logits at every position."""
-    cpu, gpu = _backends(path)
+    log-softmax of the step's logits; prompt_logprobs agrees with the CPU backend's logits at every position.
+    Chunks of 16 tokens, so that the full prompt and the continued one multiply matrices of the same rows (a prompt
+    chunk runs padded to its length bucket, and cuBLAS may pick another algorithm for another row count, 06c)."""
+    from orcd.gguf import GGUFFile
+    from orcd.engine import CPUBackend
+    from orcd.cuda_backend import CUDABackend
+    gf = GGUFFile(path)
+    cpu, gpu = CPUBackend.from_gguf(gf, N_CTX), CUDABackend(gf, N_CTX, chunk=16)
     ids = _prompt(gpu.hp.vocab_size, n=23, seed=2)
     full = gpu.prefill(ids)
     gpu.prefill(ids[:11])

@@ -24,12 +24,12 @@ def _models():
 MODELS = _models()
 N_CTX = 256
 
-def _backends(path, graphs=True):
+def _backends(path, graphs=True, **kw):
     from orcd.gguf import GGUFFile
     from orcd.engine import CPUBackend
     from orcd.cuda_backend import CUDABackend
     gf = GGUFFile(path)
-    return CPUBackend.from_gguf(gf, N_CTX), CUDABackend(gf, N_CTX, graphs=graphs)
+    return CPUBackend.from_gguf(gf, N_CTX), CUDABackend(gf, N_CTX, graphs=graphs, **kw)
 
 def _prompt(vocab, n=19, seed=0):
     return [int(i) for i in np.random.default_rng(seed).integers(0, min(vocab, 30000), n)]
@@ -221,11 +221,7 @@ def test_prompt_cache_and_logprobs(path):
     log-softmax of the step's logits; prompt_logprobs agrees with the CPU backend's logits at every position.
     Chunks of 16 tokens, so that the full prompt and the continued one multiply matrices of the same rows (a prompt
     chunk runs padded to its length bucket, and cuBLAS may pick another algorithm for another row count, 06c)."""
-    from orcd.gguf import GGUFFile
-    from orcd.engine import CPUBackend
-    from orcd.cuda_backend import CUDABackend
-    gf = GGUFFile(path)
-    cpu, gpu = CPUBackend.from_gguf(gf, N_CTX), CUDABackend(gf, N_CTX, chunk=16)
+    cpu, gpu = _backends(path, chunk=16)
     ids = _prompt(gpu.hp.vocab_size, n=23, seed=2)
     full = gpu.prefill(ids)
     gpu.prefill(ids[:11])

@@ -14,7 +14,7 @@ extern "C" __global__ void __launch_bounds__(256) matvec_v2(const mv::Part* __re
                                                            const float* __restrict__ x, float* y,
                                                            const float* __restrict__ bias, int K, int accumulate) {
     using namespace mv;
-    matvec_v2_body<8, 16, IN_X, cfg<tF32, 2>, cfg<tF16, 2>, cfg<tQ4_0, 2>, cfg<tQ4_1, 2>, cfg<tQ5_0, 2>, cfg<tQ5_1, 2>,
+    matvec_v2_body<8, 16, IN_X, OUT_Y, cfg<tF32, 2>, cfg<tF16, 2>, cfg<tQ4_0, 2>, cfg<tQ4_1, 2>, cfg<tQ5_0, 2>, cfg<tQ5_1, 2>,
                    cfg<tQ8_0, 1>, cfg<tQ4_K, 2>, cfg<tQ5_K, 2>, cfg<tQ6_K, 1>, cfg<tBF16, 2>, cfg<tMXFP4, 2>>(
         parts, nparts, x, y, bias, K, accumulate, nullptr, nullptr, 0.f, -1);
 }

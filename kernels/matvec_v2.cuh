@@ -431,8 +431,14 @@ __device__ __forceinline__ float4 ld_x4(const float* __restrict__ x, int i, bool
 // What a kernel stages (its template parameter IN, a compile-time choice: each input path is compiled only into the
 // kernels that use it, which keeps the others' code as small as it was without them; orcd.cuda_matvec.V2_INPUTS):
 // IN_X x as it is; IN_NORM rms_norm(x) * nw (RMSNorm fused into the staging); IN_ACT gated_act(act, gate, up) of
-// x = [gate (K) | up (K)] (the feed-forward activation fused into the staging, as the act kernel computes it).
-enum { IN_X = 0, IN_NORM = 1, IN_ACT = 2 };
+// x = [gate (K) | up (K)] (the feed-forward activation fused into the staging, as the act kernel computes it);
+// IN_STAGED x is already staged: the 16-bit codes, scales and half-block sums that a gate|up kernel with OUT_GLU
+// wrote (glu_stage_block), copied into shared memory as they are.
+enum { IN_X = 0, IN_NORM = 1, IN_ACT = 2, IN_STAGED = 3 };
+// What a kernel writes (its template parameter OUT): OUT_Y y = W x (+ b) (+ y), row by row; OUT_GLU the rows are
+// (gate, up) pairs (Part.stride: the byte offset of the up rows from the gate rows), and each tile of 32 pairs
+// becomes one 32-value block of the next product's staged input: gated_act(act, gate, up) quantised as stage_q8 does.
+enum { OUT_Y = 0, OUT_GLU = 1 };
 
 // Group i's 4 staged values: x[i] / den * nw[i] (IN_NORM), the activation (IN_ACT), or x as it is (IN_X).
 template <int IN>
@@ -502,6 +508,51 @@ __device__ __forceinline__ void stage_q8(const float* __restrict__ x, int K, int
             }
         }
     }
+}
+
+// The staged input of K values in global memory (IN_STAGED, OUT_GLU): [K int16 codes][K/32 fp32 scales]
+// [K/16 int32 half-block sums] (Python mirror: orcd.cuda_matvec.staged_bytes).
+struct Staged {
+    short* q; float* d; int* s16;
+    __device__ __forceinline__ Staged(const void* p, int K)
+        : q(reinterpret_cast<short*>(const_cast<void*>(p))), d(reinterpret_cast<float*>(q + K)), s16(reinterpret_cast<int*>(d + K / 32)) {}
+};
+
+// IN_STAGED: copy a staged input into shared memory (16-byte slot s of codes to slot swz16(s), as stage_q8 puts it);
+// each thread issues all its loads of a pass before it stores.
+template <int NT>
+__device__ __forceinline__ void stage_copy(const void* src, int K, int* q, float* d, int* s16) {
+    const Staged g(src, K);
+    const int ns = K / 8, nd = K / 32;
+    const int4* gq = reinterpret_cast<const int4*>(g.q);
+    for (int s0 = 0; s0 < ns; s0 += 2 * NT) {
+        const int s = s0 + threadIdx.x, t = s + NT;
+        const int4 z = make_int4(0, 0, 0, 0), a = s < ns ? __ldg(gq + s) : z, b = t < ns ? __ldg(gq + t) : z;
+        if (s < ns) reinterpret_cast<int4*>(q)[swz16(s)] = a;
+        if (t < ns) reinterpret_cast<int4*>(q)[swz16(t)] = b;
+    }
+    for (int i = threadIdx.x; i < 3 * nd; i += NT) {
+        if (i < nd) d[i] = __ldg(g.d + i);
+        else s16[i - nd] = __ldg(g.s16 + i - nd);
+    }
+}
+
+// OUT_GLU: one lane per value of 32-value block b (v: lane l's value, value 32b + l): the block's 16-bit codes, its
+// scale and the sums of its two 16-value halves, as stage_q8 computes them (amax / 32767, round half to even).
+__device__ __forceinline__ void glu_stage_block(float v, int b, int K, void* out) {
+    const int l = threadIdx.x & 31;
+    float amax = fabsf(v);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+    const float dd = amax / 32767.f;                       // IEEE division, as numpy
+    const int q = dd > 0.f ? __float2int_rn(v / dd) : 0;
+    int s = q;
+#pragma unroll
+    for (int o = 8; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    const Staged g(out, K);
+    g.q[32 * b + l] = (short)q;
+    if (l == 0) g.d[b] = dd;
+    if ((l & 15) == 0) g.s16[2 * b + (l >> 4)] = s;
 }
 
 // sqrt(Σ s / K + eps), the sum over the CTA of each thread's s (two __syncthreads), in every thread.
@@ -632,11 +683,18 @@ __device__ __forceinline__ float group_sum(float v, int G, float* red) {
     return v;
 }
 
-template <class T, int U>
+// Where row `row` of a part starts: rows in order, or (OUT_GLU) pair row/2's gate row (even rows) or up row (odd).
+template <int OUT>
+__device__ __forceinline__ const u8* row_ptr(const u8* w, size_t row_bytes, int row, long long pair_stride) {
+    if constexpr (OUT == OUT_GLU) return w + (size_t)(row >> 1) * row_bytes + (row & 1) * pair_stride;
+    else return w + (size_t)row * row_bytes;
+}
+
+template <class T, int U, int OUT>
 __device__ __forceinline__ void load_batch(typename T::Raw (&r)[U], const u8* w, size_t row_bytes, int row, int rows,
-                                           int c0, int G, int nchunk) {
+                                           int c0, int G, int nchunk, long long pair_stride) {
     if (row >= rows) return;
-    const u8* rp = w + (size_t)row * row_bytes;
+    const u8* rp = row_ptr<OUT>(w, row_bytes, row, pair_stride);
 #pragma unroll
     for (int u = 0; u < U; ++u)
         if (c0 + u * G < nchunk) r[u] = T::load(rp, c0 + u * G);
@@ -646,6 +704,11 @@ template <bool SQ8, bool SF32, int NT, int IN, class X>
 __device__ __forceinline__ void stage(const float* __restrict__ x, int K, const X& xs, const float* __restrict__ nw,
                                       float eps, int act) {
     int* q = const_cast<int*>(xs.q); float* d = const_cast<float*>(xs.d); int* s16 = const_cast<int*>(xs.s16);
+    if constexpr (IN == IN_STAGED) {                         // already staged: a copy
+        static_assert(X::xb == 16 && !X::pl && SQ8 && !SF32, "IN_STAGED: 16-bit codes, quantised block types only");
+        stage_copy<NT>(x, K, q, d, s16);
+        return;
+    }
     if constexpr (IN == IN_NORM && SQ8 && !SF32 && !X::pl) {  // the normed staging from registers (see normed_group)
         if (K <= 4 * NT) {                                    // uniform over the CTA (a kernel argument)
             const float4 v = normed_group<NT>(x, K, nw, eps);
@@ -661,17 +724,41 @@ __device__ __forceinline__ void stage(const float* __restrict__ x, int K, const 
 struct Args {
     const float* x; float* y; const float* bias; int K; int accumulate; const int* route_ids;
     const float* norm_w; float norm_eps;   // IN_NORM: the RMSNorm's weights and epsilon
-    int act;                               // IN_ACT: the gated activation's kind (x is [gate | up], 2K values)
+    int act;                               // IN_ACT, OUT_GLU: the gated activation's kind (IN_ACT: x is [gate | up], 2K)
 };
 
+// OUT_GLU's epilogue of a tile (64 rows: NT = 64 G, G <= 16), acc complete in each row group's first thread: row groups
+// 2i and 2i + 1 (lanes G apart in one warp) hold pair i's gate and up sums; their activation goes to shared memory
+// (two buffers, alternating per tile, so a tile's writes never meet the previous tile's reads), then warp 0 writes
+// the tile's block: the pairs of tile t are values 32t..32t+31 of the next product's input.
+__device__ __forceinline__ void glu_epilogue(float acc, int G, int grp, int g, int row, const Part& P, const Args& a,
+                                             int t, int parity) {
+    __shared__ float glu_s[2][32];
+    const float up = __shfl_down_sync(0xffffffffu, acc, G);
+    const int n = P.rows >> 1;
+    if (g == 0 && (grp & 1) == 0) {
+        const int i = row >> 1;
+        float v = 0.f;
+        if (i < n) {
+            float gv = acc, uv = up;
+            if (a.bias) { gv += a.bias[P.row0 + i]; uv += a.bias[P.row0 + n + i]; }
+            v = gated_act(a.act, gv, uv);
+        }
+        glu_s[parity][grp >> 1] = v;
+    }
+    __syncthreads();
+    if (threadIdx.x < 32) glu_stage_block(glu_s[parity][threadIdx.x], t, n, a.y);
+}
+
 // All tiles of one part that this CTA owns.
-template <class C, int NW, bool SQ8, bool SF32, int IN, class X>
+template <class C, int NW, bool SQ8, bool SF32, int IN, int OUT, class X>
 __device__ __forceinline__ void run_part(const Part& P0, int tile_begin, const Args& a, const X& xs, float* red,
                                          int& staged) {
     typedef typename C::type T;
     constexpr int U = C::u, NT = NW * 32;
     const int G = P0.tpr, rpc = NT / G;
     const int grp = threadIdx.x / G, g = threadIdx.x % G;
+    if (OUT == OUT_GLU && rpc != 64) __trap();                // a tile is one block of 32 pairs (GluLinear plans it)
     const int nchunk = a.K / T::CV, step = G * U;
     const int nbat = (nchunk + step - 1) / step;
     const size_t row_bytes = (size_t)(a.K / T::QK) * T::BYTES;
@@ -694,7 +781,8 @@ __device__ __forceinline__ void run_part(const Part& P0, int tile_begin, const A
         }
     typename T::Raw cur[U], nxt[U];
     int k = 0;
-    load_batch<T, U>(cur, P.w, row_bytes, t * rpc + grp, P.rows, g, G, nchunk);
+    const long long ps = OUT == OUT_GLU ? P.stride : 0;       // OUT_GLU: the up rows' offset from the gate rows
+    load_batch<T, U, OUT>(cur, P.w, row_bytes, t * rpc + grp, P.rows, g, G, nchunk, ps);
     if (staged != P.xoff) {                                   // uniform: x (+ xoff) is not in shared memory yet
         // Launched with programmatic stream serialization (Linear(pdl=True)), this CTA may have started while the
         // previous kernel still runs: only the weights (never written) were read so far. Wait for that kernel to
@@ -709,11 +797,12 @@ __device__ __forceinline__ void run_part(const Part& P0, int tile_begin, const A
         staged = P.xoff;
     }
     float acc = 0.f;
+    int parity = 0;                                           // OUT_GLU: which of its two buffers this tile uses
     for (;;) {
         int nt = t, nk = k + 1;
         if (nk == nbat) { nk = 0; nt += stride; }
         const bool more = nt < ntiles;
-        if (more) load_batch<T, U>(nxt, P.w, row_bytes, nt * rpc + grp, P.rows, nk * step + g, G, nchunk);
+        if (more) load_batch<T, U, OUT>(nxt, P.w, row_bytes, nt * rpc + grp, P.rows, nk * step + g, G, nchunk, ps);
         const int row = t * rpc + grp;
         if (row < P.rows) {
 #pragma unroll
@@ -724,7 +813,8 @@ __device__ __forceinline__ void run_part(const Part& P0, int tile_begin, const A
         }
         if (nk == 0) {                                        // the tile's last batch: reduce, epilogue
             acc = group_sum<NW>(acc, G, red);
-            if (g == 0 && row < P.rows) {
+            if constexpr (OUT == OUT_GLU) { glu_epilogue(acc, G, grp, g, row, P, a, t, parity); parity ^= 1; }
+            else if (g == 0 && row < P.rows) {
                 const int r = P.row0 + row;
                 float v = acc;
                 if (a.bias) v += a.bias[r];
@@ -740,17 +830,17 @@ __device__ __forceinline__ void run_part(const Part& P0, int tile_begin, const A
     }
 }
 
-template <int NW, bool SQ8, bool SF32, int IN, int I, class X>
+template <int NW, bool SQ8, bool SF32, int IN, int OUT, int I, class X>
 __device__ __forceinline__ void dispatch(int, const Part&, int, const Args&, const X&, float*, int&) {}
 
-template <int NW, bool SQ8, bool SF32, int IN, int I, class X, class C, class... Rest>
+template <int NW, bool SQ8, bool SF32, int IN, int OUT, int I, class X, class C, class... Rest>
 __device__ __forceinline__ void dispatch(int slot, const Part& P, int tb, const Args& a, const X& xs, float* red,
                                          int& staged) {
-    if (slot == I) run_part<C, NW, SQ8, SF32, IN, X>(P, tb, a, xs, red, staged);
-    else dispatch<NW, SQ8, SF32, IN, I + 1, X, Rest...>(slot, P, tb, a, xs, red, staged);
+    if (slot == I) run_part<C, NW, SQ8, SF32, IN, OUT, X>(P, tb, a, xs, red, staged);
+    else dispatch<NW, SQ8, SF32, IN, OUT, I + 1, X, Rest...>(slot, P, tb, a, xs, red, staged);
 }
 
-template <int NW, int XB, int IN, class... Cs>
+template <int NW, int XB, int IN, int OUT, class... Cs>
 __device__ __forceinline__ void matvec_v2_body(const Part* __restrict__ parts, int nparts, const float* __restrict__ x,
                                                float* y, const float* __restrict__ bias, int K, int accumulate,
                                                const int* __restrict__ route_ids, const float* __restrict__ norm_w,
@@ -776,7 +866,7 @@ __device__ __forceinline__ void matvec_v2_body(const Part* __restrict__ parts, i
     MV_STAMP(0);
     for (int p = 0; p < nparts; ++p) {
         const Part P = parts[p];
-        dispatch<NW, SQ8, SF32, IN, 0, X, Cs...>(P.slot, P, tile_begin, a, xs, red, staged);
+        dispatch<NW, SQ8, SF32, IN, OUT, 0, X, Cs...>(P.slot, P, tile_begin, a, xs, red, staged);
         tile_begin = P.tile_end;
     }
 #ifdef ORCD_TRACE
@@ -796,12 +886,26 @@ __device__ __forceinline__ void matvec_v2_body(const Part* __restrict__ parts, i
 
 // The kernel the launcher instantiates (orcd.cuda_matvec.precompile compiles this header alone, with NVRTC name
 // expressions such as matvec_v2_k<8, 16, 0, mv::cfg<mv::tQ5_0, 2>, mv::cfg<mv::tQ8_0, 1>>): NW warps per CTA, XB-bit
-// staged input (8 or 16), what it stages (IN: mv::IN_X, IN_NORM or IN_ACT), one cfg per block type in the parts.
+// staged input (8 or 16), what it stages (IN: mv::IN_X, IN_NORM, IN_ACT or IN_STAGED), one cfg per block type in the parts.
 template <int NW, int XB, int IN, class... Cs>
 __global__ void __launch_bounds__(NW * 32) matvec_v2_k(const mv::Part* __restrict__ parts, int nparts,
                                                       const float* __restrict__ x, float* y,
                                                       const float* __restrict__ bias, int K, int accumulate,
                                                       const int* __restrict__ route_ids,
                                                       const float* __restrict__ norm_w, float norm_eps, int act) {
-    mv::matvec_v2_body<NW, XB, IN, Cs...>(parts, nparts, x, y, bias, K, accumulate, route_ids, norm_w, norm_eps, act);
+    mv::matvec_v2_body<NW, XB, IN, mv::OUT_Y, Cs...>(parts, nparts, x, y, bias, K, accumulate, route_ids, norm_w, norm_eps, act);
+}
+
+// The gate|up kernel that writes the next product's staged input (OUT_GLU; orcd.cuda_matvec.GluLinear): one part of
+// 2n rows, (gate, up) pairs, tiles of 64 rows (NW = 2 G), y = the staged input of the n activations (Staged).
+// Two CTAs per SM at least (for NW = 16 a cap of 64 registers; ptxas spills a few dozen bytes, measured faster than 8
+// warps without spills: 06a): its 2n/64 tiles, one per CTA, then fit the GPU at once.
+template <int NW, int XB, int IN, class... Cs>
+__global__ void __launch_bounds__(NW * 32, NW <= 16 ? 2 : 1) matvec_v2_glu_k(const mv::Part* __restrict__ parts, int nparts,
+                                                          const float* __restrict__ x, float* y,
+                                                          const float* __restrict__ bias, int K, int accumulate,
+                                                          const int* __restrict__ route_ids,
+                                                          const float* __restrict__ norm_w, float norm_eps, int act) {
+    static_assert(XB == 16, "OUT_GLU writes 16-bit codes");
+    mv::matvec_v2_body<NW, XB, IN, mv::OUT_GLU, Cs...>(parts, nparts, x, y, bias, K, accumulate, route_ids, norm_w, norm_eps, act);
 }

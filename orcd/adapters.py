@@ -87,6 +87,7 @@ class Step:
     b: str | None = None      # its bias (qk_norm: the key norm's weight)
     arg: str | None = None    # the variant: the activation of `act`/`moe`, the factor of `scale`
     via: str | None = None    # a fused step's intermediate buffer (a backend's fusion of two steps; None in recipes)
+    act: str | None = None    # a fused step's activation, when `arg` names something else (backend fusions; None in recipes)
 
 STEP_OPS = {
     'embed':     'dst = rows `ids` of w (dequantised)',

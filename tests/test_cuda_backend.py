@@ -47,7 +47,10 @@ def test_gpu_matches_cpu(path):
     ops = [s.op for s, _ in cuda_backend._fused(gpu)]
     assert ('rope_attention' in ops) == (cuda_backend.FUSE_ROPE and gpu.tables is not None), ops
     gated = any(s.op == 'act' and s.arg in cuda_backend._GATED for s in gpu.block)
-    assert any(o.startswith('act_linear') for o in ops) == (cuda_backend.FUSE_ACT and gated), ops
+    assert any(o.startswith(('act_linear', 'staged_linear')) for o in ops) == (cuda_backend.FUSE_ACT and gated), ops
+    assert ops.count('staged_linear') + ops.count('staged_linear_acc') == sum('glu' in o for o in ops), ops
+    if gated and path.parent != FIX / 'synthetic':       # the quantised layouts: gate|up writes down's staged input
+        assert any('glu' in o for o in ops) == cuda_backend.FUSE_GLU, ops
 
 @pytest.mark.parametrize('path', [p for p in MODELS if p.stem not in ('gpt2', 'gpt-oss', 'gpt-oss-2l')], ids=lambda p: p.stem)
 @pytest.mark.parametrize('fused', [True, False], ids=['fused_norm', 'unfused_norm'])
@@ -79,6 +82,16 @@ def test_act_fusion_off(path, monkeypatch):
     gpu = _check_matches_cpu(path)
     ops = [s.op for s, _ in cuda_backend._fused(gpu)]
     assert 'act' in ops and not any(o.startswith('act_linear') for o in ops), ops
+
+@pytest.mark.parametrize('path', [p for p in MODELS if p.parent != FIX / 'synthetic'], ids=lambda p: p.stem)
+def test_glu_fusion_off(path, monkeypatch):
+    """The same with the down product computing the activation while it stages (cuda_backend.FUSE_GLU off; on, the
+    default, test_gpu_matches_cpu: the gate|up product writes the activation as down's staged input)."""
+    from orcd import cuda_backend
+    monkeypatch.setattr(cuda_backend, 'FUSE_GLU', False)
+    gpu = _check_matches_cpu(path)
+    ops = [s.op for s, _ in cuda_backend._fused(gpu)]
+    assert not any('glu' in o or o.startswith('staged') for o in ops), ops
 
 def _check_matches_cpu(path):
     cpu, gpu = _backends(path)

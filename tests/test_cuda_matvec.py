@@ -6,7 +6,7 @@ CuPy's memory pool, so that compute-sanitizer memcheck sees each array's exact b
 import os
 import numpy as np, pytest, gguf
 from orcd import cuda, cuda_matvec as cm, ops
-from orcd.quants import F32, F16, BF16, Q5_0, Q8_0, Q4_K, Q6_K, MXFP4, QUANT_TYPES, dequantize, quantize
+from orcd.quants import F32, F16, BF16, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K, MXFP4, QUANT_TYPES, dequantize, quantize
 
 cp, why = cuda.cuda_device()
 needs_gpu = pytest.mark.skipif(cp is None, reason=f'GPU test: {why}')
@@ -439,7 +439,7 @@ def test_v2_staged_inputs_are_separate_kernels(pdl):
         check_linear(cp.asnumpy(lin(cp.asarray(x), y(), act=ACT_KINDS['swiglu'])), host,
                      ops.swiglu(x[:K], x[K:]).astype(np.float32), what='act')
     kernels = {inp: lin.launch(inp)[0] for inp in cm.V2_INPUTS}
-    assert len({id(k) for k in kernels.values()}) == 3 and lin._kernel is kernels['x']
+    assert len({id(k) for k in kernels.values()}) == len(cm.V2_INPUTS) and lin._kernel is kernels['x']
 
 
 DOWNS = {'qwen-down-q4k': ([(896, Q4_K)], 4864), 'qwen-down-q6k': ([(896, Q6_K)], 4864),
@@ -467,6 +467,111 @@ def test_v2_fused_act(stack, kind, pdl):
     check_linear(got, [(w, r, t) for w, _, r, t in parts], a, y0=y0, what=f'{stack} with {kind} fused, accumulating')
     with pytest.raises(ValueError, match='x must have'):
         lin(cp.asarray(gu[:K]), cp.empty(lin.rows, np.float32), act=ACT_KINDS[kind])
+
+
+# Gate|up stacks of the real models (n rows each, K) and a stacked one-tensor form (Phi-3's ffn_up: [gate; up]).
+GLUS = {'qwen': ([(4864, Q5_0)] * 2, 896), 'smollm2': ([(1536, Q4_1)] * 2, 576), 'gemma': ([(2048, Q8_0)] * 2, 640),
+        'stacked-q4k': ([(2 * 96, Q4_K)], 512), 'small-q6k': ([(32, Q6_K)] * 2, 256), 'mxfp4': ([(64, MXFP4)] * 2, 2880)}
+
+
+def glu_bound(parts, x, kind, bias=None, norm=None):
+    """(reference codes, scales, activation, bound): how far the dequantised staged input may be from the reference
+    activation — half a code (the staging's rounding) plus what the fp32 sums of gate and up (1e-5 |W||x'| each, as
+    check_linear) move the activation: |da/dg| <= 2 (|u| + 1) and |da/du| <= |g| + eg for all three kinds — plus 1e-6
+    |a| for the activation's own fp32 rounding."""
+    q, d, a, mag = cm.glu_ref(parts, x, kind, bias=bias, norm=norm, eps=1e-6)
+    ref = cm.linear_ref(parts, x, bias=bias, norm=norm, eps=1e-6)[0]
+    n = a.size
+    g, u, eg, eu = ref[:n], ref[n:], 1e-5 * mag[:n], 1e-5 * mag[n:]
+    return q, d, a, np.repeat(d, 32) / 2 * (1 + 1e-6) + 2 * (np.abs(u) + 1) * eg + (np.abs(g) + eg) * eu + 1e-6 * np.abs(a)
+
+
+@needs_gpu
+@pytest.mark.parametrize('extra', ['plain', 'bias', 'norm'])
+@pytest.mark.parametrize('kind', ['swiglu', 'geglu', 'swiglu_oai'])
+@pytest.mark.parametrize('stack', list(GLUS))
+def test_glu_matches_reference(stack, kind, extra):
+    """Linear(gate|up, glu=True): the staged activation (codes · scales) within glu_bound of glu_ref, the half-block
+    sums the sums of its codes; with a bias on gate and up, and with the RMSNorm fused in front."""
+    from orcd.cuda_ops import ACT_KINDS
+    spec, K = GLUS[stack]
+    rng = np.random.default_rng(13)
+    parts = [(*weight(t, r, K, seed=i), r, t) for i, (r, t) in enumerate(spec)]
+    host = [(w, r, t) for w, _, r, t in parts]
+    rows = sum(r for r, _ in spec)
+    x = (rng.standard_normal(K) * 2).astype(np.float32)
+    bias = rng.standard_normal(rows).astype(np.float32) if extra == 'bias' else None
+    nw = rng.uniform(0.5, 1.5, K).astype(np.float32) if extra == 'norm' else None
+    lin = cm.Linear([(wd, r, t) for _, wd, r, t in parts], K, None if bias is None else cp.asarray(bias), glu=True)
+    n = rows // 2
+    out = lin(cp.asarray(x), cp.full(cm.staged_size(n), np.nan, np.float32), act=ACT_KINDS[kind],
+              norm=None if nw is None else cp.asarray(nw), eps=1e-6)
+    gq, gd, gs = cm.unpack_staged(cp.asnumpy(out), n)
+    q, d, a, bound = glu_bound(host, x, ACT_KINDS[kind], bias, nw)
+    err = np.abs(gq * np.repeat(gd, 32).astype(np.float64) - a)
+    assert np.isfinite(gd).all() and np.all(err <= bound), f'worst value {np.argmax(err - bound)}'
+    assert np.array_equal(gs, gq.reshape(-1, 16).astype(np.int64).sum(axis=1))
+    assert np.mean(gq == q) > 0.5                          # codes differ only where fp32 sums cross a rounding edge
+
+
+@needs_gpu
+@pytest.mark.parametrize('pdl', [False, True], ids=['plain', 'pdl'])
+@pytest.mark.parametrize('down', ['qwen-down-q4k', 'qwen-down-q6k'])
+def test_glu_then_staged_down_bit_exact(down, pdl):
+    """The glu kernel's staged input is the staging's, bit for bit: against the plain gate|up kernel with the same
+    threads per row and batch, the act kernel and quantize_x_ref; and the down product that copies it (staged=True)
+    equals the one that computes the activation while it stages (act=), accumulating into y."""
+    from orcd.cuda_ops import ACT_KINDS, act
+    (gspec, K), (dspec, n) = GLUS['qwen'], DOWNS[down]
+    rng = np.random.default_rng(14)
+    gparts = [(wd, r, t) for i, (r, t) in enumerate(gspec) for wd in [weight(t, r, K, seed=i)[1]]]
+    x, nw = rng.standard_normal(K).astype(np.float32), rng.uniform(0.5, 1.5, K).astype(np.float32)
+    glu = cm.Linear(gparts, K, glu=True, pdl=pdl)
+    staged = glu(cp.asarray(x), cp.full(cm.staged_size(n), np.nan, np.float32), act=0, norm=cp.asarray(nw), eps=1e-6)
+    plain = cm.Linear(gparts, K, warps=glu.warps, tpr=glu.tpr[0], unroll=dict(glu.cfgs), pdl=pdl)
+    gu = plain(cp.asarray(x), cp.empty(2 * n, np.float32), norm=cp.asarray(nw), eps=1e-6)
+    a = cp.empty((1, n), np.float32); act('swiglu', gu.reshape(1, -1), a, n, 1)
+    q, d = cm.quantize_x_ref(cp.asnumpy(a).reshape(-1), 16)
+    gq, gd, gs = cm.unpack_staged(cp.asnumpy(staged), n)
+    assert np.array_equal(gq, q) and np.array_equal(gd, d) and np.array_equal(gs, q.reshape(-1, 16).sum(axis=1))
+    dlin = cm.Linear([(weight(t, r, n, seed=5)[1], r, t) for r, t in dspec], n, pdl=pdl)
+    y0 = rng.standard_normal(dlin.rows).astype(np.float32)
+    got = cp.asnumpy(dlin(staged, cp.asarray(y0), accumulate=True, staged=True))
+    want = cp.asnumpy(dlin(gu, cp.asarray(y0), accumulate=True, act=ACT_KINDS['swiglu']))
+    np.testing.assert_array_equal(got, want)
+
+
+@needs_gpu
+def test_glu_rejects_bad_arguments():
+    w5, w8 = weight(Q5_0, 64, 256)[1], weight(Q8_0, 64, 256)[1]
+    with pytest.raises(ValueError, match='one quantised type'):
+        cm.Linear([(w5, 64, Q5_0), (w8, 64, Q8_0)], 256, glu=True)
+    with pytest.raises(ValueError, match='one quantised type'):
+        cm.Linear([(weight(F16, 64, 256)[1], 64, F16)] * 2, 256, glu=True)
+    with pytest.raises(ValueError, match='same rows, a multiple of 32'):
+        cm.Linear([(w5, 64, Q5_0), (weight(Q5_0, 32, 256)[1], 32, Q5_0)], 256, glu=True)
+    with pytest.raises(ValueError, match='same rows, a multiple of 32'):
+        cm.Linear([(weight(Q5_0, 48, 256)[1], 48, Q5_0)], 256, glu=True)          # 24 pairs
+    with pytest.raises(ValueError, match='a tile is 64 rows'):
+        cm.Linear([(w5, 64, Q5_0)] * 2, 256, glu=True, warps=8, tpr=8)
+    glu = cm.Linear([(w5, 64, Q5_0)] * 2, 256, glu=True)
+    x, out = cp.zeros(256, np.float32), cp.zeros(cm.staged_size(64), np.float32)
+    with pytest.raises(ValueError, match='not a gated activation'):
+        glu(x, out)
+    with pytest.raises(ValueError, match='no accumulate'):
+        glu(x, out, act=0, accumulate=True)
+    with pytest.raises(ValueError, match='y must have'):
+        glu(x, cp.zeros(64, np.float32), act=0)
+    with pytest.raises(ValueError, match='decode kernel'):
+        glu.matmul(cp.zeros((2, 256), np.float32), cp.zeros((2, 128), np.float32))
+    down = cm.Linear([(weight(Q8_0, 8, 64)[1], 8, Q8_0)], 64)
+    with pytest.raises(ValueError, match='x must have 38 elements'):
+        down(cp.zeros(64, np.float32), cp.zeros(8, np.float32), staged=True)
+    with pytest.raises(ValueError, match='no norm, no act'):
+        down(out, cp.zeros(8, np.float32), staged=True, act=0)
+    f16 = cm.Linear([(weight(F16, 8, 64)[1], 8, F16)], 64)
+    with pytest.raises(ValueError, match='16-bit codes and quantised parts'):
+        f16(out, cp.zeros(8, np.float32), staged=True)
 
 
 @needs_gpu

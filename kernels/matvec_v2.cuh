@@ -777,7 +777,12 @@ __device__ __forceinline__ void run_part(const Part& P0, int tile_begin, const A
     else if (P.prefetch)                                      // this CTA's tiles: t, t + stride, ... (rows contiguous)
         for (int tt = t; tt < ntiles; tt += stride) {
             const int r0 = tt * rpc, r1 = min(r0 + rpc, P.rows);
-            if (r1 > r0) prefetch_range<NT>(P.w + (size_t)r0 * row_bytes, (size_t)(r1 - r0) * row_bytes);
+            if constexpr (OUT == OUT_GLU) {                   // the tile's gate rows and its up rows: two ranges
+                const size_t n = (size_t)((r1 - r0 + 1) >> 1) * row_bytes;
+                const u8* g0 = P.w + (size_t)(r0 >> 1) * row_bytes;
+                if (r1 > r0) { prefetch_range<NT>(g0, n); prefetch_range<NT>(g0 + P.stride, n); }
+            }
+            else if (r1 > r0) prefetch_range<NT>(P.w + (size_t)r0 * row_bytes, (size_t)(r1 - r0) * row_bytes);
         }
     typename T::Raw cur[U], nxt[U];
     int k = 0;

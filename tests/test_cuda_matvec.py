@@ -487,12 +487,13 @@ def glu_bound(parts, x, kind, bias=None, norm=None):
 
 
 @needs_gpu
-@pytest.mark.parametrize('extra', ['plain', 'bias', 'norm'])
+@pytest.mark.parametrize('extra', ['plain', 'bias', 'norm', 'prefetch'])
 @pytest.mark.parametrize('kind', ['swiglu', 'geglu', 'swiglu_oai'])
 @pytest.mark.parametrize('stack', list(GLUS))
 def test_glu_matches_reference(stack, kind, extra):
     """Linear(gate|up, glu=True): the staged activation (codes · scales) within glu_bound of glu_ref, the half-block
-    sums the sums of its codes; with a bias on gate and up, and with the RMSNorm fused in front."""
+    sums the sums of its codes; with a bias on gate and up, with the RMSNorm fused in front, and with the tile's gate
+    and up rows prefetched into L2 before the wait."""
     from orcd.cuda_ops import ACT_KINDS
     spec, K = GLUS[stack]
     rng = np.random.default_rng(13)
@@ -502,7 +503,9 @@ def test_glu_matches_reference(stack, kind, extra):
     x = (rng.standard_normal(K) * 2).astype(np.float32)
     bias = rng.standard_normal(rows).astype(np.float32) if extra == 'bias' else None
     nw = rng.uniform(0.5, 1.5, K).astype(np.float32) if extra == 'norm' else None
-    lin = cm.Linear([(wd, r, t) for _, wd, r, t in parts], K, None if bias is None else cp.asarray(bias), glu=True)
+    lin = cm.Linear([(wd, r, t) for _, wd, r, t in parts], K, None if bias is None else cp.asarray(bias), glu=True,
+                    prefetch=extra == 'prefetch')
+    assert lin.prefetch == (extra == 'prefetch')
     n = rows // 2
     out = lin(cp.asarray(x), cp.full(cm.staged_size(n), np.nan, np.float32), act=ACT_KINDS[kind],
               norm=None if nw is None else cp.asarray(nw), eps=1e-6)

@@ -758,7 +758,7 @@ __device__ __forceinline__ void run_part(const Part& P0, int tile_begin, const A
     constexpr int U = C::u, NT = NW * 32;
     const int G = P0.tpr, rpc = NT / G;
     const int grp = threadIdx.x / G, g = threadIdx.x % G;
-    if (OUT == OUT_GLU && rpc != 64) __trap();                // a tile is one block of 32 pairs (GluLinear plans it)
+    if (OUT == OUT_GLU && rpc != 64) __trap();                // a tile is one block of 32 pairs (plan_glu plans it)
     const int nchunk = a.K / T::CV, step = G * U;
     const int nbat = (nchunk + step - 1) / step;
     const size_t row_bytes = (size_t)(a.K / T::QK) * T::BYTES;
@@ -901,7 +901,7 @@ __global__ void __launch_bounds__(NW * 32) matvec_v2_k(const mv::Part* __restric
     mv::matvec_v2_body<NW, XB, IN, mv::OUT_Y, Cs...>(parts, nparts, x, y, bias, K, accumulate, route_ids, norm_w, norm_eps, act);
 }
 
-// The gate|up kernel that writes the next product's staged input (OUT_GLU; orcd.cuda_matvec.GluLinear): one part of
+// The gate|up kernel that writes the next product's staged input (OUT_GLU; orcd.cuda_matvec.Linear(..., glu=True)): one part of
 // 2n rows, (gate, up) pairs, tiles of 64 rows (NW = 2 G), y = the staged input of the n activations (Staged).
 // Two CTAs per SM at least (for NW = 16 a cap of 64 registers; ptxas spills a few dozen bytes, measured faster than 8
 // warps without spills: 06a): its 2n/64 tiles, one per CTA, then fit the GPU at once.

@@ -12,7 +12,7 @@ __all__ = ['MATVEC_KERNELS', 'FLOAT_TYPES', 'X_BITS', 'GATED', 'V2_TYPES', 'PART
            'staged_size', 'unpack_staged', 'plan_glu', 'glu_ref', 'expert_linear', 'expert_linear_ref', 'prmt_ref',
            'mxfp4_pairs_ref', 'dequantize_rows', 'dequantize']
 
-# %% ../nbs/06a_cuda_matvec.ipynb #c0655c06
+# %% ../nbs/06a_cuda_matvec.ipynb #6e3c4167
 import functools, math, os
 import numpy as np
 from .cuda import load_kernel, _check, cuda_device, kernel_source, headers_tag
@@ -21,12 +21,12 @@ from .quants import (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q
 from . import ops
 from .ops import rms_norm
 
-# %% ../nbs/06a_cuda_matvec.ipynb #90132cf7
+# %% ../nbs/06a_cuda_matvec.ipynb #2024a5e0
 def matvec_ref(w: np.ndarray, x: np.ndarray, rows: int, ggml_type: int) -> np.ndarray:
     "numpy reference: `W @ x` with `W` given as the raw `ggml_type` bytes of a `(rows, K)` weight."
     return np_dequantize(np.asarray(w, np.uint8).reshape(-1), ggml_type).reshape(rows, -1) @ x.astype(np.float32)
 
-# %% ../nbs/06a_cuda_matvec.ipynb #d971aafb
+# %% ../nbs/06a_cuda_matvec.ipynb #84662e82
 MATVEC_KERNELS = {Q8_0: 'matvec_q8_0', Q4_K: 'matvec_q4_k', Q6_K: 'matvec_q6_k', Q5_0: 'matvec_q5_0',
                   MXFP4: 'matvec_mxfp4'}
 
@@ -47,7 +47,7 @@ def matvec(w, x, rows: int, ggml_type: int, y=None, warps_per_block: int = 4):
     load_kernel(name, name)(grid, (32 * warps_per_block,), (w, x, y, np.int32(rows), np.int32(K)))
     return y
 
-# %% ../nbs/06a_cuda_matvec.ipynb #b105a833
+# %% ../nbs/06a_cuda_matvec.ipynb #a47499e9
 FLOAT_TYPES = (F32, F16, BF16)
 X_BITS = 16     # default width of the staged input's codes (8: llama.cpp's q8_1, faster, 256 times coarser)
 
@@ -83,7 +83,7 @@ def linear_ref(parts, x, bias=None, y=None, bits: int = X_BITS, norm=None, eps: 
         if extra is not None: ref, mag = ref + extra, mag + np.abs(extra)
     return ref, mag, errx
 
-# %% ../nbs/06a_cuda_matvec.ipynb #e8a26029
+# %% ../nbs/06a_cuda_matvec.ipynb #06dd7179
 _SCALE = {Q4_0: .2, Q4_1: .1, Q5_0: .1, Q5_1: .05, Q8_0: .01, Q4_K: .004, Q5_K: .002, Q6_K: .001}
 
 def random_weight(rng, ggml_type, rows, K):
@@ -98,7 +98,7 @@ def random_weight(rng, ggml_type, rows, K):
     if ggml_type == MXFP4: blocks['e'] = rng.choice(np.r_[0:3, 120:130], blocks.size)   # subnormal and normal
     return b
 
-# %% ../nbs/06a_cuda_matvec.ipynb #aa580ac2
+# %% ../nbs/06a_cuda_matvec.ipynb #02cdbd29
 # ggml type -> (trait in kernels/matvec_v2.cuh, values per chunk, default batch U)
 V2_TYPES = {F32: ('tF32', 4, 2), F16: ('tF16', 8, 2), BF16: ('tBF16', 8, 2), Q4_0: ('tQ4_0', 32, 2),
             Q4_1: ('tQ4_1', 32, 2), Q5_0: ('tQ5_0', 32, 2), Q5_1: ('tQ5_1', 32, 2), Q8_0: ('tQ8_0', 32, 1),
@@ -172,7 +172,7 @@ def _smem_bytes(K, q8, f32, bits: int = X_BITS, pair: bool = False):
     qb = K if bits == 8 else (144 * ((K // 32 + 1) // 2) + 127) // 128 * 128 if pair else (2 * K + 127) // 128 * 128
     return ((qb + K // 8 + K // 4 + 15) // 16 * 16 if q8 else 0) + (4 * K if f32 else 0)
 
-# %% ../nbs/06a_cuda_matvec.ipynb #498613c8
+# %% ../nbs/06a_cuda_matvec.ipynb #48a1dd63
 _V2_FUNCS, _V2_MODULES = {}, []
 TRACE = os.environ.get('ORCD_TRACE') == '1'   # diagnostics: the kernels stamp their phases (matvec_v2.cuh, MV_STAMP)
 
@@ -216,11 +216,11 @@ def _ctas_per_sm(kernel, threads, smem):
     by_smem = smem_sm // (smem + kernel.shared_size_bytes + 1024)
     return max(1, min(32, threads_sm // threads, by_regs, by_smem))
 
-# %% ../nbs/06a_cuda_matvec.ipynb #b6201496
+# %% ../nbs/06a_cuda_matvec.ipynb #7dc17f64
 import ctypes
 from .cuda import _PdlLaunch, _has_pdl     # the launch itself lives in 06_cuda: the other kernels use it too
 
-# %% ../nbs/06a_cuda_matvec.ipynb #a15d40fd
+# %% ../nbs/06a_cuda_matvec.ipynb #65c9cdc0
 def _check_parts(parts, K):
     for w, rows, t in parts:
         if t not in V2_TYPES:
@@ -249,7 +249,7 @@ def assign_ctas(tile_ends, grid: int) -> np.ndarray:
     if grid >= 1 << 16: raise ValueError(f'assign_ctas: grid {grid} does not fit 16 bits')
     return (first | count << 16).astype(np.int32)
 
-# %% ../nbs/06a_cuda_matvec.ipynb #7596e173
+# %% ../nbs/06a_cuda_matvec.ipynb #6d0a5435
 class Linear:
     """y = W x (+ b) (+ y when accumulate); W = `parts` stacked along rows, all reading the same input x (K,).
     `routes` [(j, stride, xoff)] per part and `ids`: routed parts (`expert_linear`). `glu`: the parts are the gate and
@@ -265,9 +265,9 @@ class Linear:
         self.bias, nsm = bias, _device_info()[0]
         self.bits, self.glu = bits or X_BITS, bool(glu)
         self._out = 'glu' if self.glu else 'y'
-        plan = (lambda: plan_glu(self.parts, self.K, warps, tpr, unroll, self.bits)) if self.glu else \
-               (lambda: plan_linear(self.parts, self.K, warps, tpr, unroll, nsm, self.bits, pair))
-        self.expr, self.cfgs, table, tiles, self.warps = plan()
+        if self.glu: planned = plan_glu(self.parts, self.K, warps, tpr, unroll, self.bits)
+        else: planned = plan_linear(self.parts, self.K, warps, tpr, unroll, nsm, self.bits, pair)
+        self.expr, self.cfgs, table, tiles, self.warps = planned
         self.pair = 'tMXFP4P' in self.expr
         self.tpr = [int(g) for g in table['tpr']]
         q8 = any(t not in FLOAT_TYPES for t, _ in self.cfgs)
@@ -285,7 +285,7 @@ class Linear:
         self.pdl = _has_pdl() if pdl is None else bool(pdl) and _has_pdl()
         self.ids = ids                                    # see expert_linear
         self._xsize = self.K * (1 if routes is None else 1 + max(r[2] for r in routes) // self.K)
-        if self.glu: self._grid = tiles                   # its kernels compiled when first used (launch)
+        if self.glu: self._grid = None                    # its kernels compiled (and the grid set) when first used
         else: self._kernel, self._grid, self._table, _ = self.launch('x')
 
     def launch(self, inp: str = 'x'):
@@ -303,6 +303,7 @@ class Linear:
             cps = self._ctas_per_sm or _ctas_per_sm(kernel, 32 * self.warps, self._smem)
             grid, table = min(self._tiles, self._nsm * cps), self._plan.copy()
             if self.part_major: table['ctas'] = assign_ctas(table['tile_end'], grid)
+            if self.glu: self._grid = grid
             pdl = _PdlLaunch(kernel, grid, 32 * self.warps, self._smem) if self.pdl else None
             table = cupy.asarray(table.view(np.uint8))
             cupy.cuda.get_current_stream().synchronize()   # its upload done before a kernel on another stream reads it
@@ -353,7 +354,7 @@ class Linear:
         return (f'Linear({self.rows}x{self.K}, {" | ".join(f"{r} {QUANT_TYPES[t].name}" for _, r, t in self.parts)}; '
                 f'{self.expr}, G={self.tpr}, grid={self._grid}{", glu" if self.glu else ""}{", pdl" if self.pdl else ""}{", part-major" if self.part_major else ""}{", L2 prefetch" if self.prefetch else ""})')
 
-# %% ../nbs/06a_cuda_matvec.ipynb #8638aaee
+# %% ../nbs/06a_cuda_matvec.ipynb #2120aa86
 GLU_WARPS = 16   # warps of a glu Linear's CTA (G = 8 threads per row; measured against 8 warps, see above)
 GLU_PREFETCH = os.environ.get('ORCD_GLU_PREFETCH') == '1'   # default of a glu Linear's prefetch (its tile into L2 first)
 
@@ -399,7 +400,7 @@ def glu_ref(parts, x, act: int, bias=None, norm=None, eps: float = 0.0):
     q, d = quantize_x_ref(a, 16)
     return q, d, a, mag
 
-# %% ../nbs/06a_cuda_matvec.ipynb #239cba4c
+# %% ../nbs/06a_cuda_matvec.ipynb #c28f4227
 def expert_linear(experts, K: int, ids, per_expert_x: bool = False, **kw) -> Linear:
     """y (k·Σrows) = for j < k, for each (w, E, rows, ggml_type) of `experts`: W[ids[j]] x_j, W the (E, rows, K)
     blocks w (cupy uint8), ids (k,) int32 on the device, read when the kernel runs; x_j = x, or x[jK:(j+1)K]."""
@@ -422,7 +423,7 @@ def expert_linear_ref(experts, K, ids, x, per_expert_x=False, bits: int = X_BITS
             out.append(linear_ref([(w[e * n:(e + 1) * n], rows, t)], xj, bits=bits))
     return tuple(np.concatenate(c) for c in zip(*out))
 
-# %% ../nbs/06a_cuda_matvec.ipynb #8bbd1e51
+# %% ../nbs/06a_cuda_matvec.ipynb #252f9d73
 def prmt_ref(a, b, s):
     "numpy emulation of PTX `prmt.b32 d, a, b, s` (default mode): byte i of d from nibble i of s (bit 3: sign fill)."
     a, b, s = (np.asarray(v, np.uint64) for v in (a, b, s))
@@ -441,7 +442,7 @@ def mxfp4_pairs_ref(q):
     neg = prmt_ref(0x03020100, 0x0c080604, q ^ np.uint32(0x8888))
     return prmt_ref(0x03020100, 0x0c080604, q) | ((np.uint32(0x80808080) - neg) ^ np.uint32(0x80808080))
 
-# %% ../nbs/06a_cuda_matvec.ipynb #8ba21bf7
+# %% ../nbs/06a_cuda_matvec.ipynb #f2340daf
 def _dq_grid(nout: int, K: int) -> tuple: return (-(-K // 256), min(nout, 65535))
 
 def _row_bytes(ggml_type, K, name):
@@ -477,7 +478,7 @@ def dequantize(w, ggml_type: int, rows: int, K: int, dtype=np.float16, out=None)
         w, np.int32(ggml_type), np.int32(rows), np.int32(K), _NULL, np.int32(rows), out, np.float32(1)))
     return out
 
-# %% ../nbs/06a_cuda_matvec.ipynb #c4658a49
+# %% ../nbs/06a_cuda_matvec.ipynb #84c1680b
 MATMUL_MODE = 'tf32'
 _CUDA_R_32F, _CUDA_R_16F, _OP_N, _OP_T = 0, 2, 0, 1
 _COMPUTE = {'f16': 68, 'f32': 68, 'tf32': 77}      # CUBLAS_COMPUTE_32F, CUBLAS_COMPUTE_32F_FAST_TF32

@@ -511,7 +511,7 @@ __device__ __forceinline__ void stage_q8(const float* __restrict__ x, int K, int
 }
 
 // The staged input of K values in global memory (IN_STAGED, OUT_GLU): [K int16 codes][K/32 fp32 scales]
-// [K/16 int32 half-block sums] (Python mirror: orcd.cuda_matvec.staged_bytes).
+// [K/16 int32 half-block sums] (Python mirror: orcd.cuda_matvec.staged_size, in float32 words).
 struct Staged {
     short* q; float* d; int* s16;
     __device__ __forceinline__ Staged(const void* p, int K)

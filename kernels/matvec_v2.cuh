@@ -438,12 +438,7 @@ enum { IN_X = 0, IN_NORM = 1, IN_ACT = 2, IN_STAGED = 3 };
 // What a kernel writes (its template parameter OUT): OUT_Y y = W x (+ b) (+ y), row by row; OUT_GLU the rows are
 // (gate, up) pairs (Part.stride: the byte offset of the up rows from the gate rows), and each tile of 32 pairs
 // becomes one 32-value block of the next product's staged input: gated_act(act, gate, up) quantised as stage_q8 does.
-// OUT_GLU4 the same in clusters of 4 CTAs (matvec_v2_glu4_k): a tile is 16 rows (8 pairs), the cluster's CTAs take
-// the 4 tiles of one block and send their activations to the shared memory of its first CTA (distributed shared
-// memory), which writes the block — so the product keeps a CTA per 16 rows, as many as a plain gate|up launch.
-enum { OUT_Y = 0, OUT_GLU = 1, OUT_GLU4 = 2 };
-// CTAs that share one block of the staged output (1: OUT_GLU, 4: OUT_GLU4).
-template <int OUT> __host__ __device__ constexpr int glu_cluster() { return OUT == OUT_GLU4 ? 4 : 1; }
+enum { OUT_Y = 0, OUT_GLU = 1 };
 
 // Group i's 4 staged values: x[i] / den * nw[i] (IN_NORM), the activation (IN_ACT), or x as it is (IN_X).
 template <int IN>
@@ -688,10 +683,10 @@ __device__ __forceinline__ float group_sum(float v, int G, float* red) {
     return v;
 }
 
-// Where row `row` of a part starts: rows in order, or (OUT_GLU*) pair row/2's gate row (even rows) or up row (odd).
+// Where row `row` of a part starts: rows in order, or (OUT_GLU) pair row/2's gate row (even rows) or up row (odd).
 template <int OUT>
 __device__ __forceinline__ const u8* row_ptr(const u8* w, size_t row_bytes, int row, long long pair_stride) {
-    if constexpr (OUT != OUT_Y) return w + (size_t)(row >> 1) * row_bytes + (row & 1) * pair_stride;
+    if constexpr (OUT == OUT_GLU) return w + (size_t)(row >> 1) * row_bytes + (row & 1) * pair_stride;
     else return w + (size_t)row * row_bytes;
 }
 
@@ -732,39 +727,10 @@ struct Args {
     int act;                               // IN_ACT, OUT_GLU: the gated activation's kind (IN_ACT: x is [gate | up], 2K)
 };
 
-// Thread block clusters (sm_90): this CTA's rank in its cluster, a barrier over the cluster's CTAs (release/acquire:
-// shared-memory stores before it, into any CTA of the cluster, are seen after it), and a store into the shared memory
-// of CTA `rank` at the address that p has in this CTA.
-__device__ __forceinline__ u32 cluster_rank() {
-    u32 r = 0;
-#if __CUDA_ARCH__ >= 900
-    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
-#endif
-    return r;
-}
-__device__ __forceinline__ void cluster_sync() {
-#if __CUDA_ARCH__ >= 900
-    asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
-#else
-    __syncthreads();
-#endif
-}
-__device__ __forceinline__ void st_cluster(float* p, u32 rank, float v) {
-#if __CUDA_ARCH__ >= 900
-    u32 a = (u32)__cvta_generic_to_shared(p), r;
-    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(rank));
-    asm volatile("st.shared::cluster.f32 [%0], %1;" :: "r"(r), "f"(v) : "memory");
-#else
-    *p = v;
-#endif
-}
-
-// OUT_GLU*'s epilogue of a tile (NT / G = 64 / CL rows, G <= 16), acc complete in each row group's first thread: row
-// groups 2i and 2i + 1 (lanes G apart in one warp) hold pair i's gate and up sums; their activation goes to shared
-// memory — CL = 4: that of the cluster's first CTA (tile t is quarter t % 4 of block t / 4, and CTA rank t % 4) — in
-// two buffers, alternating per tile, so a tile's writes never meet the previous tile's reads; then warp 0 (of the
-// first CTA) writes the block: the pairs of block b are values 32b..32b+31 of the next product's input.
-template <int CL>
+// OUT_GLU's epilogue of a tile (64 rows: NT = 64 G, G <= 16), acc complete in each row group's first thread: row groups
+// 2i and 2i + 1 (lanes G apart in one warp) hold pair i's gate and up sums; their activation goes to shared memory
+// (two buffers, alternating per tile, so a tile's writes never meet the previous tile's reads), then warp 0 writes
+// the tile's block: the pairs of tile t are values 32t..32t+31 of the next product's input.
 __device__ __forceinline__ void glu_epilogue(float acc, int G, int grp, int g, int row, const Part& P, const Args& a,
                                              int t, int parity) {
     __shared__ float glu_s[2][32];
@@ -778,13 +744,10 @@ __device__ __forceinline__ void glu_epilogue(float acc, int G, int grp, int g, i
             if (a.bias) { gv += a.bias[P.row0 + i]; uv += a.bias[P.row0 + n + i]; }
             v = gated_act(a.act, gv, uv);
         }
-        const int j = (t % CL) * (32 / CL) + (grp >> 1);    // its place in the block
-        if constexpr (CL == 1) glu_s[parity][j] = v;
-        else st_cluster(&glu_s[parity][j], 0, v);
+        glu_s[parity][grp >> 1] = v;
     }
-    if constexpr (CL == 1) __syncthreads();
-    else cluster_sync();
-    if ((CL == 1 || cluster_rank() == 0) && threadIdx.x < 32) glu_stage_block(glu_s[parity][threadIdx.x], t / CL, n, a.y);
+    __syncthreads();
+    if (threadIdx.x < 32) glu_stage_block(glu_s[parity][threadIdx.x], t, n, a.y);
 }
 
 // All tiles of one part that this CTA owns.
@@ -795,10 +758,7 @@ __device__ __forceinline__ void run_part(const Part& P0, int tile_begin, const A
     constexpr int U = C::u, NT = NW * 32;
     const int G = P0.tpr, rpc = NT / G;
     const int grp = threadIdx.x / G, g = threadIdx.x % G;
-    // OUT_GLU*: CL tiles make a block of 32 pairs, and the CTA of rank r of a cluster takes the tiles t with t % CL = r
-    // (plan_glu and the grid, a multiple of CL, see to both).
-    if (OUT != OUT_Y && (rpc * glu_cluster<OUT>() != 64 || (glu_cluster<OUT>() > 1 && (int)cluster_rank() != (int)blockIdx.x % glu_cluster<OUT>())))
-        __trap();
+    if (OUT == OUT_GLU && rpc != 64) __trap();                // a tile is one block of 32 pairs (plan_glu plans it)
     const int nchunk = a.K / T::CV, step = G * U;
     const int nbat = (nchunk + step - 1) / step;
     const size_t row_bytes = (size_t)(a.K / T::QK) * T::BYTES;
@@ -817,7 +777,7 @@ __device__ __forceinline__ void run_part(const Part& P0, int tile_begin, const A
     else if (P.prefetch)                                      // this CTA's tiles: t, t + stride, ... (rows contiguous)
         for (int tt = t; tt < ntiles; tt += stride) {
             const int r0 = tt * rpc, r1 = min(r0 + rpc, P.rows);
-            if constexpr (OUT != OUT_Y) {                     // the tile's gate rows and its up rows: two ranges
+            if constexpr (OUT == OUT_GLU) {                   // the tile's gate rows and its up rows: two ranges
                 const size_t n = (size_t)((r1 - r0 + 1) >> 1) * row_bytes;
                 const u8* g0 = P.w + (size_t)(r0 >> 1) * row_bytes;
                 if (r1 > r0) { prefetch_range<NT>(g0, n); prefetch_range<NT>(g0 + P.stride, n); }
@@ -826,7 +786,7 @@ __device__ __forceinline__ void run_part(const Part& P0, int tile_begin, const A
         }
     typename T::Raw cur[U], nxt[U];
     int k = 0;
-    const long long ps = OUT != OUT_Y ? P.stride : 0;         // OUT_GLU*: the up rows' offset from the gate rows
+    const long long ps = OUT == OUT_GLU ? P.stride : 0;       // OUT_GLU: the up rows' offset from the gate rows
     load_batch<T, U, OUT>(cur, P.w, row_bytes, t * rpc + grp, P.rows, g, G, nchunk, ps);
     if (staged != P.xoff) {                                   // uniform: x (+ xoff) is not in shared memory yet
         // Launched with programmatic stream serialization (Linear(pdl=True)), this CTA may have started while the
@@ -842,7 +802,7 @@ __device__ __forceinline__ void run_part(const Part& P0, int tile_begin, const A
         staged = P.xoff;
     }
     float acc = 0.f;
-    int parity = 0;                                           // OUT_GLU*: which of its two buffers this tile uses
+    int parity = 0;                                           // OUT_GLU: which of its two buffers this tile uses
     for (;;) {
         int nt = t, nk = k + 1;
         if (nk == nbat) { nk = 0; nt += stride; }
@@ -858,7 +818,7 @@ __device__ __forceinline__ void run_part(const Part& P0, int tile_begin, const A
         }
         if (nk == 0) {                                        // the tile's last batch: reduce, epilogue
             acc = group_sum<NW>(acc, G, red);
-            if constexpr (OUT != OUT_Y) { glu_epilogue<glu_cluster<OUT>()>(acc, G, grp, g, row, P, a, t, parity); parity ^= 1; }
+            if constexpr (OUT == OUT_GLU) { glu_epilogue(acc, G, grp, g, row, P, a, t, parity); parity ^= 1; }
             else if (g == 0 && row < P.rows) {
                 const int r = P.row0 + row;
                 float v = acc;
@@ -953,14 +913,4 @@ __global__ void __launch_bounds__(NW * 32, NW <= 16 ? 2 : 1) matvec_v2_glu_k(con
                                                           const float* __restrict__ norm_w, float norm_eps, int act) {
     static_assert(XB == 16, "OUT_GLU writes 16-bit codes");
     mv::matvec_v2_body<NW, XB, IN, mv::OUT_GLU, Cs...>(parts, nparts, x, y, bias, K, accumulate, route_ids, norm_w, norm_eps, act);
-}
-
-// The same in clusters of 4 CTAs (OUT_GLU4; Linear(..., glu=True, glu_cluster=True)): tiles of 16 rows (NW = G / 2), the
-// grid a multiple of 4.
-template <int NW, int XB, int IN, class... Cs>
-__global__ void __cluster_dims__(4, 1, 1) __launch_bounds__(NW * 32) matvec_v2_glu4_k(
-        const mv::Part* __restrict__ parts, int nparts, const float* __restrict__ x, float* y, const float* __restrict__ bias,
-        int K, int accumulate, const int* __restrict__ route_ids, const float* __restrict__ norm_w, float norm_eps, int act) {
-    static_assert(XB == 16, "OUT_GLU4 writes 16-bit codes");
-    mv::matvec_v2_body<NW, XB, IN, mv::OUT_GLU4, Cs...>(parts, nparts, x, y, bias, K, accumulate, route_ids, norm_w, norm_eps, act);
 }

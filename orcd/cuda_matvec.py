@@ -6,13 +6,13 @@ prefill matmul and the embedding lookup; each beside its numpy reference."""
 
 # %% auto #0
 __all__ = ['MATVEC_KERNELS', 'FLOAT_TYPES', 'X_BITS', 'GATED', 'V2_TYPES', 'PART_DTYPE', 'V2_INPUTS', 'V2_OUTPUTS', 'TRACE',
-           'PDL', 'PART_MAJOR', 'L2_PREFETCH', 'L2_PREFETCH_BYTES', 'GLU_WARPS', 'GLU_PREFETCH', 'GLU_CLUSTER',
-           'MATMUL_MODE', 'matvec_ref', 'matvec', 'quantize_x_ref', 'linear_ref', 'random_weight', 'plan_warps',
-           'plan_unroll', 'plan_tpr', 'v2_expr', 'pair_layout', 'plan_linear', 'precompile', 'trace_records',
-           'assign_ctas', 'Linear', 'staged_size', 'unpack_staged', 'plan_glu', 'glu_ref', 'expert_linear',
-           'expert_linear_ref', 'prmt_ref', 'mxfp4_pairs_ref', 'dequantize_rows', 'dequantize']
+           'PDL', 'PART_MAJOR', 'L2_PREFETCH', 'L2_PREFETCH_BYTES', 'GLU_WARPS', 'GLU_PREFETCH', 'MATMUL_MODE',
+           'matvec_ref', 'matvec', 'quantize_x_ref', 'linear_ref', 'random_weight', 'plan_warps', 'plan_unroll',
+           'plan_tpr', 'v2_expr', 'pair_layout', 'plan_linear', 'precompile', 'trace_records', 'assign_ctas', 'Linear',
+           'staged_size', 'unpack_staged', 'plan_glu', 'glu_ref', 'expert_linear', 'expert_linear_ref', 'prmt_ref',
+           'mxfp4_pairs_ref', 'dequantize_rows', 'dequantize']
 
-# %% ../nbs/06a_cuda_matvec.ipynb #46aaed47
+# %% ../nbs/06a_cuda_matvec.ipynb #6e3c4167
 import functools, math, os
 import numpy as np
 from .cuda import load_kernel, _check, cuda_device, kernel_source, headers_tag
@@ -21,12 +21,12 @@ from .quants import (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q
 from . import ops
 from .ops import rms_norm
 
-# %% ../nbs/06a_cuda_matvec.ipynb #f60c4c57
+# %% ../nbs/06a_cuda_matvec.ipynb #2024a5e0
 def matvec_ref(w: np.ndarray, x: np.ndarray, rows: int, ggml_type: int) -> np.ndarray:
     "numpy reference: `W @ x` with `W` given as the raw `ggml_type` bytes of a `(rows, K)` weight."
     return np_dequantize(np.asarray(w, np.uint8).reshape(-1), ggml_type).reshape(rows, -1) @ x.astype(np.float32)
 
-# %% ../nbs/06a_cuda_matvec.ipynb #c04548c3
+# %% ../nbs/06a_cuda_matvec.ipynb #84662e82
 MATVEC_KERNELS = {Q8_0: 'matvec_q8_0', Q4_K: 'matvec_q4_k', Q6_K: 'matvec_q6_k', Q5_0: 'matvec_q5_0',
                   MXFP4: 'matvec_mxfp4'}
 
@@ -47,7 +47,7 @@ def matvec(w, x, rows: int, ggml_type: int, y=None, warps_per_block: int = 4):
     load_kernel(name, name)(grid, (32 * warps_per_block,), (w, x, y, np.int32(rows), np.int32(K)))
     return y
 
-# %% ../nbs/06a_cuda_matvec.ipynb #83a91359
+# %% ../nbs/06a_cuda_matvec.ipynb #a47499e9
 FLOAT_TYPES = (F32, F16, BF16)
 X_BITS = 16     # default width of the staged input's codes (8: llama.cpp's q8_1, faster, 256 times coarser)
 
@@ -83,7 +83,7 @@ def linear_ref(parts, x, bias=None, y=None, bits: int = X_BITS, norm=None, eps: 
         if extra is not None: ref, mag = ref + extra, mag + np.abs(extra)
     return ref, mag, errx
 
-# %% ../nbs/06a_cuda_matvec.ipynb #138f2681
+# %% ../nbs/06a_cuda_matvec.ipynb #06dd7179
 _SCALE = {Q4_0: .2, Q4_1: .1, Q5_0: .1, Q5_1: .05, Q8_0: .01, Q4_K: .004, Q5_K: .002, Q6_K: .001}
 
 def random_weight(rng, ggml_type, rows, K):
@@ -98,7 +98,7 @@ def random_weight(rng, ggml_type, rows, K):
     if ggml_type == MXFP4: blocks['e'] = rng.choice(np.r_[0:3, 120:130], blocks.size)   # subnormal and normal
     return b
 
-# %% ../nbs/06a_cuda_matvec.ipynb #b8a61e08
+# %% ../nbs/06a_cuda_matvec.ipynb #02cdbd29
 # ggml type -> (trait in kernels/matvec_v2.cuh, values per chunk, default batch U)
 V2_TYPES = {F32: ('tF32', 4, 2), F16: ('tF16', 8, 2), BF16: ('tBF16', 8, 2), Q4_0: ('tQ4_0', 32, 2),
             Q4_1: ('tQ4_1', 32, 2), Q5_0: ('tQ5_0', 32, 2), Q5_1: ('tQ5_1', 32, 2), Q8_0: ('tQ8_0', 32, 1),
@@ -129,8 +129,7 @@ def plan_tpr(ggml_type, rows, K, warps, nsm=132):
     return G
 
 V2_INPUTS = {'x': 0, 'norm': 1, 'act': 2, 'staged': 3}   # what a kernel stages: IN_X, IN_NORM, IN_ACT, IN_STAGED
-V2_OUTPUTS = {'y': 'matvec_v2_k', 'glu': 'matvec_v2_glu_k',   # what it writes: y (OUT_Y), a staged input (OUT_GLU)
-              'glu4': 'matvec_v2_glu4_k'}                     # (OUT_GLU4: in clusters of 4 CTAs)
+V2_OUTPUTS = {'y': 'matvec_v2_k', 'glu': 'matvec_v2_glu_k'}   # what it writes: y (OUT_Y), a staged input (OUT_GLU)
 
 def v2_expr(warps, cfgs, bits: int = X_BITS, pair: bool = False, inp: str = 'x', out: str = 'y'):
     """The C++ name of the kernel instantiation for `warps` warps, `bits`-bit staged input and [(ggml_type, U), ...];
@@ -173,7 +172,7 @@ def _smem_bytes(K, q8, f32, bits: int = X_BITS, pair: bool = False):
     qb = K if bits == 8 else (144 * ((K // 32 + 1) // 2) + 127) // 128 * 128 if pair else (2 * K + 127) // 128 * 128
     return ((qb + K // 8 + K // 4 + 15) // 16 * 16 if q8 else 0) + (4 * K if f32 else 0)
 
-# %% ../nbs/06a_cuda_matvec.ipynb #e5b806a2
+# %% ../nbs/06a_cuda_matvec.ipynb #48a1dd63
 _V2_FUNCS, _V2_MODULES = {}, []
 TRACE = os.environ.get('ORCD_TRACE') == '1'   # diagnostics: the kernels stamp their phases (matvec_v2.cuh, MV_STAMP)
 
@@ -217,11 +216,11 @@ def _ctas_per_sm(kernel, threads, smem):
     by_smem = smem_sm // (smem + kernel.shared_size_bytes + 1024)
     return max(1, min(32, threads_sm // threads, by_regs, by_smem))
 
-# %% ../nbs/06a_cuda_matvec.ipynb #f8120761
+# %% ../nbs/06a_cuda_matvec.ipynb #7dc17f64
 import ctypes
 from .cuda import _PdlLaunch, _has_pdl     # the launch itself lives in 06_cuda: the other kernels use it too
 
-# %% ../nbs/06a_cuda_matvec.ipynb #c4757544
+# %% ../nbs/06a_cuda_matvec.ipynb #65c9cdc0
 def _check_parts(parts, K):
     for w, rows, t in parts:
         if t not in V2_TYPES:
@@ -250,14 +249,14 @@ def assign_ctas(tile_ends, grid: int) -> np.ndarray:
     if grid >= 1 << 16: raise ValueError(f'assign_ctas: grid {grid} does not fit 16 bits')
     return (first | count << 16).astype(np.int32)
 
-# %% ../nbs/06a_cuda_matvec.ipynb #0ce72235
+# %% ../nbs/06a_cuda_matvec.ipynb #6d0a5435
 class Linear:
     """y = W x (+ b) (+ y when accumulate); W = `parts` stacked along rows, all reading the same input x (K,).
     `routes` [(j, stride, xoff)] per part and `ids`: routed parts (`expert_linear`). `glu`: the parts are the gate and
     up weights of a gated feed-forward block, and a call writes their activation as the next product's staged input
     (`plan_glu`, below)."""
     def __init__(self, parts, K: int, bias=None, *, warps=None, tpr=None, unroll=None, ctas_per_sm=None, pdl=None,
-                 bits=None, pair=None, part_major=None, prefetch=None, routes=None, ids=None, glu=False, glu_cluster=None):
+                 bits=None, pair=None, part_major=None, prefetch=None, routes=None, ids=None, glu=False):
         self.K, self.parts = int(K), [(w, int(rows), int(t)) for w, rows, t in parts]
         if not self.parts: raise ValueError('Linear: no parts')
         _check_parts(self.parts, self.K)
@@ -265,9 +264,8 @@ class Linear:
         if bias is not None: _check('Linear', bias, 'bias', np.float32, self.rows)
         self.bias, nsm = bias, _device_info()[0]
         self.bits, self.glu = bits or X_BITS, bool(glu)
-        self.glu_cluster = self.glu and bool(GLU_CLUSTER if glu_cluster is None else glu_cluster)
-        self._out = 'glu4' if self.glu_cluster else 'glu' if self.glu else 'y'
-        if self.glu: planned = plan_glu(self.parts, self.K, warps, tpr, unroll, self.bits, self.glu_cluster)
+        self._out = 'glu' if self.glu else 'y'
+        if self.glu: planned = plan_glu(self.parts, self.K, warps, tpr, unroll, self.bits)
         else: planned = plan_linear(self.parts, self.K, warps, tpr, unroll, nsm, self.bits, pair)
         self.expr, self.cfgs, table, tiles, self.warps = planned
         self.pair = 'tMXFP4P' in self.expr
@@ -304,7 +302,6 @@ class Linear:
             if self._smem > 48 * 1024: kernel.max_dynamic_shared_size_bytes = self._smem
             cps = self._ctas_per_sm or _ctas_per_sm(kernel, 32 * self.warps, self._smem)
             grid, table = min(self._tiles, self._nsm * cps), self._plan.copy()
-            if self.glu_cluster: grid -= grid % 4                 # whole clusters (the tiles are a multiple of 4)
             if self.part_major: table['ctas'] = assign_ctas(table['tile_end'], grid)
             if self.glu: self._grid = grid
             pdl = _PdlLaunch(kernel, grid, 32 * self.warps, self._smem) if self.pdl else None
@@ -355,12 +352,11 @@ class Linear:
 
     def __repr__(self):
         return (f'Linear({self.rows}x{self.K}, {" | ".join(f"{r} {QUANT_TYPES[t].name}" for _, r, t in self.parts)}; '
-                f'{self.expr}, G={self.tpr}, grid={self._grid}{", glu" if self.glu else ""}{" in clusters of 4" if self.glu_cluster else ""}{", pdl" if self.pdl else ""}{", part-major" if self.part_major else ""}{", L2 prefetch" if self.prefetch else ""})')
+                f'{self.expr}, G={self.tpr}, grid={self._grid}{", glu" if self.glu else ""}{", pdl" if self.pdl else ""}{", part-major" if self.part_major else ""}{", L2 prefetch" if self.prefetch else ""})')
 
-# %% ../nbs/06a_cuda_matvec.ipynb #8c82a5a3
+# %% ../nbs/06a_cuda_matvec.ipynb #2120aa86
 GLU_WARPS = 16   # warps of a glu Linear's CTA (G = 8 threads per row; measured against 8 warps, see above)
 GLU_PREFETCH = os.environ.get('ORCD_GLU_PREFETCH') == '1'   # default of a glu Linear's prefetch (its tile into L2 first)
-GLU_CLUSTER = os.environ.get('ORCD_GLU_CLUSTER') == '1'     # default of Linear(glu=True, glu_cluster=): clusters of 4
 
 def staged_size(K: int) -> int:
     "float32 words of a staged input of K values: K int16 codes, K/32 fp32 scales, K/16 int32 half-block sums."
@@ -371,11 +367,10 @@ def unpack_staged(buf, K: int) -> tuple:
     b = np.ascontiguousarray(buf, np.float32).view(np.uint8)
     return b[:2 * K].view(np.int16), b[2 * K:2 * K + K // 8].view(np.float32), b[2 * K + K // 8:19 * K // 8].view(np.int32)
 
-def plan_glu(parts, K, warps=None, tpr=None, unroll=None, bits: int = X_BITS, cluster: bool = False):
+def plan_glu(parts, K, warps=None, tpr=None, unroll=None, bits: int = X_BITS):
     """(kernel name, cfgs, part table, tiles, warps) of `Linear(parts, K, glu=True)`: parts [(gate, n, t), (up, n, t)]
     or [(gate_up, 2n, t)], one quantised type, n a multiple of 32; one Part of 2n rows read as (gate, up) pairs, tiles
-    of 64 rows (G = warps · 32 / 64, at most 16: a pair's two row groups share a warp) — or with `cluster`, tiles of 16
-    rows, four to a block, for the kernel that runs in clusters of 4 CTAs (G = warps · 32 / 16; 8 warps by default)."""
+    of 64 rows (G = warps · 32 / 64, at most 16: a pair's two row groups share a warp)."""
     types = {t for _, _, t in parts}
     if bits != 16 or len(types) != 1 or types & set(FLOAT_TYPES) or len(parts) > 2:
         raise ValueError('Linear(glu=True): gate and up of one quantised type, with the 16-bit staged input')
@@ -383,18 +378,17 @@ def plan_glu(parts, K, warps=None, tpr=None, unroll=None, bits: int = X_BITS, cl
     n = rows[0] if len(parts) == 2 else rows[0] // 2
     if (len(parts) == 2 and rows[0] != rows[1]) or (len(parts) == 1 and rows[0] % 2) or n % 32:
         raise ValueError(f'Linear(glu=True): gate and up need the same rows, a multiple of 32; got {rows}')
-    R = 16 if cluster else 64                                    # rows a tile
-    warps = warps or (R * tpr // 32 if tpr else 8 if cluster else GLU_WARPS)
-    G = 32 * warps // R
-    if warps not in (2, 4, 8, 16, 32) or not 1 <= G <= 16 or (tpr and tpr != G):
-        raise ValueError(f'Linear(glu=True): a tile is {R} rows; warps={warps} with tpr={tpr} is not one (tpr = warps · 32 / {R} <= 16)')
+    warps = warps or (2 * tpr if tpr else GLU_WARPS)
+    G = 32 * warps // 64
+    if warps not in (2, 4, 8, 16, 32) or (tpr and tpr != G):
+        raise ValueError(f'Linear(glu=True): a tile is 64 rows; warps={warps} with tpr={tpr} is not one (tpr = warps / 2 <= 16)')
     U = (unroll or {}).get(t) or max(1, min(2 if warps >= 16 else 4, -(-(K // V2_TYPES[t][1]) // G)))   # 64 registers at 16
     row_bytes = K // QUANT_TYPES[t].block_size * QUANT_TYPES[t].type_size
     gate = 0 if parts[0][0] is None else parts[0][0].data.ptr
     up = (0 if parts[1][0] is None else parts[1][0].data.ptr) if len(parts) == 2 else gate + n * row_bytes
-    table, tiles = np.zeros(1, PART_DTYPE), 2 * n // R
-    table[0] = (gate, 2 * n, 0, tiles, G, 0, -1, 0, 0, 0, 0, up - gate)
-    return v2_expr(warps, [(t, U)], bits, False, 'x', 'glu4' if cluster else 'glu'), [(t, U)], table, tiles, warps
+    table = np.zeros(1, PART_DTYPE)
+    table[0] = (gate, 2 * n, 0, n // 32, G, 0, -1, 0, 0, 0, 0, up - gate)
+    return v2_expr(warps, [(t, U)], bits, False, 'x', 'glu'), [(t, U)], table, n // 32, warps
 
 def glu_ref(parts, x, act: int, bias=None, norm=None, eps: float = 0.0):
     """numpy reference of `Linear(parts, K, bias, glu=True)(x, out, norm=, act=)`: `(q, d, a, mag)` — the 16-bit codes
@@ -406,7 +400,7 @@ def glu_ref(parts, x, act: int, bias=None, norm=None, eps: float = 0.0):
     q, d = quantize_x_ref(a, 16)
     return q, d, a, mag
 
-# %% ../nbs/06a_cuda_matvec.ipynb #c8b1432d
+# %% ../nbs/06a_cuda_matvec.ipynb #c28f4227
 def expert_linear(experts, K: int, ids, per_expert_x: bool = False, **kw) -> Linear:
     """y (k·Σrows) = for j < k, for each (w, E, rows, ggml_type) of `experts`: W[ids[j]] x_j, W the (E, rows, K)
     blocks w (cupy uint8), ids (k,) int32 on the device, read when the kernel runs; x_j = x, or x[jK:(j+1)K]."""
@@ -429,7 +423,7 @@ def expert_linear_ref(experts, K, ids, x, per_expert_x=False, bits: int = X_BITS
             out.append(linear_ref([(w[e * n:(e + 1) * n], rows, t)], xj, bits=bits))
     return tuple(np.concatenate(c) for c in zip(*out))
 
-# %% ../nbs/06a_cuda_matvec.ipynb #67b7c584
+# %% ../nbs/06a_cuda_matvec.ipynb #252f9d73
 def prmt_ref(a, b, s):
     "numpy emulation of PTX `prmt.b32 d, a, b, s` (default mode): byte i of d from nibble i of s (bit 3: sign fill)."
     a, b, s = (np.asarray(v, np.uint64) for v in (a, b, s))
@@ -448,7 +442,7 @@ def mxfp4_pairs_ref(q):
     neg = prmt_ref(0x03020100, 0x0c080604, q ^ np.uint32(0x8888))
     return prmt_ref(0x03020100, 0x0c080604, q) | ((np.uint32(0x80808080) - neg) ^ np.uint32(0x80808080))
 
-# %% ../nbs/06a_cuda_matvec.ipynb #2c945669
+# %% ../nbs/06a_cuda_matvec.ipynb #f2340daf
 def _dq_grid(nout: int, K: int) -> tuple: return (-(-K // 256), min(nout, 65535))
 
 def _row_bytes(ggml_type, K, name):
@@ -484,7 +478,7 @@ def dequantize(w, ggml_type: int, rows: int, K: int, dtype=np.float16, out=None)
         w, np.int32(ggml_type), np.int32(rows), np.int32(K), _NULL, np.int32(rows), out, np.float32(1)))
     return out
 
-# %% ../nbs/06a_cuda_matvec.ipynb #4fa9ca85
+# %% ../nbs/06a_cuda_matvec.ipynb #84c1680b
 MATMUL_MODE = 'tf32'
 _CUDA_R_32F, _CUDA_R_16F, _OP_N, _OP_T = 0, 2, 0, 1
 _COMPUTE = {'f16': 68, 'f32': 68, 'tf32': 77}      # CUBLAS_COMPUTE_32F, CUBLAS_COMPUTE_32F_FAST_TF32

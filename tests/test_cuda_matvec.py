@@ -487,7 +487,7 @@ def glu_bound(parts, x, kind, bias=None, norm=None):
 
 
 @needs_gpu
-@pytest.mark.parametrize('extra', ['plain', 'bias', 'norm', 'prefetch', 'cluster', 'cluster-bias-norm'])
+@pytest.mark.parametrize('extra', ['plain', 'bias', 'norm', 'prefetch'])
 @pytest.mark.parametrize('kind', ['swiglu', 'geglu', 'swiglu_oai'])
 @pytest.mark.parametrize('stack', list(GLUS))
 def test_glu_matches_reference(stack, kind, extra):
@@ -501,11 +501,11 @@ def test_glu_matches_reference(stack, kind, extra):
     host = [(w, r, t) for w, _, r, t in parts]
     rows = sum(r for r, _ in spec)
     x = (rng.standard_normal(K) * 2).astype(np.float32)
-    bias = rng.standard_normal(rows).astype(np.float32) if 'bias' in extra else None
-    nw = rng.uniform(0.5, 1.5, K).astype(np.float32) if 'norm' in extra else None
+    bias = rng.standard_normal(rows).astype(np.float32) if extra == 'bias' else None
+    nw = rng.uniform(0.5, 1.5, K).astype(np.float32) if extra == 'norm' else None
     lin = cm.Linear([(wd, r, t) for _, wd, r, t in parts], K, None if bias is None else cp.asarray(bias), glu=True,
-                    prefetch=extra == 'prefetch', glu_cluster='cluster' in extra)
-    assert lin.prefetch == (extra == 'prefetch') and lin.expr.startswith('matvec_v2_glu4_k' if 'cluster' in extra else 'matvec_v2_glu_k')
+                    prefetch=extra == 'prefetch')
+    assert lin.prefetch == (extra == 'prefetch')
     n = rows // 2
     out = lin(cp.asarray(x), cp.full(cm.staged_size(n), np.nan, np.float32), act=ACT_KINDS[kind],
               norm=None if nw is None else cp.asarray(nw), eps=1e-6)
@@ -518,10 +518,9 @@ def test_glu_matches_reference(stack, kind, extra):
 
 
 @needs_gpu
-@pytest.mark.parametrize('cluster', [False, True], ids=['cta', 'cluster'])
 @pytest.mark.parametrize('pdl', [False, True], ids=['plain', 'pdl'])
 @pytest.mark.parametrize('down', ['qwen-down-q4k', 'qwen-down-q6k'])
-def test_glu_then_staged_down_bit_exact(down, pdl, cluster):
+def test_glu_then_staged_down_bit_exact(down, pdl):
     """The glu kernel's staged input is the staging's, bit for bit: against the plain gate|up kernel with the same
     threads per row and batch, the act kernel and quantize_x_ref; and the down product that copies it (staged=True)
     equals the one that computes the activation while it stages (act=), accumulating into y."""
@@ -530,8 +529,7 @@ def test_glu_then_staged_down_bit_exact(down, pdl, cluster):
     rng = np.random.default_rng(14)
     gparts = [(wd, r, t) for i, (r, t) in enumerate(gspec) for wd in [weight(t, r, K, seed=i)[1]]]
     x, nw = rng.standard_normal(K).astype(np.float32), rng.uniform(0.5, 1.5, K).astype(np.float32)
-    glu = cm.Linear(gparts, K, glu=True, pdl=pdl, glu_cluster=cluster)
-    assert glu.glu_cluster == cluster and glu.launch('norm')[1] % (4 if cluster else 1) == 0
+    glu = cm.Linear(gparts, K, glu=True, pdl=pdl)
     staged = glu(cp.asarray(x), cp.full(cm.staged_size(n), np.nan, np.float32), act=0, norm=cp.asarray(nw), eps=1e-6)
     plain = cm.Linear(gparts, K, warps=glu.warps, tpr=glu.tpr[0], unroll=dict(glu.cfgs), pdl=pdl)
     gu = plain(cp.asarray(x), cp.empty(2 * n, np.float32), norm=cp.asarray(nw), eps=1e-6)
@@ -559,8 +557,6 @@ def test_glu_rejects_bad_arguments():
         cm.Linear([(weight(Q5_0, 48, 256)[1], 48, Q5_0)], 256, glu=True)          # 24 pairs
     with pytest.raises(ValueError, match='a tile is 64 rows'):
         cm.Linear([(w5, 64, Q5_0)] * 2, 256, glu=True, warps=8, tpr=8)
-    with pytest.raises(ValueError, match='a tile is 16 rows'):
-        cm.Linear([(w5, 64, Q5_0)] * 2, 256, glu=True, glu_cluster=True, warps=16)     # G = 32 > 16
     glu = cm.Linear([(w5, 64, Q5_0)] * 2, 256, glu=True)
     x, out = cp.zeros(256, np.float32), cp.zeros(cm.staged_size(64), np.float32)
     with pytest.raises(ValueError, match='not a gated activation'):

@@ -77,12 +77,14 @@ extern "C" __global__ void __launch_bounds__(256, 2) attention(
         float* __restrict__ ws, int max_splits, int min_tiles,  // decode: m, l [n_heads, max_splits], acc [.., Dv]
         int* __restrict__ counters,                           // decode: null (attention_merge follows), or [gridDim.x]
         const float* __restrict__ cos_t, const float* __restrict__ sin_t, int rope_dim, int neox,  // decode: RoPE fused
-        __half* k_new, __half* v_new) {                       // (cos_t given): this token's k, v go there (the caches)
-    extern __shared__ float smem[];
+        __half* k_new, __half* v_new,                         // (cos_t given): this token's k, v go there (the caches)
+        int skip_keys) {                                      // decode: at most this many visible keys: the o product
+    extern __shared__ float smem[];                           // computes the attention (attention_stage.cuh), not this
     const int G = n_heads / n_kv, nz = gridDim.x / n_kv;      // nz blocks of up to Gb heads per KV head
     const int h = blockIdx.x / nz, g0 = (blockIdx.x % nz) * Gb, gcount = min(Gb, G - g0);
     const int t0 = blockIdx.y * BQ, tcount = min(BQ, T - t0), R = Gb * BQ;
     const int base = pos_dev ? pos_dev[0] : pos0;
+    if (pos_dev && base + 1 - window_lo(base, window) <= skip_keys) { pass_through(); return; }   // uniform
     const int lo = window_lo(base + t0, window), hi = min(n_ctx, base + t0 + tcount);  // (clamped: memory safety)
     int kb = lo, ke = hi, su = 1;
     if (max_splits > 0) {
@@ -263,7 +265,9 @@ extern "C" __global__ void __launch_bounds__(256, 2) attention(
 // so each thread has several independent loads in flight. Dynamic shared memory: max_splits floats.
 extern "C" __global__ void attention_merge(const float* __restrict__ ws, const int* __restrict__ pos_dev,
                                            int n_heads, int Dv, int n_ctx, int window, int max_splits, int min_tiles,
-                                           const float* __restrict__ sinks, float* __restrict__ out) {
+                                           const float* __restrict__ sinks, float* __restrict__ out, int skip_keys) {
+    const int p0 = pos_dev[0];                                // (written before this step's graph)
+    if (p0 + 1 - window_lo(p0, window) <= skip_keys) { pass_through(); return; }   // see attention's skip_keys
     wait_primary();
     trigger_dependents();
     extern __shared__ float wgt[];        // [max_splits]

@@ -21,6 +21,7 @@
 #pragma once
 #include <cuda_fp16.h>
 #include "ops_common.cuh"                                   // gated_act
+#include "attention_stage.cuh"                              // IN_ATTN
 
 namespace mv {
 
@@ -433,17 +434,20 @@ __device__ __forceinline__ float4 ld_x4(const float* __restrict__ x, int i, bool
 // IN_X x as it is; IN_NORM rms_norm(x) * nw (RMSNorm fused into the staging); IN_ACT gated_act(act, gate, up) of
 // x = [gate (K) | up (K)] (the feed-forward activation fused into the staging, as the act kernel computes it);
 // IN_STAGED x is already staged: the 16-bit codes, scales and half-block sums that a gate|up kernel with OUT_GLU
-// wrote (glu_stage_block), copied into shared memory as they are.
-enum { IN_X = 0, IN_NORM = 1, IN_ACT = 2, IN_STAGED = 3 };
+// wrote (glu_stage_block), copied into shared memory as they are; IN_ATTN the decode attention whose output x is
+// (attention_stage.cuh: computed in the CTA at a short context, norm_w pointing to its AttnDesc; else x as it is).
+enum { IN_X = 0, IN_NORM = 1, IN_ACT = 2, IN_STAGED = 3, IN_ATTN = 4 };
 // What a kernel writes (its template parameter OUT): OUT_Y y = W x (+ b) (+ y), row by row; OUT_GLU the rows are
 // (gate, up) pairs (Part.stride: the byte offset of the up rows from the gate rows), and each tile of 32 pairs
 // becomes one 32-value block of the next product's staged input: gated_act(act, gate, up) quantised as stage_q8 does.
 enum { OUT_Y = 0, OUT_GLU = 1 };
 
-// Group i's 4 staged values: x[i] / den * nw[i] (IN_NORM), the activation (IN_ACT), or x as it is (IN_X).
+// Group i's 4 staged values: x[i] / den * nw[i] (IN_NORM), the activation (IN_ACT), or x as it is (IN_X; IN_ATTN: x
+// in shared memory, 16-byte aligned, read by a generic load).
 template <int IN>
 __device__ __forceinline__ float4 ld_x4_norm(const float* __restrict__ x, const float* __restrict__ nw, float den,
                                              int act, int K, int i, bool vec) {
+    if constexpr (IN == IN_ATTN) return reinterpret_cast<const float4*>(x)[i];
     float4 v = ld_x4(x, i, vec);
     if constexpr (IN == IN_ACT) {
         const float4 u = ld_x4(x + K, i, vec);
@@ -707,6 +711,17 @@ __device__ __forceinline__ void stage(const float* __restrict__ x, int K, const 
     if constexpr (IN == IN_STAGED) {                         // already staged: a copy
         static_assert(X::xb == 16 && !X::pl && SQ8 && !SF32, "IN_STAGED: 16-bit codes, quantised block types only");
         stage_copy<NT>(x, K, q, d, s16);
+        return;
+    }
+    if constexpr (IN == IN_ATTN) {                           // the attention here, or x (the split kernels' output)
+        static_assert(SQ8 && !SF32, "IN_ATTN: quantised block types only");
+        const AttnDesc& A = *reinterpret_cast<const AttnDesc*>(nw);
+        const int p = A.pos[0];
+        if (attn_here(A, p)) {                               // uniform over the grid
+            extern __shared__ int4 mv_smem[];
+            const float* o = attend_here<NT>(A, p, reinterpret_cast<float*>(reinterpret_cast<unsigned char*>(mv_smem) + A.scratch));
+            stage_q8<NT, X::xb, X::pl, IN_ATTN>(o, K, q, d, s16, nullptr, 1.f, act);
+        } else stage_q8<NT, X::xb, X::pl, IN_X>(x, K, q, d, s16, nullptr, 1.f, act);
         return;
     }
     if constexpr (IN == IN_NORM && SQ8 && !SF32 && !X::pl) {  // the normed staging from registers (see normed_group)

@@ -119,3 +119,13 @@ __device__ __forceinline__ void trigger_dependents() {
     asm volatile("griddepcontrol.launch_dependents;");
 #endif
 }
+
+// A kernel with nothing to do in this step (decode attention whose o product computes it: attention_stage.cuh) lets
+// the next kernel launch at once, then still waits for the one before before it exits: the kernel after it, which
+// waits only for this one, then also sees everything the earlier kernels wrote.
+__device__ __forceinline__ void pass_through() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;");
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}

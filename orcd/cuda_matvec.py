@@ -12,7 +12,7 @@ __all__ = ['MATVEC_KERNELS', 'FLOAT_TYPES', 'X_BITS', 'GATED', 'V2_TYPES', 'PART
            'staged_size', 'unpack_staged', 'plan_glu', 'glu_ref', 'expert_linear', 'expert_linear_ref', 'prmt_ref',
            'mxfp4_pairs_ref', 'dequantize_rows', 'dequantize']
 
-# %% ../nbs/06a_cuda_matvec.ipynb #6e3c4167
+# %% ../nbs/06a_cuda_matvec.ipynb #36e8bff7
 import functools, math, os
 import numpy as np
 from .cuda import load_kernel, _check, cuda_device, kernel_source, headers_tag
@@ -21,12 +21,12 @@ from .quants import (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q
 from . import ops
 from .ops import rms_norm
 
-# %% ../nbs/06a_cuda_matvec.ipynb #2024a5e0
+# %% ../nbs/06a_cuda_matvec.ipynb #7cf0aa67
 def matvec_ref(w: np.ndarray, x: np.ndarray, rows: int, ggml_type: int) -> np.ndarray:
     "numpy reference: `W @ x` with `W` given as the raw `ggml_type` bytes of a `(rows, K)` weight."
     return np_dequantize(np.asarray(w, np.uint8).reshape(-1), ggml_type).reshape(rows, -1) @ x.astype(np.float32)
 
-# %% ../nbs/06a_cuda_matvec.ipynb #84662e82
+# %% ../nbs/06a_cuda_matvec.ipynb #da509baf
 MATVEC_KERNELS = {Q8_0: 'matvec_q8_0', Q4_K: 'matvec_q4_k', Q6_K: 'matvec_q6_k', Q5_0: 'matvec_q5_0',
                   MXFP4: 'matvec_mxfp4'}
 
@@ -47,7 +47,7 @@ def matvec(w, x, rows: int, ggml_type: int, y=None, warps_per_block: int = 4):
     load_kernel(name, name)(grid, (32 * warps_per_block,), (w, x, y, np.int32(rows), np.int32(K)))
     return y
 
-# %% ../nbs/06a_cuda_matvec.ipynb #a47499e9
+# %% ../nbs/06a_cuda_matvec.ipynb #1048384e
 FLOAT_TYPES = (F32, F16, BF16)
 X_BITS = 16     # default width of the staged input's codes (8: llama.cpp's q8_1, faster, 256 times coarser)
 
@@ -83,7 +83,7 @@ def linear_ref(parts, x, bias=None, y=None, bits: int = X_BITS, norm=None, eps: 
         if extra is not None: ref, mag = ref + extra, mag + np.abs(extra)
     return ref, mag, errx
 
-# %% ../nbs/06a_cuda_matvec.ipynb #06dd7179
+# %% ../nbs/06a_cuda_matvec.ipynb #508ec923
 _SCALE = {Q4_0: .2, Q4_1: .1, Q5_0: .1, Q5_1: .05, Q8_0: .01, Q4_K: .004, Q5_K: .002, Q6_K: .001}
 
 def random_weight(rng, ggml_type, rows, K):
@@ -98,7 +98,7 @@ def random_weight(rng, ggml_type, rows, K):
     if ggml_type == MXFP4: blocks['e'] = rng.choice(np.r_[0:3, 120:130], blocks.size)   # subnormal and normal
     return b
 
-# %% ../nbs/06a_cuda_matvec.ipynb #02cdbd29
+# %% ../nbs/06a_cuda_matvec.ipynb #d40da9dd
 # ggml type -> (trait in kernels/matvec_v2.cuh, values per chunk, default batch U)
 V2_TYPES = {F32: ('tF32', 4, 2), F16: ('tF16', 8, 2), BF16: ('tBF16', 8, 2), Q4_0: ('tQ4_0', 32, 2),
             Q4_1: ('tQ4_1', 32, 2), Q5_0: ('tQ5_0', 32, 2), Q5_1: ('tQ5_1', 32, 2), Q8_0: ('tQ8_0', 32, 1),
@@ -128,7 +128,7 @@ def plan_tpr(ggml_type, rows, K, warps, nsm=132):
     while G < nt and G < nchunk and rows * G < nt * nsm // 2: G *= 2
     return G
 
-V2_INPUTS = {'x': 0, 'norm': 1, 'act': 2, 'staged': 3}   # what a kernel stages: IN_X, IN_NORM, IN_ACT, IN_STAGED
+V2_INPUTS = {'x': 0, 'norm': 1, 'act': 2, 'staged': 3, 'attn': 4}   # what it stages: IN_X, IN_NORM, IN_ACT, IN_STAGED, IN_ATTN
 V2_OUTPUTS = {'y': 'matvec_v2_k', 'glu': 'matvec_v2_glu_k'}   # what it writes: y (OUT_Y), a staged input (OUT_GLU)
 
 def v2_expr(warps, cfgs, bits: int = X_BITS, pair: bool = False, inp: str = 'x', out: str = 'y'):
@@ -172,7 +172,7 @@ def _smem_bytes(K, q8, f32, bits: int = X_BITS, pair: bool = False):
     qb = K if bits == 8 else (144 * ((K // 32 + 1) // 2) + 127) // 128 * 128 if pair else (2 * K + 127) // 128 * 128
     return ((qb + K // 8 + K // 4 + 15) // 16 * 16 if q8 else 0) + (4 * K if f32 else 0)
 
-# %% ../nbs/06a_cuda_matvec.ipynb #48a1dd63
+# %% ../nbs/06a_cuda_matvec.ipynb #914607d9
 _V2_FUNCS, _V2_MODULES = {}, []
 TRACE = os.environ.get('ORCD_TRACE') == '1'   # diagnostics: the kernels stamp their phases (matvec_v2.cuh, MV_STAMP)
 
@@ -216,11 +216,11 @@ def _ctas_per_sm(kernel, threads, smem):
     by_smem = smem_sm // (smem + kernel.shared_size_bytes + 1024)
     return max(1, min(32, threads_sm // threads, by_regs, by_smem))
 
-# %% ../nbs/06a_cuda_matvec.ipynb #7dc17f64
+# %% ../nbs/06a_cuda_matvec.ipynb #6fa27723
 import ctypes
 from .cuda import _PdlLaunch, _has_pdl     # the launch itself lives in 06_cuda: the other kernels use it too
 
-# %% ../nbs/06a_cuda_matvec.ipynb #65c9cdc0
+# %% ../nbs/06a_cuda_matvec.ipynb #08c2a70a
 def _check_parts(parts, K):
     for w, rows, t in parts:
         if t not in V2_TYPES:
@@ -249,14 +249,15 @@ def assign_ctas(tile_ends, grid: int) -> np.ndarray:
     if grid >= 1 << 16: raise ValueError(f'assign_ctas: grid {grid} does not fit 16 bits')
     return (first | count << 16).astype(np.int32)
 
-# %% ../nbs/06a_cuda_matvec.ipynb #6d0a5435
+# %% ../nbs/06a_cuda_matvec.ipynb #2917d7dc
 class Linear:
     """y = W x (+ b) (+ y when accumulate); W = `parts` stacked along rows, all reading the same input x (K,).
     `routes` [(j, stride, xoff)] per part and `ids`: routed parts (`expert_linear`). `glu`: the parts are the gate and
     up weights of a gated feed-forward block, and a call writes their activation as the next product's staged input
-    (`plan_glu`, below)."""
+    (`plan_glu`, below). `attn_scratch`: bytes of shared memory for the decode attention that a call with `attn=`
+    computes in each CTA (06b's `attn_desc`; they follow the staged input, at byte `self.scratch`)."""
     def __init__(self, parts, K: int, bias=None, *, warps=None, tpr=None, unroll=None, ctas_per_sm=None, pdl=None,
-                 bits=None, pair=None, part_major=None, prefetch=None, routes=None, ids=None, glu=False):
+                 bits=None, pair=None, part_major=None, prefetch=None, routes=None, ids=None, glu=False, attn_scratch=0):
         self.K, self.parts = int(K), [(w, int(rows), int(t)) for w, rows, t in parts]
         if not self.parts: raise ValueError('Linear: no parts')
         _check_parts(self.parts, self.K)
@@ -272,6 +273,8 @@ class Linear:
         self.tpr = [int(g) for g in table['tpr']]
         q8 = any(t not in FLOAT_TYPES for t, _ in self.cfgs)
         self._smem = _smem_bytes(self.K, q8, any(t in FLOAT_TYPES for t, _ in self.cfgs), self.bits, self.pair)
+        self.scratch = (self._smem + 15) // 16 * 16 if attn_scratch else 0
+        if attn_scratch: self._smem = self.scratch + int(attn_scratch)
         self._tiles, self._nsm, self._ctas_per_sm = tiles, nsm, ctas_per_sm
         self.part_major = bool(PART_MAJOR if part_major is None else part_major) and len(self.parts) > 1 and not self.glu
         self.prefetch = bool((GLU_PREFETCH if self.glu else L2_PREFETCH and self.nbytes <= L2_PREFETCH_BYTES)
@@ -298,6 +301,8 @@ class Linear:
                 raise RuntimeError(f"Linear: the {inp!r} kernel is prepared while a stream captures; call launch({inp!r}) before")
             if inp == 'staged' and (self.bits != 16 or self.pair or any(t in FLOAT_TYPES for t, _ in self.cfgs)):
                 raise ValueError('Linear: a staged input needs 16-bit codes and quantised parts (no pair layout)')
+            if inp == 'attn' and (not self.scratch or self.glu or self.pair or any(t in FLOAT_TYPES for t, _ in self.cfgs)):
+                raise ValueError('Linear: attn= needs attn_scratch, quantised parts (no pair layout) and no glu')
             kernel, = precompile([v2_expr(self.warps, self.cfgs, self.bits, self.pair, inp, self._out)])
             if self._smem > 48 * 1024: kernel.max_dynamic_shared_size_bytes = self._smem
             cps = self._ctas_per_sm or _ctas_per_sm(kernel, 32 * self.warps, self._smem)
@@ -310,13 +315,21 @@ class Linear:
             self._launches[inp] = (kernel, grid, table, pdl)
         return self._launches[inp]
 
-    def __call__(self, x, y, accumulate=False, norm=None, eps: float = 0.0, act: int = -1, staged: bool = False):
+    def __call__(self, x, y, accumulate=False, norm=None, eps: float = 0.0, act: int = -1, staged: bool = False,
+                 attn=None):
         """Decode: y = W x (+ b) (+ y); x cupy f32 (K,), y cupy f32 (rows,). With `norm` (cupy f32 (K,)), W reads
         rms_norm(x) · norm instead of x: the norm is computed while x is staged (no kernel of its own). With `act`
         (a gated kind of `cuda_ops.ACT_KINDS`), x is [gate | up] (2K,) and W reads their activation, computed while it
         is staged. With `staged`, x is an input staged already (f32 (`staged_size(K)`,), as a `glu` Linear writes it).
         A `glu` Linear writes y (f32 (`staged_size(rows // 2)`,)): the staged activation `act` of its row pairs.
+        With `attn` (06b's `attn_desc`, on the device), x is a decode attention's output: computed in each CTA from q|k|v
+        and the caches when at most its `short_keys` keys are visible, else read from x (the split kernels wrote it).
         One kernel launch. Returns y."""
+        if attn is not None:
+            if norm is not None or act >= 0 or staged or self._xsize != self.K:
+                raise ValueError('Linear: attn= stages the attention output: no norm, act or staged input, one shared input')
+            _check('Linear', attn, 'attn', np.uint8, 104)             # sizeof(mv::AttnDesc): cuda_ops.ATTN_DESC
+            norm = attn
         if self.glu:
             if not 0 <= act <= 2: raise ValueError(f'Linear(glu=True): act={act} is not a gated activation (0, 1, 2)')
             if accumulate or staged: raise ValueError('Linear(glu=True): writes a staged input (no accumulate, no staged x)')
@@ -327,11 +340,11 @@ class Linear:
             raise ValueError('Linear: staged= is an input ready as it is: no norm, no act, one shared input')
         _check('Linear', x, 'x', np.float32, staged_size(self.K) if staged else self._xsize * (2 if act >= 0 and not self.glu else 1))
         _check('Linear', y, 'y', np.float32, staged_size(self.rows // 2) if self.glu else self.rows)
-        if norm is not None:
+        if norm is not None and attn is None:
             if self._xsize != self.K: raise ValueError('Linear: norm= needs one shared input (not per-expert inputs)')
             _check('Linear', norm, 'norm', np.float32, self.K)
-        kernel, grid, table, pdl = self.launch('staged' if staged else 'act' if act >= 0 and not self.glu else
-                                               'x' if norm is None else 'norm')
+        kernel, grid, table, pdl = self.launch('attn' if attn is not None else 'staged' if staged else
+                                               'act' if act >= 0 and not self.glu else 'x' if norm is None else 'norm')
         if pdl is not None:
             p, i = ctypes.c_void_p, ctypes.c_int
             pdl(p(table.data.ptr), i(len(self._plan)), p(x.data.ptr), p(y.data.ptr),
@@ -354,7 +367,7 @@ class Linear:
         return (f'Linear({self.rows}x{self.K}, {" | ".join(f"{r} {QUANT_TYPES[t].name}" for _, r, t in self.parts)}; '
                 f'{self.expr}, G={self.tpr}, grid={self._grid}{", glu" if self.glu else ""}{", pdl" if self.pdl else ""}{", part-major" if self.part_major else ""}{", L2 prefetch" if self.prefetch else ""})')
 
-# %% ../nbs/06a_cuda_matvec.ipynb #2120aa86
+# %% ../nbs/06a_cuda_matvec.ipynb #9b31aee2
 GLU_WARPS = 16   # warps of a glu Linear's CTA (G = 8 threads per row; measured against 8 warps, see above)
 GLU_PREFETCH = os.environ.get('ORCD_GLU_PREFETCH') == '1'   # default of a glu Linear's prefetch (its tile into L2 first)
 
@@ -400,7 +413,7 @@ def glu_ref(parts, x, act: int, bias=None, norm=None, eps: float = 0.0):
     q, d = quantize_x_ref(a, 16)
     return q, d, a, mag
 
-# %% ../nbs/06a_cuda_matvec.ipynb #c28f4227
+# %% ../nbs/06a_cuda_matvec.ipynb #b2e3d32b
 def expert_linear(experts, K: int, ids, per_expert_x: bool = False, **kw) -> Linear:
     """y (k·Σrows) = for j < k, for each (w, E, rows, ggml_type) of `experts`: W[ids[j]] x_j, W the (E, rows, K)
     blocks w (cupy uint8), ids (k,) int32 on the device, read when the kernel runs; x_j = x, or x[jK:(j+1)K]."""
@@ -423,7 +436,7 @@ def expert_linear_ref(experts, K, ids, x, per_expert_x=False, bits: int = X_BITS
             out.append(linear_ref([(w[e * n:(e + 1) * n], rows, t)], xj, bits=bits))
     return tuple(np.concatenate(c) for c in zip(*out))
 
-# %% ../nbs/06a_cuda_matvec.ipynb #252f9d73
+# %% ../nbs/06a_cuda_matvec.ipynb #e0f6dc29
 def prmt_ref(a, b, s):
     "numpy emulation of PTX `prmt.b32 d, a, b, s` (default mode): byte i of d from nibble i of s (bit 3: sign fill)."
     a, b, s = (np.asarray(v, np.uint64) for v in (a, b, s))
@@ -442,7 +455,7 @@ def mxfp4_pairs_ref(q):
     neg = prmt_ref(0x03020100, 0x0c080604, q ^ np.uint32(0x8888))
     return prmt_ref(0x03020100, 0x0c080604, q) | ((np.uint32(0x80808080) - neg) ^ np.uint32(0x80808080))
 
-# %% ../nbs/06a_cuda_matvec.ipynb #f2340daf
+# %% ../nbs/06a_cuda_matvec.ipynb #68d898fa
 def _dq_grid(nout: int, K: int) -> tuple: return (-(-K // 256), min(nout, 65535))
 
 def _row_bytes(ggml_type, K, name):
@@ -478,7 +491,7 @@ def dequantize(w, ggml_type: int, rows: int, K: int, dtype=np.float16, out=None)
         w, np.int32(ggml_type), np.int32(rows), np.int32(K), _NULL, np.int32(rows), out, np.float32(1)))
     return out
 
-# %% ../nbs/06a_cuda_matvec.ipynb #84c1680b
+# %% ../nbs/06a_cuda_matvec.ipynb #1cf76d88
 MATMUL_MODE = 'tf32'
 _CUDA_R_32F, _CUDA_R_16F, _OP_N, _OP_T = 0, 2, 0, 1
 _COMPUTE = {'f16': 68, 'f32': 68, 'tf32': 77}      # CUBLAS_COMPUTE_32F, CUBLAS_COMPUTE_32F_FAST_TF32

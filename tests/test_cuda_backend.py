@@ -45,7 +45,10 @@ def test_gpu_matches_cpu(path):
     gpu = _check_matches_cpu(path)
     from orcd import cuda_backend
     ops = [s.op for s, _ in cuda_backend._fused(gpu)]
-    assert ('rope_attention' in ops) == (cuda_backend.FUSE_ROPE and gpu.tables is not None), ops
+    rope_fused = cuda_backend.FUSE_ROPE and gpu.tables is not None
+    assert any(o in ('rope_attention', 'attn_linear', 'attn_linear_acc') for o in ops) == rope_fused, ops
+    if path.parent != FIX / 'synthetic' and gpu.hp.n_heads // gpu.hp.n_kv_heads <= 8:   # quantised o: it takes attention in
+        assert any(o.startswith('attn_linear') for o in ops) == (rope_fused and cuda_backend.ATTN_HERE > 0), ops
     gated = any(s.op == 'act' and s.arg in cuda_backend._GATED for s in gpu.block)
     assert any(o.startswith(('act_linear', 'staged_linear')) for o in ops) == (cuda_backend.FUSE_ACT and gated), ops
     assert ops.count('staged_linear') + ops.count('staged_linear_acc') == sum('glu' in o for o in ops), ops
@@ -92,6 +95,19 @@ def test_glu_fusion_off(path, monkeypatch):
     gpu = _check_matches_cpu(path)
     ops = [s.op for s, _ in cuda_backend._fused(gpu)]
     assert not any('glu' in o or o.startswith('staged') for o in ops), ops
+
+@pytest.mark.parametrize('path', [p for p in MODELS if p.parent != FIX / 'synthetic'], ids=lambda p: p.stem)
+@pytest.mark.parametrize('keys', [0, 32], ids=['split_kernels', 'crossing_32_keys'])
+def test_attention_in_o_both_ways(path, keys, monkeypatch):
+    """The same with the decode attention always in its split kernels (cuda_backend.ATTN_HERE = 0), and with the o
+    product computing it up to 32 visible keys: the 19-token prompt's 32 steps cross from one to the other inside one
+    captured graph (the default, 256 keys, computes all of them in the o product: test_gpu_matches_cpu)."""
+    from orcd import cuda_backend
+    monkeypatch.setattr(cuda_backend, 'ATTN_HERE', keys)
+    gpu = _check_matches_cpu(path)
+    ops = [s.op for s, _ in cuda_backend._fused(gpu)]
+    assert any(o.startswith('attn_linear') for o in ops) == bool(keys), ops
+    if keys: assert all(v[2] == keys for v in gpu.attn_here.values())
 
 def _check_matches_cpu(path):
     cpu, gpu = _backends(path)

@@ -282,6 +282,70 @@ def test_decode_attention_rope_fused(model, S, fused_merge):
     np.testing.assert_array_equal(cp.asnumpy(Q), qkv)
 
 
+ATTN_HERE = [(m, S) for m in ('qwen2.5-0.5b', 'smollm2-135m', 'gemma3-270m', 'gpt-oss', 'phi3', 'partial-normal', 'g4d128')
+             for S in (1, 33, 64, 65, 300)]
+
+
+@needs_gpu
+@pytest.mark.parametrize('model,S', ATTN_HERE, ids=[f'{m}-S{S}' for m, S in ATTN_HERE])
+def test_attention_in_the_o_product(model, S):
+    """The o product that computes decode attention itself (06b's attn_desc, up to short_keys = 64 visible keys; beyond,
+    the split kernels' output staged instead) against rope_kv_ref, attention_ref and the exact product: within the
+    16-bit input's half code and attention's own tolerance; the caches' row p bit for bit as rope_kv_ref writes it, qkv
+    untouched, and the split kernels' output left alone where the product computed the attention."""
+    from orcd import cuda_matvec as cm
+    from orcd.quants import Q5_0, dequantize
+    c = rope_heads(model) if model != 'g4d128' else dict(heads(model), rope_dim=64, rope='normal', window=0)
+    nh, nkv, D, rd, win, keys, rows = c['nh'], c['nkv'], c['D'], c['rope_dim'], c['window'], 64, 160
+    rng, n_ctx, p = np.random.default_rng(S + D + nh), S + 40, S - 1
+    qkv, kc, vc, sk = att_data(rng, 1, nh, nkv, D, n_ctx, c['sinks'])
+    cos, sin = ops.rope_cos_sin(np.arange(n_ctx), rd, 10000.0)
+    neox = c['rope'] == 'neox'
+    qkv_r, kc_r, vc_r = co.rope_kv_ref(qkv, np.array([p]), cos, sin, kc, vc, nh, nkv, D, D, rd, neox)
+    att_ref = co.attention_ref(qkv_r, kc_r, vc_r, [p], D ** -0.5, nh, nkv, D, D, win, sk)[0]
+    w, y0 = cm.random_weight(rng, Q5_0, rows, nh * D), rng.standard_normal(rows).astype(np.float32)
+    lin = cm.Linear([(cp.asarray(w), rows, Q5_0)], nh * D, attn_scratch=4 * co.attn_scratch_floats(nh, nkv, D, D, keys))
+    Q, K, V, pos = cp.asarray(qkv), cp.asarray(kc), cp.asarray(vc), cp.asarray([p], np.int32)
+    rope, SK = (cp.asarray(cos), cp.asarray(sin), rd, neox), None if sk is None else cp.asarray(sk)
+    att, y = cp.full(nh * D, np.nan, np.float32), cp.asarray(y0)
+    desc = co.attn_desc(Q, K, V, pos, nh, nkv, D, D, D ** -0.5, keys, lin.scratch, window=win, sinks=SK, rope=rope)
+    co.DecodeAttention(nh, nkv, D, D, n_ctx, D ** -0.5)(Q, K, V, pos, att, win, SK, rope=rope, skip_keys=keys)
+    lin(att, y, accumulate=True, attn=desc)
+    here = p + 1 - (max(0, p - win + 1) if win else 0) <= keys
+    np.testing.assert_array_equal(cp.asnumpy(K), kc_r); np.testing.assert_array_equal(cp.asnumpy(V), vc_r)
+    np.testing.assert_array_equal(cp.asnumpy(Q), qkv)
+    if here: assert np.isnan(cp.asnumpy(att)).all(), 'the split kernels ran where the o product computes attention'
+    else: assert_close(cp.asnumpy(att), att_ref, **ATT_TOL, name=model)
+    W = dequantize(w, Q5_0).reshape(rows, -1).astype(np.float64)
+    _, d = cm.quantize_x_ref(att_ref.astype(np.float32), 16)
+    dx = np.repeat(d.astype(np.float64), 32) * 0.5 * (1 + 2 ** -10) + 2 ** -16 * (np.abs(att_ref) + 1)
+    exact, got = W @ att_ref + y0, cp.asnumpy(y)
+    report(f'attention in the o product, {model} S={S} ({"here" if here else "split kernels"})', got, exact)
+    assert np.all(np.abs(got - exact) <= np.abs(W) @ dx + 1e-5 * (np.abs(W) @ np.abs(att_ref) + np.abs(y0))), model
+
+
+@needs_gpu
+def test_attention_in_the_o_product_rejects_bad_arguments():
+    from orcd import cuda_matvec as cm
+    from orcd.quants import Q5_0
+    nh, nkv, D = 14, 2, 64
+    Q, K, V = cp.zeros((1, 18 * D), np.float32), cp.zeros((nkv, 100, D), np.float16), cp.zeros((nkv, 100, D), np.float16)
+    pos = cp.zeros(1, np.int32)
+    with pytest.raises(ValueError, match='short_keys=48 must be a positive multiple of 32'):
+        co.attn_desc(Q, K, V, pos, nh, nkv, D, D, 0.125, 48, 0)
+    with pytest.raises(ValueError, match='short_keys=64'):
+        co.attn_desc(cp.zeros((1, 20 * D), np.float32), cp.zeros((1, 100, D), np.float16),
+                     cp.zeros((1, 100, D), np.float16), pos, 18, 1, D, D, 0.125, 64, 0)     # 18 query heads a group
+    w = cm.random_weight(np.random.default_rng(0), Q5_0, 32, nh * D)
+    plain = cm.Linear([(cp.asarray(w), 32, Q5_0)], nh * D)
+    desc = co.attn_desc(Q, K, V, pos, nh, nkv, D, D, 0.125, 64, 0)
+    with pytest.raises(ValueError, match='attn= needs attn_scratch'):
+        plain(cp.zeros(nh * D, np.float32), cp.zeros(32, np.float32), attn=desc)
+    lin = cm.Linear([(cp.asarray(w), 32, Q5_0)], nh * D, attn_scratch=4096)
+    with pytest.raises(ValueError, match='attn= stages the attention output'):
+        lin(cp.zeros(nh * D, np.float32), cp.zeros(32, np.float32), attn=desc, norm=cp.ones(nh * D, np.float32))
+
+
 @needs_gpu
 def test_decode_attention_rope_fused_in_a_graph():
     "Forty captured steps, each at the next position (read on the device): each writes its own cache row and matches."

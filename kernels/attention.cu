@@ -15,7 +15,8 @@
 // Prefill (max_splits = 0) then divides by l (with the sink logit, if any) and writes out (T, n_heads * Dv).
 // Decode (max_splits > 0, T = 1) splits the visible keys [lo, pos] among blockIdx.z (key_split) and writes
 // each split's m, l and unnormalised acc into the workspace; attention_merge combines them. The position is
-// read on the device, so one captured graph serves every step.
+// read on the device, so one captured graph serves every step. With skip_keys (decode, opt-in: the o product computes
+// the attention itself, attention_stage.cuh) both kernels only pass the step on while at most that many keys are visible.
 // Numpy reference: orcd.ops.attention.
 #include "ops_common.cuh"
 

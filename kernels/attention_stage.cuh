@@ -21,34 +21,82 @@ struct AttnDesc {
     const float* sinks;                    // [n_heads] or null
     int n_heads, n_kv, D, Dv, n_ctx, window, rope_dim, neox;
     int short_keys;                        // at most this many visible keys (a multiple of 32): computed here
-    int scratch;                           // byte offset of the scratch (attn_scratch_floats) in dynamic shared memory
+    int scratch;                           // byte offset of the scratch (attn_scratch_bytes) in dynamic shared memory
     float scale; int pad_;
 };
-
-#define ATTN_MAXG 8                        // query heads per KV head, at most (orcd.cuda_ops.attn_here_ok)
 
 // Whether position p's attention is computed here (the same answer in every CTA, and in the split kernels).
 __device__ __forceinline__ bool attn_here(const AttnDesc& A, int p) { return p + 1 - window_lo(p, A.window) <= A.short_keys; }
 
-// The scratch, in floats (Python mirror: orcd.cuda_ops.attn_scratch_floats): Q [n_heads D] rotated q | P [n_heads
-// short_keys] scores, then exp(score - max) | KN [n_kv D] this token's key, VN [n_kv Dv] its value (both rounded to
-// fp16, as the caches hold them) | O [n_heads Dv] the output | L [n_heads] the softmax's denominators.
-// Leaves O complete (after a __syncthreads) and returns it.
+// The scratch (Python mirror: orcd.cuda_ops.attn_scratch_bytes), 16-byte aligned pieces: R [(n_heads + n_kv) D + n_kv Dv]
+// f32 the token's q|k|v as loaded | CS [2 D] f32 cos | sin of position p | Q [n_heads D] rotated q | KN [n_kv D], VN
+// [n_kv Dv] this token's key and value (rounded to fp16, as the caches hold them) | P [n_heads short_keys] scores, then
+// exp(score - max) | O [n_heads Dv] the output | L [n_heads (+ pad to 4)] the denominators | Ks [n_kv short_keys (D + 8)]
+// f16 the cached keys lo..p-1 (rows padded by 16 bytes: a warp's 16-byte reads of 8 consecutive rows meet no bank
+// twice) | Vs [n_kv short_keys Dv] f16 the cached values.
+__host__ __device__ __forceinline__ int attn_r_floats(int H, int NKV, int D, int Dv) { return (H + NKV) * D + NKV * Dv; }
+
+// Everything the attention reads from memory, in one pass: each thread issues AB 16-byte loads, then stores them
+// (the token's q|k|v, the cached keys and values of lo..p-1; cos and sin by threads of their own): one L2 round trip
+// per AB NT pieces, instead of one per dependent load.
 template <int NT>
-__device__ float* attend_here(const AttnDesc& A, int p, float* sm) {
+__device__ __forceinline__ void attn_load(const AttnDesc& A, int p, int lo, float* R, float* CS, __half* Ks, __half* Vs) {
+    constexpr int AB = 8;
+    const int H = A.n_heads, NKV = A.n_kv, D = A.D, Dv = A.Dv, SK = A.short_keys, rows = p - lo;
+    const int nr = attn_r_floats(H, NKV, D, Dv) / 4, rk = rows * (D / 8), rv = rows * (Dv / 8);
+    const int nk = NKV * rk, tot = nr + nk + NKV * rv;
+    for (int t = threadIdx.x; A.cos_t && t < A.rope_dim; t += NT) {
+        const int h = A.rope_dim / 2, i = t % h;
+        CS[t < h ? i : D + i] = (t < h ? A.cos_t : A.sin_t)[(size_t)p * h + i];
+    }
+    const uint4* kc = reinterpret_cast<const uint4*>(A.k_cache);
+    const uint4* vc = reinterpret_cast<const uint4*>(A.v_cache);
+    for (int b0 = 0; b0 < tot; b0 += AB * NT) {
+        uint4 v[AB];
+#pragma unroll
+        for (int b = 0; b < AB; ++b) {
+            const int e = b0 + b * NT + threadIdx.x;
+            if (e < nr) v[b] = __ldg(reinterpret_cast<const uint4*>(A.qkv) + e);
+            else if (e < nr + nk) {                          // key row lo + r of KV head kh, piece c
+                const int f = e - nr, kh = f / rk, r = f % rk;
+                v[b] = __ldg(kc + ((size_t)kh * A.n_ctx + lo) * (D / 8) + r);
+            } else if (e < tot) {
+                const int f = e - nr - nk, kh = f / rv, r = f % rv;
+                v[b] = __ldg(vc + ((size_t)kh * A.n_ctx + lo) * (Dv / 8) + r);
+            }
+        }
+#pragma unroll
+        for (int b = 0; b < AB; ++b) {
+            const int e = b0 + b * NT + threadIdx.x;
+            if (e < nr) reinterpret_cast<uint4*>(R)[e] = v[b];
+            else if (e < nr + nk) {
+                const int f = e - nr, kh = f / rk, r = f % rk;
+                reinterpret_cast<uint4*>(Ks)[((size_t)kh * SK + r / (D / 8)) * (D / 8 + 1) + r % (D / 8)] = v[b];
+            } else if (e < tot) {
+                const int f = e - nr - nk, kh = f / rv, r = f % rv;
+                reinterpret_cast<uint4*>(Vs)[(size_t)kh * SK * (Dv / 8) + r] = v[b];
+            }
+        }
+    }
+}
+
+template <int NT>
+__device__ float* attend_here(const AttnDesc& A, int p, unsigned char* scratch) {
     const int H = A.n_heads, NKV = A.n_kv, D = A.D, Dv = A.Dv, G = H / NKV, SK = A.short_keys;
     const int lo = window_lo(p, A.window), n = p + 1 - lo;
-    float* Q = sm; float* P = Q + H * D; float* KN = P + H * SK; float* VN = KN + NKV * D; float* O = VN + NKV * Dv;
-    float* L = O + H * Dv;
-    const bool rope = A.cos_t != nullptr;
-    const float* rc = rope ? A.cos_t + (size_t)p * (A.rope_dim / 2) : nullptr;
-    const float* rs = rope ? A.sin_t + (size_t)p * (A.rope_dim / 2) : nullptr;
-    const float* qx = A.qkv; const float* kx = qx + (size_t)H * D; const float* vx = kx + (size_t)NKV * D;
+    float* R = reinterpret_cast<float*>(scratch);
+    float* CS = R + attn_r_floats(H, NKV, D, Dv); float* Q = CS + 2 * D; float* KN = Q + H * D; float* VN = KN + NKV * D;
+    float* P = VN + NKV * Dv; float* O = P + H * SK; float* L = O + H * Dv;
+    __half* Ks = reinterpret_cast<__half*>(L + (H + 3) / 4 * 4); __half* Vs = Ks + (size_t)NKV * SK * (D + 8);
+    attn_load<NT>(A, p, lo, R, CS, Ks, Vs);
+    __syncthreads();
     // 1. q and this token's key rotated as rope_kv rotates them, its value; the first CTA writes both caches' row p
+    const bool rope = A.cos_t != nullptr;
+    const float* kx = R + H * D; const float* vx = kx + NKV * D;
     for (int e = threadIdx.x; e < H * D; e += NT)
-        Q[e] = rope ? rope_value(qx + (e / D) * D, e % D, rc, rs, A.rope_dim, A.neox) : qx[e];
+        Q[e] = rope ? rope_value(R + (e / D) * D, e % D, CS, CS + D, A.rope_dim, A.neox) : R[e];
     for (int e = threadIdx.x; e < NKV * D; e += NT) {
-        const __half y = __float2half_rn(rope ? rope_value(kx + (e / D) * D, e % D, rc, rs, A.rope_dim, A.neox) : kx[e]);
+        const __half y = __float2half_rn(rope ? rope_value(kx + (e / D) * D, e % D, CS, CS + D, A.rope_dim, A.neox) : kx[e]);
         KN[e] = __half2float(y);
         if (blockIdx.x == 0) A.k_cache[((size_t)(e / D) * A.n_ctx + p) * D + e % D] = y;
     }
@@ -58,36 +106,32 @@ __device__ float* attend_here(const AttnDesc& A, int p, float* sm) {
         if (blockIdx.x == 0) A.v_cache[((size_t)(e / Dv) * A.n_ctx + p) * Dv + e % Dv] = y;
     }
     __syncthreads();
-    // 2. scores: one (KV head, key) a thread, its G query heads at once (the key read once, 16 bytes at a time)
-    for (int it = threadIdx.x; it < NKV * n; it += NT) {
-        const int kh = it / n, j = it % n, key = lo + j;
-        const float* q0 = Q + (size_t)kh * G * D;
-        float acc[ATTN_MAXG];
-#pragma unroll
-        for (int g = 0; g < ATTN_MAXG; ++g) acc[g] = 0.f;
-        if (key == p) {
-            for (int d = 0; d < D; ++d) {
-                const float kf = KN[kh * D + d];
-#pragma unroll
-                for (int g = 0; g < ATTN_MAXG; ++g) if (g < G) acc[g] = fmaf(q0[g * D + d], kf, acc[g]);
+    // 2. scores: one (query head, key) a thread — consecutive threads take consecutive keys of one head, so the q row is
+    // one broadcast and the padded key rows meet no bank twice; the token's own key from KN
+    for (int it = threadIdx.x; it < H * n; it += NT) {
+        const int h = it / n, j = it % n, kh = h / G;
+        const float4* q4 = reinterpret_cast<const float4*>(Q + (size_t)h * D);
+        float acc = 0.f;
+        if (j == n - 1) {
+            const float4* k4 = reinterpret_cast<const float4*>(KN + (size_t)kh * D);
+            for (int c = 0; c < D / 4; ++c) {
+                const float4 a = q4[c], k = k4[c];
+                acc = fmaf(a.x, k.x, fmaf(a.y, k.y, fmaf(a.z, k.z, fmaf(a.w, k.w, acc))));
             }
-        } else {                               // rows before p: written by earlier steps, read-only in this kernel
-            const uint4* kr = reinterpret_cast<const uint4*>(A.k_cache + ((size_t)kh * A.n_ctx + key) * D);
-            for (int c = 0; c < D / 8; ++c) {
-                const uint4 u = __ldg(kr + c);
+        } else {
+            const uint4* kr = reinterpret_cast<const uint4*>(Ks + ((size_t)kh * SK + j) * (D + 8));
+#pragma unroll 4
+            for (int c = 0; c < D / 8; ++c) {              // 8 dims: one 16-byte key piece, two of the q row
+                const uint4 u = kr[c];
                 const __half2* h2 = reinterpret_cast<const __half2*>(&u);
-#pragma unroll
-                for (int i = 0; i < 4; ++i) {
-                    const float2 f = __half22float2(h2[i]);
-                    const int d = 8 * c + 2 * i;
-#pragma unroll
-                    for (int g = 0; g < ATTN_MAXG; ++g)
-                        if (g < G) acc[g] = fmaf(q0[g * D + d + 1], f.y, fmaf(q0[g * D + d], f.x, acc[g]));
-                }
+                const float4 a = q4[2 * c], b = q4[2 * c + 1];
+                const float2 k0 = __half22float2(h2[0]), k1 = __half22float2(h2[1]);
+                const float2 k2 = __half22float2(h2[2]), k3 = __half22float2(h2[3]);
+                acc = fmaf(a.x, k0.x, acc); acc = fmaf(a.y, k0.y, acc); acc = fmaf(a.z, k1.x, acc); acc = fmaf(a.w, k1.y, acc);
+                acc = fmaf(b.x, k2.x, acc); acc = fmaf(b.y, k2.y, acc); acc = fmaf(b.z, k3.x, acc); acc = fmaf(b.w, k3.y, acc);
             }
         }
-#pragma unroll
-        for (int g = 0; g < ATTN_MAXG; ++g) if (g < G) P[(kh * G + g) * SK + j] = acc[g] * A.scale;
+        P[(size_t)h * SK + j] = acc * A.scale;
     }
     __syncthreads();
     // 3. softmax per head (a warp a head): max (with the sink), exp, the denominator (sink included)
@@ -108,11 +152,11 @@ __device__ float* attend_here(const AttnDesc& A, int p, float* sm) {
     for (int o = threadIdx.x; o < H * Dv / 2; o += NT) {
         const int h = 2 * o / Dv, dv = 2 * o % Dv, kh = h / G;
         const float* ph = P + (size_t)h * SK;
-        const __half2* vr = reinterpret_cast<const __half2*>(A.v_cache + ((size_t)kh * A.n_ctx + lo) * Dv + dv);
+        const __half2* vr = reinterpret_cast<const __half2*>(Vs + (size_t)kh * SK * Dv + dv);
         float a0 = 0.f, a1 = 0.f;
 #pragma unroll 8
         for (int j = 0; j < n - 1; ++j) {
-            const float2 v = __half22float2(__ldg(vr + (size_t)j * (Dv / 2)));
+            const float2 v = __half22float2(vr[(size_t)j * (Dv / 2)]);
             a0 = fmaf(ph[j], v.x, a0); a1 = fmaf(ph[j], v.y, a1);
         }
         a0 = fmaf(ph[n - 1], VN[kh * Dv + dv], a0); a1 = fmaf(ph[n - 1], VN[kh * Dv + dv + 1], a1);

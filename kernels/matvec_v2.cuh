@@ -719,7 +719,7 @@ __device__ __forceinline__ void stage(const float* __restrict__ x, int K, const 
         const int p = A.pos[0];
         if (attn_here(A, p)) {                               // uniform over the grid
             extern __shared__ int4 mv_smem[];
-            const float* o = attend_here<NT>(A, p, reinterpret_cast<float*>(reinterpret_cast<unsigned char*>(mv_smem) + A.scratch));
+            const float* o = attend_here<NT>(A, p, reinterpret_cast<unsigned char*>(mv_smem) + A.scratch);
             stage_q8<NT, X::xb, X::pl, IN_ATTN>(o, K, q, d, s16, nullptr, 1.f, act);
         } else stage_q8<NT, X::xb, X::pl, IN_X>(x, K, q, d, s16, nullptr, 1.f, act);
         return;

@@ -300,7 +300,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'orcd.cuda_ops.attention_prefill': ('cuda_ops.html#attention_prefill', 'orcd/cuda_ops.py'),
                                'orcd.cuda_ops.attention_ref': ('cuda_ops.html#attention_ref', 'orcd/cuda_ops.py'),
                                'orcd.cuda_ops.attn_desc': ('cuda_ops.html#attn_desc', 'orcd/cuda_ops.py'),
-                               'orcd.cuda_ops.attn_scratch_floats': ('cuda_ops.html#attn_scratch_floats', 'orcd/cuda_ops.py'),
+                               'orcd.cuda_ops.attn_scratch_bytes': ('cuda_ops.html#attn_scratch_bytes', 'orcd/cuda_ops.py'),
                                'orcd.cuda_ops.attn_short_keys': ('cuda_ops.html#attn_short_keys', 'orcd/cuda_ops.py'),
                                'orcd.cuda_ops.head_rms_norm': ('cuda_ops.html#head_rms_norm', 'orcd/cuda_ops.py'),
                                'orcd.cuda_ops.layer_norm': ('cuda_ops.html#layer_norm', 'orcd/cuda_ops.py'),

@@ -97,11 +97,11 @@ def test_glu_fusion_off(path, monkeypatch):
     assert not any('glu' in o or o.startswith('staged') for o in ops), ops
 
 @pytest.mark.parametrize('path', [p for p in MODELS if p.parent != FIX / 'synthetic'], ids=lambda p: p.stem)
-@pytest.mark.parametrize('keys', [0, 32], ids=['split_kernels', 'crossing_32_keys'])
+@pytest.mark.parametrize('keys', [32, 256], ids=['crossing_32_keys', 'all_256_keys'])
 def test_attention_in_o_both_ways(path, keys, monkeypatch):
-    """The same with the decode attention always in its split kernels (cuda_backend.ATTN_HERE = 0), and with the o
-    product computing it up to 32 visible keys: the 19-token prompt's 32 steps cross from one to the other inside one
-    captured graph (the default, 256 keys, computes all of them in the o product: test_gpu_matches_cpu)."""
+    """The same with the o product computing the decode attention itself (cuda_backend.ATTN_HERE, opt-in; off, the
+    default, test_gpu_matches_cpu: the split kernels): up to 32 visible keys, so that the 19-token prompt's 32 steps
+    cross from the o product to the split kernels inside one captured graph, and up to 256 (all of them here)."""
     from orcd import cuda_backend
     monkeypatch.setattr(cuda_backend, 'ATTN_HERE', keys)
     gpu = _check_matches_cpu(path)

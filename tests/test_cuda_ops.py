@@ -282,21 +282,22 @@ def test_decode_attention_rope_fused(model, S, fused_merge):
     np.testing.assert_array_equal(cp.asnumpy(Q), qkv)
 
 
-ATTN_HERE = [(m, S) for m in ('qwen2.5-0.5b', 'smollm2-135m', 'gemma3-270m', 'gpt-oss', 'phi3', 'partial-normal', 'g4d128')
+ATTN_HERE = [(m, S) for m in ('qwen2.5-0.5b', 'smollm2-135m', 'gemma3-270m', 'gpt-oss', 'partial-normal', 'g4d128', 'g16')
              for S in (1, 33, 64, 65, 300)]
 
 
 @needs_gpu
 @pytest.mark.parametrize('model,S', ATTN_HERE, ids=[f'{m}-S{S}' for m, S in ATTN_HERE])
 def test_attention_in_the_o_product(model, S):
-    """The o product that computes decode attention itself (06b's attn_desc, up to short_keys = 64 visible keys; beyond,
+    """The o product that computes decode attention itself (06b's attn_desc, up to short_keys = 64 (32) visible keys; beyond,
     the split kernels' output staged instead) against rope_kv_ref, attention_ref and the exact product: within the
     16-bit input's half code and attention's own tolerance; the caches' row p bit for bit as rope_kv_ref writes it, qkv
     untouched, and the split kernels' output left alone where the product computed the attention."""
     from orcd import cuda_matvec as cm
     from orcd.quants import Q5_0, dequantize
-    c = rope_heads(model) if model != 'g4d128' else dict(heads(model), rope_dim=64, rope='normal', window=0)
-    nh, nkv, D, rd, win, keys, rows = c['nh'], c['nkv'], c['D'], c['rope_dim'], c['window'], 64, 160
+    c = rope_heads(model) if model != 'g4d128' else dict(heads(model), rope_dim=64, rope='normal', window=0)   # (g16: 16 a group)
+    nh, nkv, D, rd, win, rows = c['nh'], c['nkv'], c['D'], c['rope_dim'], c['window'], 160
+    keys = co.attn_short_keys(nh, nkv, D, D, 64)                    # 64 in 200 KB of scratch (gpt-oss's 64 heads: 32)
     rng, n_ctx, p = np.random.default_rng(S + D + nh), S + 40, S - 1
     qkv, kc, vc, sk = att_data(rng, 1, nh, nkv, D, n_ctx, c['sinks'])
     cos, sin = ops.rope_cos_sin(np.arange(n_ctx), rd, 10000.0)
@@ -304,7 +305,7 @@ def test_attention_in_the_o_product(model, S):
     qkv_r, kc_r, vc_r = co.rope_kv_ref(qkv, np.array([p]), cos, sin, kc, vc, nh, nkv, D, D, rd, neox)
     att_ref = co.attention_ref(qkv_r, kc_r, vc_r, [p], D ** -0.5, nh, nkv, D, D, win, sk)[0]
     w, y0 = cm.random_weight(rng, Q5_0, rows, nh * D), rng.standard_normal(rows).astype(np.float32)
-    lin = cm.Linear([(cp.asarray(w), rows, Q5_0)], nh * D, attn_scratch=4 * co.attn_scratch_floats(nh, nkv, D, D, keys))
+    lin = cm.Linear([(cp.asarray(w), rows, Q5_0)], nh * D, attn_scratch=co.attn_scratch_bytes(nh, nkv, D, D, keys))
     Q, K, V, pos = cp.asarray(qkv), cp.asarray(kc), cp.asarray(vc), cp.asarray([p], np.int32)
     rope, SK = (cp.asarray(cos), cp.asarray(sin), rd, neox), None if sk is None else cp.asarray(sk)
     att, y = cp.full(nh * D, np.nan, np.float32), cp.asarray(y0)
@@ -334,8 +335,8 @@ def test_attention_in_the_o_product_rejects_bad_arguments():
     with pytest.raises(ValueError, match='short_keys=48 must be a positive multiple of 32'):
         co.attn_desc(Q, K, V, pos, nh, nkv, D, D, 0.125, 48, 0)
     with pytest.raises(ValueError, match='short_keys=64'):
-        co.attn_desc(cp.zeros((1, 20 * D), np.float32), cp.zeros((1, 100, D), np.float16),
-                     cp.zeros((1, 100, D), np.float16), pos, 18, 1, D, D, 0.125, 64, 0)     # 18 query heads a group
+        co.attn_desc(cp.zeros((1, 16 * 60), np.float32), cp.zeros((2, 100, 60), np.float16),
+                     cp.zeros((2, 100, 60), np.float16), pos, 12, 2, 60, 60, 0.125, 64, 0)    # head dim 60
     w = cm.random_weight(np.random.default_rng(0), Q5_0, 32, nh * D)
     plain = cm.Linear([(cp.asarray(w), 32, Q5_0)], nh * D)
     desc = co.attn_desc(Q, K, V, pos, nh, nkv, D, D, 0.125, 64, 0)

@@ -5,10 +5,10 @@
 # %% auto #0
 __all__ = ['MAX_LOGPROBS', 'BACKENDS', 'CTX_CAP', 'SamplingParams', 'softmax', 'apply_penalties', 'truncate', 'new_seed',
            'Sampler', 'StopMatcher', 'BackendStatus', 'Backend', 'log_softmax', 'logprobs_of', 'CPUBackend',
-           'load_backend', 'cuda_unavailable', 'TokenEvent', 'common_prefix', 'Engine', 'resolve_device',
-           'choose_n_ctx', 'params_from_args', 'cli_generate']
+           'load_backend', 'cuda_unavailable', 'TokenEvent', 'common_prefix', 'plain_greedy', 'lookahead_for', 'Engine',
+           'resolve_device', 'choose_n_ctx', 'params_from_args', 'cli_generate']
 
-# %% ../nbs/05_engine.ipynb #9bb8852e
+# %% ../nbs/05_engine.ipynb #88c69a0b
 import dataclasses, inspect, json, math, os, secrets, sys, threading, time
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -17,7 +17,7 @@ from typing import Iterator, Optional, Protocol, Sequence, TypedDict, runtime_ch
 import numpy as np
 from .errors import BackendUnavailableError, ContextOverflowError, InvalidRequestError
 
-# %% ../nbs/05_engine.ipynb #902b2af7
+# %% ../nbs/05_engine.ipynb #86d40b01
 MAX_LOGPROBS = 20   # the most alternatives a request may ask for per token (OpenAI: 20)
 
 @dataclass
@@ -64,7 +64,7 @@ class SamplingParams:
         if self.json_schema is not None and self.grammar is not None: bad('grammar', 'give json_schema or grammar, not both')
         return self
 
-# %% ../nbs/05_engine.ipynb #06878c42
+# %% ../nbs/05_engine.ipynb #fcf01b51
 def softmax(x):
     "Softmax of a 1-D array, in float64."
     x = np.asarray(x, np.float64)
@@ -103,7 +103,7 @@ def truncate(ids, probs, top_k=0, top_p=1.0, min_p=0.0):
     if min_p > 0.0: keep = min(keep, int(np.count_nonzero(ps >= min_p * ps[0])))
     return order[:max(keep, 1)]
 
-# %% ../nbs/05_engine.ipynb #21c3d9fe
+# %% ../nbs/05_engine.ipynb #119ed45e
 def new_seed() -> int:
     "A fresh random seed (63 bits) for requests that did not give one."
     return secrets.randbits(63)
@@ -167,7 +167,7 @@ class Sampler:
         i = int(np.searchsorted(cs, self.rng.random() * cs[-1], side='right'))
         return int(ids[min(i, len(ids) - 1)])
 
-# %% ../nbs/05_engine.ipynb #5f3506d0
+# %% ../nbs/05_engine.ipynb #444303d1
 class StopMatcher:
     "Find stop strings in streamed text; emit only text that cannot belong to one."
     def __init__(self, stops=()):
@@ -196,7 +196,7 @@ class StopMatcher:
         h, self.held = self.held, ''
         return h
 
-# %% ../nbs/05_engine.ipynb #066b1a0a
+# %% ../nbs/05_engine.ipynb #3ade49f2
 class BackendStatus(TypedDict):
     "What `Backend.status()` returns."
     healthy: bool
@@ -237,7 +237,7 @@ def logprobs_of(logits, token: int, n: int):
     top = top[np.lexsort((top, -lp[top]))]
     return own, top.astype(np.int64), lp[top].astype(np.float32)
 
-# %% ../nbs/05_engine.ipynb #88d35529
+# %% ../nbs/05_engine.ipynb #2e22b959
 class CPUBackend:
     "The numpy reference backend: an `InferenceAdapter` and its KV cache."
     def __init__(self, adapter, n_ctx: int, prefill_chunk: int = 128):
@@ -289,6 +289,14 @@ class CPUBackend:
     def decode_sample(self, tok: int, pos: int, sampler: Sampler) -> int:
         return sampler.sample(self.decode(tok, pos))
 
+    lookahead = 1    # greedy tokens the engine asks for at once (decode_greedy): on the CPU more only wastes steps
+
+    def decode_greedy(self, tok: int, pos: int, n: int, sampler: Sampler) -> list:
+        "The next `n` greedy ids after `tok` at `pos`, each fed back in turn (positions pos .. pos + n - 1 written)."
+        out = []
+        for i in range(n): tok = self.decode_sample(tok, pos + i, sampler); out.append(tok)
+        return out
+
     def top_logprobs(self, token: int, n: int): return logprobs_of(self.last, token, n)
 
     @property
@@ -297,7 +305,7 @@ class CPUBackend:
     def status(self) -> BackendStatus:
         return BackendStatus(healthy=True, reason=None, vram_bytes_used=None, vram_bytes_total=None)
 
-# %% ../nbs/05_engine.ipynb #896c1db8
+# %% ../nbs/05_engine.ipynb #7084a200
 BACKENDS = {'cpu': 'orcd.engine:CPUBackend', 'cuda': 'orcd.cuda_backend:CUDABackend'}
 CTX_CAP = {'cpu': 4096, 'cuda': 32768}
 
@@ -324,7 +332,7 @@ def cuda_unavailable():
     except BackendUnavailableError as e: return str(e)
     return None
 
-# %% ../nbs/05_engine.ipynb #ab9973c1
+# %% ../nbs/05_engine.ipynb #b51ef957
 @dataclass
 class TokenEvent:
     "One step of a generation: a text chunk and the id that made it; the last one has `finish_reason`."
@@ -349,7 +357,7 @@ class TokenEvent:
     @property
     def completion_tokens(self) -> int: return self.index + self.counted
 
-# %% ../nbs/05_engine.ipynb #304c1f0b
+# %% ../nbs/05_engine.ipynb #47c3c8b7
 def _messages(prompt, chat):
     "The chat messages of a request, or None for a plain completion."
     if isinstance(chat, (list, tuple)): return list(chat)
@@ -372,7 +380,7 @@ def _encode(tokenizer, vocab_size, prompt, chat=False, **template) -> list:
     if bad: raise InvalidRequestError(f'prompt token id {bad[0]} is outside the vocabulary (0..{vocab_size - 1})', param='prompt')
     return ids
 
-# %% ../nbs/05_engine.ipynb #83a7cede
+# %% ../nbs/05_engine.ipynb #782fe938
 def _prefill(engine, ids, params):
     "Fill the cache with `ids`: `(last logits, cached tokens reused, prompt log-probabilities or None)`."
     be, kv = engine.backend, engine._kv
@@ -397,14 +405,26 @@ def _sampled_logprobs(be, tok, n):
     lp, ids, lps = be.top_logprobs(tok, n)
     return lp, [(int(i), float(v)) for i, v in zip(ids, lps)]
 
-# %% ../nbs/05_engine.ipynb #6e782100
+# %% ../nbs/05_engine.ipynb #14256eff
+def plain_greedy(p) -> bool:
+    "Whether sampling with `p` is the plain argmax: temperature 0 and no penalties."
+    return p.temperature == 0 and p.repetition_penalty == 1 and p.presence_penalty == 0 and p.frequency_penalty == 0
+
+def lookahead_for(be, params, constraint=None) -> int:
+    "Greedy tokens to ask `be` for at once: its `lookahead` for a plain greedy request without grammar or log-probabilities, else 1."
+    n = int(getattr(be, 'lookahead', 1) or 1)
+    ok = (n > 1 and constraint is None and params.logprobs is None and plain_greedy(params)
+          and callable(getattr(be, 'decode_greedy', None)))
+    return n if ok else 1
+
+# %% ../nbs/05_engine.ipynb #30772459
 def _generation(engine, ids, params, sampler, cancel, constraint=None):
     "The loop behind `Engine.generate`: prefill, then accept → stop rules → emit → cancel? → decode the next."
     t0 = time.perf_counter()
     n_prompt, n_ctx, tok, be = len(ids), engine.n_ctx, engine.tokenizer, engine.backend
     eot = set(getattr(tok, 'eot_ids', ()) or ())
     limit = n_ctx - n_prompt if params.max_tokens is None else min(params.max_tokens, n_ctx - n_prompt)
-    nlp, extra = params.logprobs, {}
+    nlp, extra, ahead, queue = params.logprobs, {}, lookahead_for(be, params, constraint), []
     def ev(text, i, k, fin=None, eog=False):
         e = TokenEvent(text, i, k, fin, n_prompt, time.perf_counter() - t0, sampler.seed, eog, **extra)
         extra.pop('prompt_logprobs', None)
@@ -438,14 +458,17 @@ def _generation(engine, ids, params, sampler, cancel, constraint=None):
                     extra.pop('logprob', None); extra.pop('top_logprobs', None)
                     yield ev(text, None, k + 1, 'cancelled'); return
                 prev = nxt
-                if constraint is None: nxt = be.decode_sample(prev, n_prompt + k, sampler)
-                else: nxt = constraint.sample(be.decode(prev, n_prompt + k), sampler)  # host logits, masked
+                if constraint is not None: nxt = constraint.sample(be.decode(prev, n_prompt + k), sampler)  # host logits, masked
+                elif ahead > 1:                 # the tokens k+1 .. (at most the limit's) in one call, handed out in turn
+                    if not queue: queue = list(be.decode_greedy(prev, n_prompt + k, min(ahead, limit - 1 - k), sampler))[::-1]
+                    nxt = queue.pop()
+                else: nxt = be.decode_sample(prev, n_prompt + k, sampler)
                 engine._kv.append(prev)
         except BaseException as e:
             if not isinstance(e, GeneratorExit): engine._kv = []   # a step may be half-written: forget the cache
             raise
 
-# %% ../nbs/05_engine.ipynb #a8fdb3cf
+# %% ../nbs/05_engine.ipynb #bb3bf4fd
 class _EngineState:
     "What an engine keeps between requests (the prompt cache) and makes per request (sampler, grammar)."
     def _init_state(self):
@@ -476,7 +499,7 @@ class _EngineState:
         from orcd.grammar import Constraint
         return Constraint.from_params(self.tokenizer, params)
 
-# %% ../nbs/05_engine.ipynb #b5aba522
+# %% ../nbs/05_engine.ipynb #3e9040fe
 class Engine(_EngineState):
     "A loaded model: tokenizer, metadata and backend; `generate` streams `TokenEvent`s."
     def __init__(self, model=None, device='auto', n_ctx=None, tokenizer_json=None):
@@ -544,7 +567,7 @@ class Engine(_EngineState):
     def close(self):
         if self.gguf is not None: self.gguf.close()
 
-# %% ../nbs/05_engine.ipynb #3c855a61
+# %% ../nbs/05_engine.ipynb #79b62d3c
 def resolve_device(device='auto') -> str:
     "`'cpu'` or `'cuda:N'` from `auto | cpu | cuda | cuda:N`; `cuda` where it cannot run raises `BackendUnavailableError`."
     d = (device or 'auto').strip().lower()
@@ -566,7 +589,7 @@ def choose_n_ctx(model_ctx, n_ctx=None, kind='cpu') -> int:
         raise InvalidRequestError(f'n_ctx={n_ctx} exceeds the {model_ctx} positions the model was trained for', param='n_ctx')
     return n_ctx
 
-# %% ../nbs/05_engine.ipynb #14e1c272
+# %% ../nbs/05_engine.ipynb #102a291c
 def params_from_args(args) -> SamplingParams:
     "SamplingParams from the parsed `orcd generate` flags."
     g = lambda n, d: getattr(args, n, d) if getattr(args, n, None) is not None else d

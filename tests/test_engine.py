@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from orcd.engine import (CPUBackend, ContextOverflowError, Engine, Sampler, SamplingParams, StopMatcher,
+from orcd.engine import (lookahead_for, CPUBackend, ContextOverflowError, Engine, Sampler, SamplingParams, StopMatcher,
                          TokenEvent, apply_penalties, choose_n_ctx, load_backend, resolve_device,
                          truncate, Backend, params_from_args, cuda_unavailable, logprobs_of, log_softmax)
 from orcd.errors import BackendUnavailableError, InvalidRequestError
@@ -264,6 +264,57 @@ def test_backend_protocol():
     assert not isinstance(bare, Backend)   # status() is part of the protocol
     bare.status = lambda: {}
     assert isinstance(bare, Backend)
+
+
+class AheadBackend(ScriptedBackend):
+    "ScriptedBackend that decodes `lookahead` greedy tokens a call (the CPU backend's decode_greedy loop); calls noted."
+    lookahead = 4
+    def decode_greedy(self, tok, pos, n, sampler):
+        self.calls.append(('ahead', pos, n)); return CPUBackend.decode_greedy(self, tok, pos, n, sampler)
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw); self.ahead = []
+    def decode_sample(self, tok, pos, sampler):
+        self.ahead.append(pos); return super().decode_sample(tok, pos, sampler)
+
+
+def _events(be, prompt='hi', **kw):
+    eng = Engine.from_parts(be, TK, model_name='toy')
+    return eng, [(e.text, e.id, e.index, e.finish_reason, e.eog) for e in eng.generate(prompt, SamplingParams(**{'temperature': 0, **kw}))]
+
+
+AHEAD_CASES = {'eos in a burst': dict(script=[W['Hello'], W[' world'], TK.eos_id, ord('x'), ord('y')]),
+               'stop string': dict(script=[ord(c) for c in 'abcdefghij'], stop=['def']),
+               'max_tokens': dict(script=[ord(c) for c in 'abcdefghij'], max_tokens=6),
+               'context end': dict(script=[ord('a')] * 40, n_ctx=16)}
+
+
+@pytest.mark.parametrize('case', AHEAD_CASES)
+def test_lookahead_generates_the_same(case):
+    """A backend with lookahead 4 (decode_greedy): the same events as one step at a time — what was decoded past a stop
+    is dropped — at most 4 tokens a call and never past the context; the prompt cache holds only the kept tokens."""
+    kw = dict(AHEAD_CASES[case]); script, n_ctx = kw.pop('script'), kw.pop('n_ctx', 64)
+    _, want = _events(ScriptedBackend(script, n_ctx=n_ctx), **kw)
+    be = AheadBackend(script, n_ctx=n_ctx)
+    eng, got = _events(be, **kw)
+    assert got == want, case
+    calls = [c for c in be.calls if c[0] == 'ahead']
+    assert calls and all(1 <= n <= 4 for _, _, n in calls) and max(be.ahead) < n_ctx and len(be.ahead) <= len(want) + 3
+    n_prompt = len(TK.encode('hi'))
+    assert eng._kv[n_prompt:] == [e[1] for e in got[:len(eng._kv) - n_prompt]]   # the prompt cache: kept tokens only
+    assert be.seq[:len(eng._kv)] == eng._kv and len(be.seq) >= len(eng._kv)      # (the cache may hold more, unused)
+    _, again = _events(be, **kw)                                        # the next request reuses the cache: the same
+    assert again == want
+
+
+@pytest.mark.parametrize('kw', [dict(temperature=0.7, seed=1), dict(repetition_penalty=1.2), dict(logprobs=2)],
+                         ids=['sampled', 'penalty', 'logprobs'])
+def test_lookahead_only_for_plain_greedy(kw):
+    be = AheadBackend([ord(c) for c in 'abcdefgh'])
+    p = SamplingParams(**{'temperature': 0, 'max_tokens': 5, **kw})
+    assert lookahead_for(be, p) == 1 and lookahead_for(be, SamplingParams(temperature=0)) == 4
+    assert lookahead_for(be, SamplingParams(temperature=0), constraint=object()) == 1
+    list(Engine.from_parts(be, TK).generate('hi', p))
+    assert len(be.ahead) == 4                                           # each step asked for alone (4 after the first)
 
 
 def test_eos_ends_and_is_not_emitted():
@@ -679,6 +730,9 @@ def test_bench_backend_counts_tokens():
     assert 0 < r['prefill_tps']['min'] <= r['prefill_tps']['median'] <= r['prefill_tps']['max'] and r['decode_tps']['median'] > 0
     assert len(be.seq) == 8 + 5  # the last decode run: a prefill of 8, then 5 decode steps at consecutive positions
     with pytest.raises(ValueError, match='needs a context of 70'): bench_backend(be, TK.vocab_size, 70, 5)
+    ahead = AheadBackend(n_ctx=64)                                    # decoding ahead: 5 steps as 4 + 1, as the engine asks
+    bench_backend(ahead, TK.vocab_size, prompt_tokens=10, gen_tokens=5, reps=1)
+    assert len(ahead.seq) == 8 + 5 and [c for c in ahead.calls if c[0] == 'ahead'][-2:] == [('ahead', 8, 4), ('ahead', 12, 1)]
 
 
 def test_llama_bench_parse_and_run(tmp_path):

@@ -173,6 +173,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                    'orcd.cuda_backend._prompt_logprobs': ('cuda_backend.html#_prompt_logprobs', 'orcd/cuda_backend.py'),
                                    'orcd.cuda_backend._put_state': ('cuda_backend.html#_put_state', 'orcd/cuda_backend.py'),
                                    'orcd.cuda_backend._residency': ('cuda_backend.html#_residency', 'orcd/cuda_backend.py'),
+                                   'orcd.cuda_backend._rope_of': ('cuda_backend.html#_rope_of', 'orcd/cuda_backend.py'),
                                    'orcd.cuda_backend._run_chunk': ('cuda_backend.html#_run_chunk', 'orcd/cuda_backend.py'),
                                    'orcd.cuda_backend._step': ('cuda_backend.html#_step', 'orcd/cuda_backend.py'),
                                    'orcd.cuda_backend._sync_mask': ('cuda_backend.html#_sync_mask', 'orcd/cuda_backend.py'),

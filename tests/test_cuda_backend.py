@@ -109,6 +109,28 @@ def test_attention_in_o_both_ways(path, keys, monkeypatch):
     assert any(o.startswith('attn_linear') for o in ops) == bool(keys), ops
     if keys: assert all(v[2] == keys for v in gpu.attn_here.values())
 
+@pytest.mark.parametrize('graphs', [True, False], ids=['graph', 'eager'])
+@pytest.mark.parametrize('path', MODELS[:2] + MODELS[3:4], ids=lambda p: p.stem)
+def test_decode_greedy_equals_steps(path, graphs):
+    """decode_greedy (the graph replayed back to back, the ids read once) gives the ids of one decode_sample at a time,
+    in calls of 5, 1, 4 and 3 tokens, and leaves the cache as they do: the next step's logits are bit-equal."""
+    from orcd.engine import Sampler, SamplingParams
+    from orcd.gguf import GGUFFile
+    from orcd.cuda_backend import CUDABackend
+    be = CUDABackend(GGUFFile(path), N_CTX, graphs=graphs)
+    greedy = Sampler(SamplingParams(temperature=0), vocab_limit=be.hp.vocab_size)
+    ids = _prompt(be.hp.vocab_size)
+    tok = want = int(np.argmax(be.prefill(ids))); one = []
+    for k in range(13): tok = be.decode_sample(tok, len(ids) + k, greedy); one.append(tok)
+    after_one = be.decode(tok, len(ids) + 13)
+    be = CUDABackend(GGUFFile(path), N_CTX, graphs=graphs)           # a fresh one: its first call captures the graph
+    tok, got = int(np.argmax(be.prefill(ids))), []
+    assert tok == want
+    for n in (5, 1, 4, 3):
+        out = be.decode_greedy(tok, len(ids) + len(got), n, greedy); got += out; tok = out[-1]
+    assert got == one
+    np.testing.assert_array_equal(be.decode(tok, len(ids) + 13), after_one)
+
 def _check_matches_cpu(path):
     cpu, gpu = _backends(path)
     ids = _prompt(gpu.hp.vocab_size)

@@ -15,7 +15,8 @@
 // Prefill (max_splits = 0) then divides by l (with the sink logit, if any) and writes out (T, n_heads * Dv).
 // Decode (max_splits > 0, T = 1) splits the visible keys [lo, pos] among blockIdx.z (key_split) and writes
 // each split's m, l and unnormalised acc into the workspace; attention_merge combines them. The position is
-// read on the device, so one captured graph serves every step. With skip_keys (decode, opt-in: the o product computes
+// read on the device, so one captured graph serves every step. At a short context (short_keys) one block per query
+// head does it all instead (attend_short) and the merge passes the step on. With skip_keys (decode, opt-in: the o product computes
 // the attention itself, attention_stage.cuh) both kernels only pass the step on while at most that many keys are visible.
 // Numpy reference: orcd.ops.attention.
 #include "ops_common.cuh"
@@ -67,6 +68,137 @@ __device__ __forceinline__ void merge_last(const float* ws, int* counters, int s
     if (threadIdx.x == 0) counters[blockIdx.x] = 0;
 }
 
+// Decode at a short context (at most short_keys visible keys; a kernel argument, uniform over the grid): block b of
+// the grid (linear index) < n_heads computes query head b alone and writes its normalised output, so attention_merge
+// only passes the step on. Warp w takes the key tiles w, w + 8, ... of [lo, base]; lane j holds key 32t + j: its K
+// and V rows (D, Dv <= 64: at most 8 16-byte pieces each) are loaded into registers with every load in flight at
+// once — the first tile's before the wait (rows of earlier steps; the kernel before writes only this token's) — its
+// score against q (fp32 in shared memory, rotated as it is loaded), the warp's online softmax, then its V row goes
+// to the warp's tile in shared memory and lane l sums dims l, l + 32 over the tile's keys (p_j by shuffle). The
+// token's own key and value are the split path's: rotated, rounded to fp16 (the group's first head writes them to
+// the caches). The 8 warps' (m, l, acc) are merged in shared memory with the sink, as attention_merge merges splits.
+// Dynamic shared memory: ATS_W * 32 * (Dv + 8) halves (the V tiles, rows padded; the warps' sums reuse them), q [D],
+// k, v [D + Dv] halves (Python mirror: orcd.cuda_ops._attn_short_smem). `sync` is the kernel's wait for the kernel before.
+#define ATS_W 8        // warps of a short-context block
+#define ATS_P 8        // 16-byte pieces of a K or V row (D, Dv <= 64)
+__device__ __forceinline__ int short_head() { return blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z); }
+
+// Lane `lane` of a tile: its key's K and V rows into registers (from the caches, or the token's own from shared
+// memory), zeros where there is no key.
+__device__ __forceinline__ void short_rows(uint4 (&kr)[ATS_P], uint4 (&vr)[ATS_P], bool go, const __half* krow,
+                                           const __half* vrow, int D, int Dv) {
+#pragma unroll
+    for (int p = 0; p < ATS_P; ++p) {
+        kr[p] = go && p < D / 8 ? reinterpret_cast<const uint4*>(krow)[p] : make_uint4(0, 0, 0, 0);
+        vr[p] = go && p < Dv / 8 ? reinterpret_cast<const uint4*>(vrow)[p] : make_uint4(0, 0, 0, 0);
+    }
+}
+
+template <class Sync>
+__device__ __forceinline__ void attend_short(
+        const float* __restrict__ qkv, const __half* k_cache, const __half* v_cache, int n_ctx, int base, int lo,
+        int n_heads, int n_kv, int D, int Dv, float scale, const float* __restrict__ sinks, float* __restrict__ out,
+        const float* rc, const float* rs, int rope_dim, int neox, __half* k_new, __half* v_new, float* smem, Sync sync) {
+    const int qh = short_head(), G = n_heads / n_kv, h = qh / G, tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    const size_t khead = (size_t)h * n_ctx;
+    const bool rope = rc != nullptr;
+    const int vs = Dv + 8;                                    // a V row in the tile, padded: lanes' 16-byte stores
+    __half* vt = reinterpret_cast<__half*>(smem) + warp * 32 * vs;    // this warp's V tile [32, vs] (no bank conflict)
+    float* qs = smem + ATS_W * 16 * vs;                                // after the V tiles
+    __half* kn = reinterpret_cast<__half*>(qs + D);                    // 16-byte aligned: D % 8 == 0
+    __half* vn = kn + D;
+    __shared__ float wm[ATS_W], wl[ATS_W];
+    uint4 kr[ATS_P], vr[ATS_P];
+    const int kt0 = lo + 32 * warp;
+    const bool early = kt0 + lane < base;                     // a row an earlier step wrote
+    short_rows(kr, vr, early, k_cache + (khead + kt0 + lane) * D, v_cache + (khead + kt0 + lane) * Dv, D, Dv);
+    sync();
+    const float* qx = qkv + (size_t)qh * D;
+    for (int d = tid; d < D; d += ATT_NT) qs[d] = rope ? rope_value(qx, d, rc, rs, rope_dim, neox) : qx[d];
+    if (rope) {
+        const float* kx = qkv + (size_t)n_heads * D + (size_t)h * D;
+        const float* vx = qkv + (size_t)(n_heads + n_kv) * D + (size_t)h * Dv;
+        const bool first = qh % G == 0;                       // the group's first head writes the caches
+        for (int d = tid; d < D; d += ATT_NT) {
+            kn[d] = __float2half_rn(rope_value(kx, d, rc, rs, rope_dim, neox));
+            if (first) k_new[(khead + base) * D + d] = kn[d];
+        }
+        for (int d = tid; d < Dv; d += ATT_NT) {
+            vn[d] = __float2half_rn(vx[d]);
+            if (first) v_new[(khead + base) * Dv + d] = vn[d];
+        }
+    }
+    __syncthreads();
+    const int nv = Dv / 32;
+    float m = NEG_INF, l = 0.f, acc[2] = {0.f, 0.f};
+    const float4* q4 = reinterpret_cast<const float4*>(qs);
+    for (int kt = kt0; kt <= base; kt += 32 * ATS_W) {        // uniform over the warp
+        const int k = kt + lane;
+        if (kt != kt0 || !early) {                            // the rest of the tile (all of it after the first)
+            const bool own = rope && k == base;
+            if (kt != kt0 || k <= base)
+                short_rows(kr, vr, k <= base, own ? kn : k_cache + (khead + k) * D, own ? vn : v_cache + (khead + k) * Dv,
+                           D, Dv);
+        }
+        float sc = NEG_INF;
+        if (k <= base) {
+            float a0 = 0.f, a1 = 0.f;
+#pragma unroll
+            for (int c = 0; c < ATS_P; ++c) {
+                if (c < D / 8) {
+                    const __half2* hv = reinterpret_cast<const __half2*>(&kr[c]);
+                    const float4 qa = q4[2 * c], qb = q4[2 * c + 1];
+                    const float2 f0 = __half22float2(hv[0]), f1 = __half22float2(hv[1]);
+                    const float2 f2 = __half22float2(hv[2]), f3 = __half22float2(hv[3]);
+                    a0 = fmaf(qa.x, f0.x, a0); a1 = fmaf(qa.y, f0.y, a1);
+                    a0 = fmaf(qa.z, f1.x, a0); a1 = fmaf(qa.w, f1.y, a1);
+                    a0 = fmaf(qb.x, f2.x, a0); a1 = fmaf(qb.y, f2.y, a1);
+                    a0 = fmaf(qb.z, f3.x, a0); a1 = fmaf(qb.w, f3.y, a1);
+                }
+            }
+            sc = (a0 + a1) * scale;
+        }
+        const float mnew = fmaxf(m, warp_max(sc));            // lane 0's key kt <= base is visible: mnew is finite
+        const float p = sc == NEG_INF ? 0.f : expf(sc - mnew);
+        const float alpha = m == NEG_INF ? 0.f : expf(m - mnew);
+        l = l * alpha + p;                                    // this lane's share; summed over the warp at the end
+        m = mnew;
+        acc[0] *= alpha; acc[1] *= alpha;
+        __syncwarp();                                         // the previous tile's reads of vt are done
+#pragma unroll
+        for (int c = 0; c < ATS_P; ++c)
+            if (c < Dv / 8) reinterpret_cast<uint4*>(vt + lane * vs)[c] = vr[c];
+        __syncwarp();
+        const int nk = min(32, base + 1 - kt);
+#pragma unroll 8
+        for (int j = 0; j < nk; ++j) {
+            const float pj = __shfl_sync(0xffffffffu, p, j);
+            acc[0] = fmaf(pj, __half2float(vt[j * vs + lane]), acc[0]);
+            if (nv > 1) acc[1] = fmaf(pj, __half2float(vt[j * vs + lane + 32]), acc[1]);
+        }
+    }
+    l = warp_sum(l);
+    if (lane == 0) { wm[warp] = m; wl[warp] = l; }
+    __syncthreads();                                          // every warp is done with the V tiles
+    float* wacc = smem;                                       // [ATS_W, Dv], over the V tiles
+    wacc[warp * Dv + lane] = acc[0];
+    if (nv > 1) wacc[warp * Dv + lane + 32] = acc[1];
+    __syncthreads();
+    const float sk = sinks ? sinks[qh] : NEG_INF;
+    float M = sk, e[ATS_W];
+#pragma unroll
+    for (int w = 0; w < ATS_W; ++w) M = fmaxf(M, wm[w]);
+    float L = sinks ? expf(sk - M) : 0.f;
+#pragma unroll
+    for (int w = 0; w < ATS_W; ++w) { e[w] = wm[w] == NEG_INF ? 0.f : expf(wm[w] - M); L = fmaf(e[w], wl[w], L); }
+    for (int d = tid; d < Dv; d += ATT_NT) {
+        float o = 0.f;
+#pragma unroll
+        for (int w = 0; w < ATS_W; ++w) o = fmaf(e[w], wacc[w * Dv + d], o);
+        out[(size_t)qh * Dv + d] = o / L;
+    }
+}
+
 extern "C" __global__ void __launch_bounds__(256, 2) attention(
         const float* __restrict__ qkv, int q_stride,          // q of token t, head qh: qkv[t*q_stride + qh*D]
         const __half* __restrict__ k_cache, const __half* __restrict__ v_cache, int n_ctx,
@@ -79,16 +211,20 @@ extern "C" __global__ void __launch_bounds__(256, 2) attention(
         int* __restrict__ counters,                           // decode: null (attention_merge follows), or [gridDim.x]
         const float* __restrict__ cos_t, const float* __restrict__ sin_t, int rope_dim, int neox,  // decode: RoPE fused
         __half* k_new, __half* v_new,                         // (cos_t given): this token's k, v go there (the caches)
-        int skip_keys) {                                      // decode: at most this many visible keys: the o product
-    extern __shared__ float smem[];                           // computes the attention (attention_stage.cuh), not this
+        int skip_keys,                                        // decode: at most this many visible keys: the o product
+                                                              // computes the attention (attention_stage.cuh), not this
+        int short_keys) {                                     // decode: at most this many (and more than skip_keys):
+    extern __shared__ float smem[];                           // attend_short, the merge passes the step on
     const int G = n_heads / n_kv, nz = gridDim.x / n_kv;      // nz blocks of up to Gb heads per KV head
     const int h = blockIdx.x / nz, g0 = (blockIdx.x % nz) * Gb, gcount = min(Gb, G - g0);
     const int t0 = blockIdx.y * BQ, tcount = min(BQ, T - t0), R = Gb * BQ;
     const int base = pos_dev ? pos_dev[0] : pos0;
     if (pos_dev && base + 1 - window_lo(base, window) <= skip_keys) { pass_through(); return; }   // uniform
     const int lo = window_lo(base + t0, window), hi = min(n_ctx, base + t0 + tcount);  // (clamped: memory safety)
+    const bool shrt = pos_dev && T == 1 && max_splits > 0 && base + 1 - lo <= short_keys && base < n_ctx;  // uniform
+    if (shrt && short_head() >= n_heads) return;              // attend_short: a block per query head
     int kb = lo, ke = hi, su = 1;
-    if (max_splits > 0) {
+    if (max_splits > 0 && !shrt) {
         key_split(lo, hi, max_splits, min_tiles, blockIdx.z, kb, ke, su);
         if ((int)blockIdx.z >= su) return;                    // attention_merge reads splits < su only
     }
@@ -128,10 +264,16 @@ extern "C" __global__ void __launch_bounds__(256, 2) attention(
     // With RoPE fused (decode, cos_t given) the kernel before is the qkv product, which writes no cache row: the first
     // tile is always fetched early (this token's row, if in it, is patched in shared memory below).
     const bool rope = cos_t != nullptr;
+    auto sync = [] { wait_primary(); trigger_dependents(); };   // the kernel before is done; the next may launch
+    if (shrt) {
+        attend_short(qkv, k_cache, v_cache, n_ctx, base, lo, n_heads, n_kv, D, Dv, scale, sinks, out, cos_t ?
+                     cos_t + (size_t)base * (rope_dim / 2) : nullptr, cos_t ? sin_t + (size_t)base * (rope_dim / 2) : nullptr,
+                     rope_dim, neox, k_new, v_new, smem, sync);
+        return;
+    }
     const bool early = pos_dev && (rope || min(kb + ATT_TK, ke) <= base);
     if (early) fetch(kb);
-    wait_primary();
-    trigger_dependents();
+    sync();
     if (!early) fetch(kb);
     // RoPE fused: q is rotated as it is loaded. The block whose split holds this token's position rotates the token's
     // key (KV head h), keeps it and the value in shared memory for its tile, and (the first block of the group) writes

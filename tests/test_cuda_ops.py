@@ -191,15 +191,21 @@ def heads(model):
     return MODELS[model]
 
 
+SHORT = pytest.mark.parametrize('short_keys', [0, 256], ids=['split', 'short'])   # attend_short off, or up to 256 keys
+
+
 @needs_gpu
+@SHORT
 @pytest.mark.parametrize('fused_merge', [False, True], ids=['merge_kernel', 'fused_merge'])
 @pytest.mark.parametrize('model,S,window', DECODE, ids=[f'{m}-S{S}' + (f'-w{w}' if w else '') for m, S, w in DECODE])
-def test_decode_attention(model, S, window, fused_merge):
-    "Against attention_ref; the splits merged by attention_merge, or by the last split itself (fused_merge)."
+def test_decode_attention(model, S, window, fused_merge, short_keys):
+    """Against attention_ref; the splits merged by attention_merge, or by the last split itself (fused_merge); with
+    short_keys, up to 256 visible keys by one block per query head (attend_short)."""
     c = heads(model); nh, nkv, D = c['nh'], c['nkv'], c['D']
     rng, n_ctx = np.random.default_rng(S + nh), S + 4
     qkv, kc, vc, sk = att_data(rng, 1, nh, nkv, D, n_ctx, c['sinks'])
-    att = co.DecodeAttention(nh, nkv, D, D, n_ctx, D ** -0.5, fused_merge=fused_merge)
+    att = co.DecodeAttention(nh, nkv, D, D, n_ctx, D ** -0.5, fused_merge=fused_merge, short_keys=short_keys)
+    assert att.short_keys == (short_keys if D <= 64 else 0)             # attend_short holds rows of at most 64 dims
     out = cp.full(nh * D, np.nan, np.float32)
     att(cp.asarray(qkv), cp.asarray(kc), cp.asarray(vc), cp.asarray([S - 1], np.int32), out, window,
         None if sk is None else cp.asarray(sk))
@@ -219,7 +225,7 @@ def test_decode_attention_split_counts(max_splits, min_tiles, fused_merge):
     rng, nh, nkv, D = np.random.default_rng(max_splits), 14, 2, 64
     qkv, kc, vc, _ = att_data(rng, 1, nh, nkv, D, 1000, False)
     att = co.DecodeAttention(nh, nkv, D, D, 1000, 0.125, max_splits=max_splits, min_tiles=min_tiles,
-                             fused_merge=fused_merge)
+                             fused_merge=fused_merge, short_keys=0)
     for S in (1, 33, 200, 1000):
         out = cp.empty(nh * D, np.float32)
         att(cp.asarray(qkv), cp.asarray(kc), cp.asarray(vc), cp.asarray([S - 1], np.int32), out)
@@ -228,22 +234,24 @@ def test_decode_attention_split_counts(max_splits, min_tiles, fused_merge):
 
 
 @needs_gpu
+@pytest.mark.parametrize('window', [128, 0])
 @pytest.mark.parametrize('fused_merge', [False, True], ids=['merge_kernel', 'fused_merge'])
-def test_decode_attention_in_a_captured_graph(fused_merge):
-    "One captured graph, the position changed in device memory between replays: every step matches."
+def test_decode_attention_in_a_captured_graph(fused_merge, window):
+    """One captured graph, the position changed in device memory between replays: every step matches (without a
+    window the replays cross from attend_short, up to 256 keys, to the split kernels)."""
     rng, nh, nkv, D, n_ctx = np.random.default_rng(3), 64, 8, 64, 2048        # gpt-oss heads
     qkv, kc, vc, sk = att_data(rng, 1, nh, nkv, D, n_ctx, True)
-    att = co.DecodeAttention(nh, nkv, D, D, n_ctx, 0.125, fused_merge=fused_merge)
+    att = co.DecodeAttention(nh, nkv, D, D, n_ctx, 0.125, fused_merge=fused_merge, short_keys=256)
     Q, K, V, SK = cp.asarray(qkv), cp.asarray(kc), cp.asarray(vc), cp.asarray(sk)
     pos, out = cp.zeros(1, np.int32), cp.empty(nh * D, np.float32)
     s = cp.cuda.Stream(non_blocking=True)
     with s:
-        att(Q, K, V, pos, out, 128, SK)                                       # compile outside the capture
-        s.begin_capture(); att(Q, K, V, pos, out, 128, SK); g = s.end_capture()
-        for p in (0, 5, 127, 128, 129, 1000, 2047):
+        att(Q, K, V, pos, out, window, SK)                                    # compile outside the capture
+        s.begin_capture(); att(Q, K, V, pos, out, window, SK); g = s.end_capture()
+        for p in (0, 5, 127, 128, 129, 255, 256, 1000, 2047, 3):
             pos[...] = p
             g.launch(s); s.synchronize()
-            ref = co.attention_ref(qkv, kc, vc, [p], 0.125, nh, nkv, D, D, 128, sk)[0]
+            ref = co.attention_ref(qkv, kc, vc, [p], 0.125, nh, nkv, D, D, window, sk)[0]
             assert_close(cp.asnumpy(out), ref, **ATT_TOL, name=f'pos {p}')
 
 
@@ -260,9 +268,10 @@ def rope_heads(model):
 
 
 @needs_gpu
+@SHORT
 @pytest.mark.parametrize('fused_merge', [False, True], ids=['merge_kernel', 'fused_merge'])
 @pytest.mark.parametrize('model,S', FUSED_ROPE, ids=[f'{m}-S{S}' for m, S in FUSED_ROPE])
-def test_decode_attention_rope_fused(model, S, fused_merge):
+def test_decode_attention_rope_fused(model, S, fused_merge, short_keys):
     """RoPE fused into decode attention: the output as rope_kv then attention (the references), this token's key and
     value in both caches bit for bit as rope_kv_ref writes them, the rest of the caches and qkv untouched."""
     c = rope_heads(model); nh, nkv, D, rd, win = c['nh'], c['nkv'], c['D'], c['rope_dim'], c['window']
@@ -272,7 +281,7 @@ def test_decode_attention_rope_fused(model, S, fused_merge):
     neox = c['rope'] == 'neox'
     qkv_r, kc_r, vc_r = co.rope_kv_ref(qkv, np.array([p]), cos, sin, kc, vc, nh, nkv, D, D, rd, neox)
     ref = co.attention_ref(qkv_r, kc_r, vc_r, [p], D ** -0.5, nh, nkv, D, D, win, sk)[0]
-    att = co.DecodeAttention(nh, nkv, D, D, n_ctx, D ** -0.5, fused_merge=fused_merge)
+    att = co.DecodeAttention(nh, nkv, D, D, n_ctx, D ** -0.5, fused_merge=fused_merge, short_keys=short_keys)
     Q, K, V, out = cp.asarray(qkv), cp.asarray(kc), cp.asarray(vc), cp.full(nh * D, np.nan, np.float32)
     att(Q, K, V, cp.asarray([p], np.int32), out, win, None if sk is None else cp.asarray(sk),
         rope=(cp.asarray(cos), cp.asarray(sin), rd, neox))

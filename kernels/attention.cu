@@ -83,8 +83,8 @@ __device__ __forceinline__ void merge_last(const float* ws, int* counters, int s
 #define ATS_P 8        // 16-byte pieces of a K or V row (D, Dv <= 64)
 __device__ __forceinline__ int short_head() { return blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z); }
 
-// Lane `lane` of a tile: its key's K and V rows into registers (from the caches, or the token's own from shared
-// memory), zeros where there is no key.
+// A lane's key in a tile: its K and V rows into registers (from the caches, or the token's own from shared memory),
+// zeros where there is no key (go false).
 __device__ __forceinline__ void short_rows(uint4 (&kr)[ATS_P], uint4 (&vr)[ATS_P], bool go, const __half* krow,
                                            const __half* vrow, int D, int Dv) {
 #pragma unroll

@@ -77,10 +77,16 @@ __device__ __forceinline__ void merge_last(const float* ws, int* counters, int s
 // to the warp's tile in shared memory and lane l sums dims l, l + 32 over the tile's keys (p_j by shuffle). The
 // token's own key and value are the split path's: rotated, rounded to fp16 (the group's first head writes them to
 // the caches). The 8 warps' (m, l, acc) are merged in shared memory with the sink, as attention_merge merges splits.
+// With short_splits > 1 it also takes up to short_splits * short_keys keys: block b = query head b % n_heads, split
+// s = b / n_heads of the keys (key_split: at most short_splits splits of at least short_keys keys, so each warp has
+// one tile of them); one split writes the normalised output as above, several write their (m, l, acc) into the
+// workspace for attention_merge, as the split path does. Only the last split holds the token's own key.
 // Dynamic shared memory: ATS_W * 32 * (Dv + 8) halves (the V tiles, rows padded; the warps' sums reuse them), q [D],
 // k, v [D + Dv] halves (Python mirror: orcd.cuda_ops._attn_short_smem). `sync` is the kernel's wait for the kernel before.
 #define ATS_W 8        // warps of a short-context block
 #define ATS_P 8        // 16-byte pieces of a K or V row (D, Dv <= 64)
+// The most visible keys attend_short takes (in splits, short_splits > 1), or the split kernels beyond.
+__device__ __forceinline__ int short_split_keys(int short_keys, int short_splits) { return short_keys * max(short_splits, 1); }
 __device__ __forceinline__ int short_head() { return blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z); }
 
 // A lane's key in a tile: its K and V rows into registers (from the caches, or the token's own from shared memory),
@@ -98,10 +104,16 @@ template <class Sync>
 __device__ __forceinline__ void attend_short(
         const float* __restrict__ qkv, const __half* k_cache, const __half* v_cache, int n_ctx, int base, int lo,
         int n_heads, int n_kv, int D, int Dv, float scale, const float* __restrict__ sinks, float* __restrict__ out,
-        const float* rc, const float* rs, int rope_dim, int neox, __half* k_new, __half* v_new, float* smem, Sync sync) {
-    const int qh = short_head(), G = n_heads / n_kv, h = qh / G, tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+        const float* rc, const float* rs, int rope_dim, int neox, __half* k_new, __half* v_new, float* smem,
+        int short_keys, int short_splits, float* __restrict__ ws, int max_splits, Sync sync) {
+    const int b = short_head(), qh = b % n_heads, G = n_heads / n_kv, h = qh / G, tid = threadIdx.x, warp = tid / 32,
+              lane = tid % 32;
+    int kb = lo, ke = base + 1, su = 1;                       // this block's keys [kb, ke)
+    if (short_splits > 0) key_split(lo, base + 1, short_splits, short_keys / 32, b / n_heads, kb, ke, su);
+    if (b / n_heads >= su) return;
+    const int last = ke - 1;                                  // the block's last key (base: the token's own, last split)
     const size_t khead = (size_t)h * n_ctx;
-    const bool rope = rc != nullptr;
+    const bool rope = rc != nullptr, own_here = rope && last == base;
     const int vs = Dv + 8;                                    // a V row in the tile, padded: lanes' 16-byte stores
     __half* vt = reinterpret_cast<__half*>(smem) + warp * 32 * vs;    // this warp's V tile [32, vs] (no bank conflict)
     float* qs = smem + ATS_W * 16 * vs;                                // after the V tiles
@@ -109,13 +121,13 @@ __device__ __forceinline__ void attend_short(
     __half* vn = kn + D;
     __shared__ float wm[ATS_W], wl[ATS_W];
     uint4 kr[ATS_P], vr[ATS_P];
-    const int kt0 = lo + 32 * warp;
-    const bool early = kt0 + lane < base;                     // a row an earlier step wrote
+    const int kt0 = kb + 32 * warp;
+    const bool early = kt0 + lane < base && kt0 + lane <= last;   // a row of this split an earlier step wrote
     short_rows(kr, vr, early, k_cache + (khead + kt0 + lane) * D, v_cache + (khead + kt0 + lane) * Dv, D, Dv);
     sync();
     const float* qx = qkv + (size_t)qh * D;
     for (int d = tid; d < D; d += ATT_NT) qs[d] = rope ? rope_value(qx, d, rc, rs, rope_dim, neox) : qx[d];
-    if (rope) {
+    if (own_here) {
         const float* kx = qkv + (size_t)n_heads * D + (size_t)h * D;
         const float* vx = qkv + (size_t)(n_heads + n_kv) * D + (size_t)h * Dv;
         const bool first = qh % G == 0;                       // the group's first head writes the caches
@@ -132,16 +144,15 @@ __device__ __forceinline__ void attend_short(
     const int nv = Dv / 32;
     float m = NEG_INF, l = 0.f, acc[2] = {0.f, 0.f};
     const float4* q4 = reinterpret_cast<const float4*>(qs);
-    for (int kt = kt0; kt <= base; kt += 32 * ATS_W) {        // uniform over the warp
+    for (int kt = kt0; kt <= last; kt += 32 * ATS_W) {        // uniform over the warp
         const int k = kt + lane;
-        if (kt != kt0 || !early) {                            // the rest of the tile (all of it after the first)
-            const bool own = rope && k == base;
-            if (kt != kt0 || k <= base)
-                short_rows(kr, vr, k <= base, own ? kn : k_cache + (khead + k) * D, own ? vn : v_cache + (khead + k) * Dv,
-                           D, Dv);
+        if (kt != kt0 || !early) {                            // the first tile's rows not loaded before the wait, the rest
+            const bool own = own_here && k == base;
+            short_rows(kr, vr, k <= last, own ? kn : k_cache + (khead + k) * D, own ? vn : v_cache + (khead + k) * Dv,
+                       D, Dv);
         }
         float sc = NEG_INF;
-        if (k <= base) {
+        if (k <= last) {
             float a0 = 0.f, a1 = 0.f;
 #pragma unroll
             for (int c = 0; c < ATS_P; ++c) {
@@ -158,7 +169,7 @@ __device__ __forceinline__ void attend_short(
             }
             sc = (a0 + a1) * scale;
         }
-        const float mnew = fmaxf(m, warp_max(sc));            // lane 0's key kt <= base is visible: mnew is finite
+        const float mnew = fmaxf(m, warp_max(sc));            // lane 0's key kt <= last is visible: mnew is finite
         const float p = sc == NEG_INF ? 0.f : expf(sc - mnew);
         const float alpha = m == NEG_INF ? 0.f : expf(m - mnew);
         l = l * alpha + p;                                    // this lane's share; summed over the warp at the end
@@ -169,7 +180,7 @@ __device__ __forceinline__ void attend_short(
         for (int c = 0; c < ATS_P; ++c)
             if (c < Dv / 8) reinterpret_cast<uint4*>(vt + lane * vs)[c] = vr[c];
         __syncwarp();
-        const int nk = min(32, base + 1 - kt);
+        const int nk = min(32, last + 1 - kt);
 #pragma unroll 8
         for (int j = 0; j < nk; ++j) {
             const float pj = __shfl_sync(0xffffffffu, p, j);
@@ -184,19 +195,23 @@ __device__ __forceinline__ void attend_short(
     wacc[warp * Dv + lane] = acc[0];
     if (nv > 1) wacc[warp * Dv + lane + 32] = acc[1];
     __syncthreads();
-    const float sk = sinks ? sinks[qh] : NEG_INF;
+    const bool part = su > 1;                                 // several splits: attention_merge adds the sink
+    const float sk = sinks && !part ? sinks[qh] : NEG_INF;
     float M = sk, e[ATS_W];
 #pragma unroll
     for (int w = 0; w < ATS_W; ++w) M = fmaxf(M, wm[w]);
-    float L = sinks ? expf(sk - M) : 0.f;
+    float L = sk == NEG_INF ? 0.f : expf(sk - M);
 #pragma unroll
     for (int w = 0; w < ATS_W; ++w) { e[w] = wm[w] == NEG_INF ? 0.f : expf(wm[w] - M); L = fmaf(e[w], wl[w], L); }
+    const int s = b / n_heads;
     for (int d = tid; d < Dv; d += ATT_NT) {
         float o = 0.f;
 #pragma unroll
         for (int w = 0; w < ATS_W; ++w) o = fmaf(e[w], wacc[w * Dv + d], o);
-        out[(size_t)qh * Dv + d] = o / L;
+        if (part) ws[(size_t)2 * n_heads * max_splits + ((size_t)qh * max_splits + s) * Dv + d] = o;
+        else out[(size_t)qh * Dv + d] = o / L;
     }
+    if (part && tid == 0) { ws[qh * max_splits + s] = M; ws[(n_heads + qh) * max_splits + s] = L; }
 }
 
 extern "C" __global__ void __launch_bounds__(256, 2) attention(
@@ -213,16 +228,19 @@ extern "C" __global__ void __launch_bounds__(256, 2) attention(
         __half* k_new, __half* v_new,                         // (cos_t given): this token's k, v go there (the caches)
         int skip_keys,                                        // decode: at most this many visible keys: the o product
                                                               // computes the attention (attention_stage.cuh), not this
-        int short_keys) {                                     // decode: at most this many (and more than skip_keys):
-    extern __shared__ float smem[];                           // attend_short, the merge passes the step on
+        int short_keys,                                       // decode: at most this many (and more than skip_keys):
+                                                              // attend_short, the merge passes the step on
+        int short_splits) {                                   // > 1: attend_short up to short_splits * short_keys keys
+    extern __shared__ float smem[];                           // too, in that many splits (short_split_keys)
     const int G = n_heads / n_kv, nz = gridDim.x / n_kv;      // nz blocks of up to Gb heads per KV head
     const int h = blockIdx.x / nz, g0 = (blockIdx.x % nz) * Gb, gcount = min(Gb, G - g0);
     const int t0 = blockIdx.y * BQ, tcount = min(BQ, T - t0), R = Gb * BQ;
     const int base = pos_dev ? pos_dev[0] : pos0;
     if (pos_dev && base + 1 - window_lo(base, window) <= skip_keys) { pass_through(); return; }   // uniform
     const int lo = window_lo(base + t0, window), hi = min(n_ctx, base + t0 + tcount);  // (clamped: memory safety)
-    const bool shrt = pos_dev && T == 1 && max_splits > 0 && base + 1 - lo <= short_keys && base < n_ctx;  // uniform
-    if (shrt && short_head() >= n_heads) return;              // attend_short: a block per query head
+    const bool shrt = pos_dev && T == 1 && max_splits > 0 && base + 1 - lo <= short_split_keys(short_keys, short_splits)
+                      && base < n_ctx;                        // uniform
+    if (shrt && short_head() >= n_heads * max(short_splits, 1)) return;   // attend_short: a block per query head (split)
     int kb = lo, ke = hi, su = 1;
     if (max_splits > 0 && !shrt) {
         key_split(lo, hi, max_splits, min_tiles, blockIdx.z, kb, ke, su);
@@ -268,7 +286,7 @@ extern "C" __global__ void __launch_bounds__(256, 2) attention(
     if (shrt) {
         attend_short(qkv, k_cache, v_cache, n_ctx, base, lo, n_heads, n_kv, D, Dv, scale, sinks, out, cos_t ?
                      cos_t + (size_t)base * (rope_dim / 2) : nullptr, cos_t ? sin_t + (size_t)base * (rope_dim / 2) : nullptr,
-                     rope_dim, neox, k_new, v_new, smem, sync);
+                     rope_dim, neox, k_new, v_new, smem, short_keys, short_splits, ws, max_splits, sync);
         return;
     }
     const bool early = pos_dev && (rope || min(kb + ATT_TK, ke) <= base);
@@ -403,41 +421,40 @@ extern "C" __global__ void __launch_bounds__(256, 2) attention(
     if (max_splits > 0 && counters) merge_last(ws, counters, su, n_heads, Dv, max_splits, h * G + g0, gcount, sinks, out);
 }
 
-// Decode: combine the splits of query head blockIdx.x, dims 32*blockIdx.y ..: M = max(m_s, sink),
-// w_s = exp(m_s - M), out = sum_s w_s acc_s / (sum_s w_s l_s + exp(sink - M)). Warp w adds the splits s = w mod 8,
-// so each thread has several independent loads in flight. Dynamic shared memory: max_splits floats.
+// Decode: combine the splits of query head blockIdx.x, dims 32*blockIdx.y .. (as the attention kernel split the keys:
+// attend_short's splits up to short_split_keys, the split kernels' beyond): M = max(m_s, sink),
+// w_s = exp(m_s - M), out = sum_s w_s acc_s / (sum_s w_s l_s + exp(sink - M)). Every warp finds M and the
+// denominator itself (lanes over the splits, shuffles: no barrier), then adds the splits s = w mod 8 of its dims, so
+// each thread has several independent loads in flight; one barrier, and warp 0 sums the 8 parts.
 extern "C" __global__ void attention_merge(const float* __restrict__ ws, const int* __restrict__ pos_dev,
                                            int n_heads, int Dv, int n_ctx, int window, int max_splits, int min_tiles,
-                                           const float* __restrict__ sinks, float* __restrict__ out, int skip_keys) {
+                                           const float* __restrict__ sinks, float* __restrict__ out, int skip_keys,
+                                           int short_keys, int short_splits) {
     const int p0 = pos_dev[0];                                // (written before this step's graph)
     if (p0 + 1 - window_lo(p0, window) <= skip_keys) { pass_through(); return; }   // see attention's skip_keys
     wait_primary();
     trigger_dependents();
-    extern __shared__ float wgt[];        // [max_splits]
-    __shared__ float red[32], part[8][32];
+    __shared__ float part[8][32];
     const int qh = blockIdx.x, tid = threadIdx.x, warp = tid / 32, lane = tid % 32, p = pos_dev[0];
     int kb, ke, su;
-    key_split(window_lo(p, window), min(n_ctx, p + 1), max_splits, min_tiles, 0, kb, ke, su);
+    const int lo = window_lo(p, window), hi = min(n_ctx, p + 1);
+    const bool shrt = hi - lo <= short_split_keys(short_keys, short_splits);
+    key_split(lo, hi, shrt ? short_splits : max_splits, shrt ? short_keys / ATT_TK : min_tiles, 0, kb, ke, su);
     const float* ms = ws + (size_t)qh * max_splits;
     const float* ls = ws + (size_t)(n_heads + qh) * max_splits;
     const float* acc = ws + (size_t)2 * n_heads * max_splits + (size_t)qh * max_splits * Dv;
-    float M = NEG_INF;
-    for (int s = tid; s < su; s += blockDim.x) M = fmaxf(M, ms[s]);
-    M = block_max(M, red);
     const float sk = sinks ? sinks[qh] : NEG_INF;
-    M = fmaxf(M, sk);
+    float M = NEG_INF;
+    for (int s = lane; s < su; s += 32) M = fmaxf(M, ms[s]);
+    M = fmaxf(warp_max(M), sk);
     float lsum = 0.f;
-    for (int s = tid; s < su; s += blockDim.x) {
-        const float w = expf(ms[s] - M);
-        wgt[s] = w;
-        lsum += w * ls[s];
-    }
-    const float L = block_sum(lsum, red) + (sinks ? expf(sk - M) : 0.f);   // block_sum syncs: wgt is visible
+    for (int s = lane; s < su; s += 32) lsum = fmaf(expf(ms[s] - M), ls[s], lsum);
+    const float L = warp_sum(lsum) + (sinks ? expf(sk - M) : 0.f);
     const int dv = blockIdx.y * 32 + lane;
     float a = 0.f;
     if (dv < Dv) {
 #pragma unroll 8
-        for (int s = warp; s < su; s += 8) a = fmaf(wgt[s], acc[(size_t)s * Dv + dv], a);
+        for (int s = warp; s < su; s += 8) a = fmaf(expf(ms[s] - M), acc[(size_t)s * Dv + dv], a);
     }
     part[warp][lane] = a;
     __syncthreads();

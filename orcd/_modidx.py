@@ -281,6 +281,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'orcd.cuda_ops.DecodeAttention': ('cuda_ops.html#decodeattention', 'orcd/cuda_ops.py'),
                                'orcd.cuda_ops.DecodeAttention.__call__': ('cuda_ops.html#decodeattention.__call__', 'orcd/cuda_ops.py'),
                                'orcd.cuda_ops.DecodeAttention.__init__': ('cuda_ops.html#decodeattention.__init__', 'orcd/cuda_ops.py'),
+                               'orcd.cuda_ops.DecodeAttention._short_splits': ( 'cuda_ops.html#decodeattention._short_splits',
+                                                                                'orcd/cuda_ops.py'),
                                'orcd.cuda_ops._argmax': ('cuda_ops.html#_argmax', 'orcd/cuda_ops.py'),
                                'orcd.cuda_ops._argmax_blocks': ('cuda_ops.html#_argmax_blocks', 'orcd/cuda_ops.py'),
                                'orcd.cuda_ops._attention_mma': ('cuda_ops.html#_attention_mma', 'orcd/cuda_ops.py'),

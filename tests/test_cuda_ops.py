@@ -191,21 +191,26 @@ def heads(model):
     return MODELS[model]
 
 
-SHORT = pytest.mark.parametrize('short_keys', [0, 256], ids=['split', 'short'])   # attend_short off, or up to 256 keys
+# attend_short off; up to 256 keys (the split kernels past them); at every length, in splits of at least 256 keys
+SHORT = pytest.mark.parametrize('short_keys,short_splits', [(0, 0), (256, 0), (256, None)],
+                                ids=['split', 'short', 'short_splits'])
 
 
 @needs_gpu
 @SHORT
 @pytest.mark.parametrize('fused_merge', [False, True], ids=['merge_kernel', 'fused_merge'])
 @pytest.mark.parametrize('model,S,window', DECODE, ids=[f'{m}-S{S}' + (f'-w{w}' if w else '') for m, S, w in DECODE])
-def test_decode_attention(model, S, window, fused_merge, short_keys):
+def test_decode_attention(model, S, window, fused_merge, short_keys, short_splits):
     """Against attention_ref; the splits merged by attention_merge, or by the last split itself (fused_merge); with
-    short_keys, up to 256 visible keys by one block per query head (attend_short)."""
+    short_keys, up to 256 visible keys by one block per query head (attend_short), or every length in splits of it
+    (short_splits; not with fused_merge)."""
     c = heads(model); nh, nkv, D = c['nh'], c['nkv'], c['D']
     rng, n_ctx = np.random.default_rng(S + nh), S + 4
     qkv, kc, vc, sk = att_data(rng, 1, nh, nkv, D, n_ctx, c['sinks'])
-    att = co.DecodeAttention(nh, nkv, D, D, n_ctx, D ** -0.5, fused_merge=fused_merge, short_keys=short_keys)
+    att = co.DecodeAttention(nh, nkv, D, D, n_ctx, D ** -0.5, fused_merge=fused_merge, short_keys=short_keys,
+                             short_splits=short_splits)
     assert att.short_keys == (short_keys if D <= 64 else 0)             # attend_short holds rows of at most 64 dims
+    assert (att.short_splits > 0) == (att.short_keys > 0 and short_splits is None and not fused_merge and nh // nkv < 8)
     out = cp.full(nh * D, np.nan, np.float32)
     att(cp.asarray(qkv), cp.asarray(kc), cp.asarray(vc), cp.asarray([S - 1], np.int32), out, window,
         None if sk is None else cp.asarray(sk))
@@ -234,14 +239,44 @@ def test_decode_attention_split_counts(max_splits, min_tiles, fused_merge):
 
 
 @needs_gpu
+@pytest.mark.parametrize('short_keys', [64, 256])
+@pytest.mark.parametrize('short_splits', [2, 3, 16])
+def test_decode_attention_short_split_counts(short_splits, short_keys):
+    """attend_short in any split count up to short_splits * short_keys keys, the split kernels beyond (positions on both
+    sides of it; splits of uneven lengths), with sinks and a window, RoPE fused or not: as the reference, the token's
+    own key and value written once (by the last split)."""
+    rng, nh, nkv, D, n_ctx = np.random.default_rng(short_splits), 14, 2, 64, 1100
+    qkv, kc, vc, sk = att_data(rng, 1, nh, nkv, D, n_ctx, True)
+    cos, sin = ops.rope_cos_sin(np.arange(n_ctx), D, 10000.0)
+    att = co.DecodeAttention(nh, nkv, D, D, n_ctx, 0.125, short_keys=short_keys, short_splits=short_splits)
+    assert att.short_splits == short_splits
+    assert co.DecodeAttention(nh, nkv, D, D, n_ctx, 0.125, short_keys=short_keys, short_splits=1).short_splits == 0
+    for S, win in ((1, 0), (65, 0), (129, 0), (257, 0), (300, 100), (700, 0), (1000, 0), (1100, 700)):
+        p = S - 1
+        ref = co.attention_ref(qkv, kc, vc, [p], 0.125, nh, nkv, D, D, win, sk)[0]
+        out = cp.full(nh * D, np.nan, np.float32)
+        att(cp.asarray(qkv), cp.asarray(kc), cp.asarray(vc), cp.asarray([p], np.int32), out, win, cp.asarray(sk))
+        assert_close(cp.asnumpy(out), ref, **ATT_TOL, name=f'S={S} window={win}')
+        qkv_r, kc_r, vc_r = co.rope_kv_ref(qkv, np.array([p]), cos, sin, kc, vc, nh, nkv, D, D, D, True)
+        ref = co.attention_ref(qkv_r, kc_r, vc_r, [p], 0.125, nh, nkv, D, D, win, sk)[0]
+        K, V = cp.asarray(kc), cp.asarray(vc)
+        att(cp.asarray(qkv), K, V, cp.asarray([p], np.int32), out, win, cp.asarray(sk),
+            rope=(cp.asarray(cos), cp.asarray(sin), D, True))
+        assert_close(cp.asnumpy(out), ref, **ATT_TOL, name=f'RoPE fused, S={S} window={win}')
+        np.testing.assert_array_equal(cp.asnumpy(K), kc_r); np.testing.assert_array_equal(cp.asnumpy(V), vc_r)
+
+
+@needs_gpu
+@pytest.mark.parametrize('short_splits', [0, 4], ids=['short', 'short_splits'])
 @pytest.mark.parametrize('window', [128, 0])
 @pytest.mark.parametrize('fused_merge', [False, True], ids=['merge_kernel', 'fused_merge'])
-def test_decode_attention_in_a_captured_graph(fused_merge, window):
+def test_decode_attention_in_a_captured_graph(fused_merge, window, short_splits):
     """One captured graph, the position changed in device memory between replays: every step matches (without a
-    window the replays cross from attend_short, up to 256 keys, to the split kernels)."""
+    window the replays cross from attend_short, up to 256 keys, to the split kernels, or to attend_short's splits)."""
     rng, nh, nkv, D, n_ctx = np.random.default_rng(3), 64, 8, 64, 2048        # gpt-oss heads
     qkv, kc, vc, sk = att_data(rng, 1, nh, nkv, D, n_ctx, True)
-    att = co.DecodeAttention(nh, nkv, D, D, n_ctx, 0.125, fused_merge=fused_merge, short_keys=256)
+    att = co.DecodeAttention(nh, nkv, D, D, n_ctx, 0.125, fused_merge=fused_merge, short_keys=256,
+                             short_splits=short_splits)
     Q, K, V, SK = cp.asarray(qkv), cp.asarray(kc), cp.asarray(vc), cp.asarray(sk)
     pos, out = cp.zeros(1, np.int32), cp.empty(nh * D, np.float32)
     s = cp.cuda.Stream(non_blocking=True)
@@ -271,7 +306,7 @@ def rope_heads(model):
 @SHORT
 @pytest.mark.parametrize('fused_merge', [False, True], ids=['merge_kernel', 'fused_merge'])
 @pytest.mark.parametrize('model,S', FUSED_ROPE, ids=[f'{m}-S{S}' for m, S in FUSED_ROPE])
-def test_decode_attention_rope_fused(model, S, fused_merge, short_keys):
+def test_decode_attention_rope_fused(model, S, fused_merge, short_keys, short_splits):
     """RoPE fused into decode attention: the output as rope_kv then attention (the references), this token's key and
     value in both caches bit for bit as rope_kv_ref writes them, the rest of the caches and qkv untouched."""
     c = rope_heads(model); nh, nkv, D, rd, win = c['nh'], c['nkv'], c['D'], c['rope_dim'], c['window']
@@ -281,7 +316,8 @@ def test_decode_attention_rope_fused(model, S, fused_merge, short_keys):
     neox = c['rope'] == 'neox'
     qkv_r, kc_r, vc_r = co.rope_kv_ref(qkv, np.array([p]), cos, sin, kc, vc, nh, nkv, D, D, rd, neox)
     ref = co.attention_ref(qkv_r, kc_r, vc_r, [p], D ** -0.5, nh, nkv, D, D, win, sk)[0]
-    att = co.DecodeAttention(nh, nkv, D, D, n_ctx, D ** -0.5, fused_merge=fused_merge, short_keys=short_keys)
+    att = co.DecodeAttention(nh, nkv, D, D, n_ctx, D ** -0.5, fused_merge=fused_merge, short_keys=short_keys,
+                             short_splits=short_splits)
     Q, K, V, out = cp.asarray(qkv), cp.asarray(kc), cp.asarray(vc), cp.full(nh * D, np.nan, np.float32)
     att(Q, K, V, cp.asarray([p], np.int32), out, win, None if sk is None else cp.asarray(sk),
         rope=(cp.asarray(cos), cp.asarray(sin), rd, neox))

@@ -81,8 +81,10 @@ __device__ __forceinline__ void merge_last(const float* ws, int* counters, int s
 // s = b / n_heads of the keys (key_split: at most short_splits splits of at least short_keys keys, so each warp has
 // one tile of them); one split writes the normalised output as above, several write their (m, l, acc) into the
 // workspace for attention_merge, as the split path does. Only the last split holds the token's own key.
-// Dynamic shared memory: ATS_W * 32 * (Dv + 8) halves (the V tiles, rows padded; the warps' sums reuse them), q [D],
-// k, v [D + Dv] halves (Python mirror: orcd.cuda_ops._attn_short_smem). `sync` is the kernel's wait for the kernel before.
+// The RoPE angles and the sink are read before the wait as well, and the token's q, k, v all at once after it.
+// Dynamic shared memory: ATS_W * 32 * (Dv + 8) halves (the V tiles, rows padded), the warps' sums [ATS_W, Dv] and q [D]
+// floats, k, v [D + Dv] halves (Python mirror: orcd.cuda_ops._attn_short_smem). `sync` is the kernel's wait for the
+// kernel before.
 #define ATS_W 8        // warps of a short-context block
 #define ATS_P 8        // 16-byte pieces of a K or V row (D, Dv <= 64)
 // The most visible keys attend_short takes (in splits, short_splits > 1), or the split kernels beyond.
@@ -116,7 +118,8 @@ __device__ __forceinline__ void attend_short(
     const bool rope = rc != nullptr, own_here = rope && last == base;
     const int vs = Dv + 8;                                    // a V row in the tile, padded: lanes' 16-byte stores
     __half* vt = reinterpret_cast<__half*>(smem) + warp * 32 * vs;    // this warp's V tile [32, vs] (no bank conflict)
-    float* qs = smem + ATS_W * 16 * vs;                                // after the V tiles
+    float* wacc = smem + ATS_W * 16 * vs;                              // the warps' sums [ATS_W, Dv], after the V tiles
+    float* qs = wacc + ATS_W * Dv;
     __half* kn = reinterpret_cast<__half*>(qs + D);                    // 16-byte aligned: D % 8 == 0
     __half* vn = kn + D;
     __shared__ float wm[ATS_W], wl[ATS_W];
@@ -124,21 +127,41 @@ __device__ __forceinline__ void attend_short(
     const int kt0 = kb + 32 * warp;
     const bool early = kt0 + lane < base && kt0 + lane <= last;   // a row of this split an earlier step wrote
     short_rows(kr, vr, early, k_cache + (khead + kt0 + lane) * D, v_cache + (khead + kt0 + lane) * Dv, D, Dv);
+    // before the wait too: what no kernel of the step writes — thread d's RoPE pair and angle (as rope_value), the sink
+    const bool rot = rope && tid < rope_dim;
+    int i0 = tid, i1 = tid;
+    float cd = 1.f, sd = 0.f;
+    if (rot) {
+        const int half = rope_dim / 2, i = neox ? (tid < half ? tid : tid - half) : tid / 2;
+        i0 = neox ? i : 2 * i; i1 = neox ? i + half : 2 * i + 1;
+        cd = rc[i]; sd = rs[i];
+    }
+    const float sk = sinks && su == 1 ? sinks[qh] : NEG_INF;  // several splits: attention_merge adds the sink
     sync();
+    // the token's q (and, in the last split, its k and v): every load issued before any is used
     const float* qx = qkv + (size_t)qh * D;
-    for (int d = tid; d < D; d += ATT_NT) qs[d] = rope ? rope_value(qx, d, rc, rs, rope_dim, neox) : qx[d];
-    if (own_here) {
-        const float* kx = qkv + (size_t)n_heads * D + (size_t)h * D;
-        const float* vx = qkv + (size_t)(n_heads + n_kv) * D + (size_t)h * Dv;
-        const bool first = qh % G == 0;                       // the group's first head writes the caches
-        for (int d = tid; d < D; d += ATT_NT) {
-            kn[d] = __float2half_rn(rope_value(kx, d, rc, rs, rope_dim, neox));
-            if (first) k_new[(khead + base) * D + d] = kn[d];
+    const float* kx = qkv + (size_t)n_heads * D + (size_t)h * D;
+    const float* vx = qkv + (size_t)(n_heads + n_kv) * D + (size_t)h * Dv;
+    float q0 = 0.f, q1 = 0.f, k0 = 0.f, k1 = 0.f, v0 = 0.f;
+    if (tid < D) {
+        q0 = qx[i0]; q1 = qx[i1];
+        if (own_here) { k0 = kx[i0]; k1 = kx[i1]; }
+    }
+    if (own_here && tid < Dv) v0 = vx[tid];
+    const bool first = qh % G == 0;                           // the group's first head writes the caches
+    if (tid < D) {
+        float y0, y1;
+        if (rot) { rope_pair(q0, q1, cd, sd, y0, y1); q0 = tid == i0 ? y0 : y1; }
+        qs[tid] = q0;
+        if (own_here) {
+            if (rot) { rope_pair(k0, k1, cd, sd, y0, y1); k0 = tid == i0 ? y0 : y1; }
+            kn[tid] = __float2half_rn(k0);
+            if (first) k_new[(khead + base) * D + tid] = __float2half_rn(k0);
         }
-        for (int d = tid; d < Dv; d += ATT_NT) {
-            vn[d] = __float2half_rn(vx[d]);
-            if (first) v_new[(khead + base) * Dv + d] = vn[d];
-        }
+    }
+    if (own_here && tid < Dv) {
+        vn[tid] = __float2half_rn(v0);
+        if (first) v_new[(khead + base) * Dv + tid] = __float2half_rn(v0);
     }
     __syncthreads();
     const int nv = Dv / 32;
@@ -190,13 +213,10 @@ __device__ __forceinline__ void attend_short(
     }
     l = warp_sum(l);
     if (lane == 0) { wm[warp] = m; wl[warp] = l; }
-    __syncthreads();                                          // every warp is done with the V tiles
-    float* wacc = smem;                                       // [ATS_W, Dv], over the V tiles
     wacc[warp * Dv + lane] = acc[0];
     if (nv > 1) wacc[warp * Dv + lane + 32] = acc[1];
     __syncthreads();
-    const bool part = su > 1;                                 // several splits: attention_merge adds the sink
-    const float sk = sinks && !part ? sinks[qh] : NEG_INF;
+    const bool part = su > 1;
     float M = sk, e[ATS_W];
 #pragma unroll
     for (int w = 0; w < ATS_W; ++w) M = fmaxf(M, wm[w]);

@@ -16,7 +16,8 @@
 // Decode (max_splits > 0, T = 1) splits the visible keys [lo, pos] among blockIdx.z (key_split) and writes
 // each split's m, l and unnormalised acc into the workspace; attention_merge combines them. The position is
 // read on the device, so one captured graph serves every step. At a short context (short_keys) one block per query
-// head does it all instead (attend_short) and the merge passes the step on. With skip_keys (decode, opt-in: the o product computes
+// head does it all instead (attend_short) and the merge passes the step on; up to short_splits times as many keys,
+// attend_short's blocks split them and the merge combines those (short_split_keys). With skip_keys (decode, opt-in: the o product computes
 // the attention itself, attention_stage.cuh) both kernels only pass the step on while at most that many keys are visible.
 // Numpy reference: orcd.ops.attention.
 #include "ops_common.cuh"

@@ -26,15 +26,6 @@ template <typename F> __device__ __forceinline__ F block_sum(F v, F* red) {
     return warp_sum(lane < nw ? red[lane] : F(0));
 }
 
-__device__ __forceinline__ float block_max(float v, float* red) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    v = warp_max(v);
-    __syncthreads();
-    if (lane == 0) red[warp] = v;
-    __syncthreads();
-    return warp_max(lane < nw ? red[lane] : NEG_INF);
-}
-
 __device__ __forceinline__ float sigmoidf(float x) { return 1.f / (1.f + expf(-x)); }
 
 // gpt-oss's clamped SwiGLU (numpy: orcd.ops.swiglu_oai): g = min(g, 7), u = clamp(u, -7, 7), g*sigmoid(1.702 g)*(u + 1).

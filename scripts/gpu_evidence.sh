@@ -4,7 +4,7 @@
 #   whl/                  orcd's runtime dependencies as wheels
 #   skel/NAME.head|json   `gguf-skeleton save` headers of the three registry models
 #   llamacpp-src.tgz      `llamacpp-peer pack .carry`, with the tool llamacpp-peer copied beside it (for `peer`)
-# Usage: scripts/gpu_evidence.sh [kernels] [sanitize] [tests] [serve] [matvec] [experts] [moe] [profile] [serverbench] [peer] [bench] [gptoss]   (logs under $OUT)
+# Usage: scripts/gpu_evidence.sh [kernels] [sanitize] [tests] [serve] [matvec] [experts] [moe] [profile] [stepprof] [kab] [serverbench] [peer] [bench] [gptoss]   (logs under $OUT)
 #   kernels   the kernel tests (matvec, ops) against their numpy references
 #   sanitize  compute-sanitizer memcheck over the small kernel tests
 #   tests     the backend against the CPU backend on every model (fixtures + shaped real layouts)
@@ -15,6 +15,9 @@
 #             (bench_matvec.py --only moe-mma: moe_mma against dequantise + cuBLAS)
 #   profile   ncu on those two products, and the SASS of the MXFP4 kernels CuPy compiled (in $OUT)
 #   stepprof  ncu: each kernel of one decode step alone (scripts/profile_step.py; PROF_DEPTHS, PROF_MODEL), CSV in $OUT
+#   kab       a kernel source against another version of it, by the step on the GPU's clock (scripts/step_timeline.py):
+#             KAB="kernels/attention.cu=.carry/attention_old.cu" (the file as it is in the tree is arm A, the other B),
+#             KAB_DEPTHS="0 200 4096", KAB_RUNS=2, KAB_MODEL (default the Qwen layout); arms alternate, one line each
 #   serverbench  scripts/bench_server.py on the Qwen layout: tok/s through HTTP + SSE / the engine's (needs httpx-sse, psutil in whl/)
 #   peer      build llama.cpp's llama-bench (in the background, from .carry/llamacpp-src.tgz)
 #   bench     orcd bench on the Qwen and SmolLM2 layouts (BENCH_MODELS), with llama-bench when peer was built;
@@ -92,6 +95,16 @@ if has profile; then      # why the MXFP4 expert products are slow: Nsight Compu
   for f in ${CUPY_CACHE_DIR:-$HOME/.cupy/kernel_cache}/*.cubin; do
     cuobjdump -sass "$f" 2>/dev/null | grep -q "tMXFP4" && cuobjdump -sass "$f" > "$OUT/sass-$(basename "$f" .cubin).txt"
   done; ls "$OUT" | grep -c '^sass-' || true
+fi
+if has kab; then          # A/B of one kernel file: the tree's version (A) against another (B), arms interleaved
+  KF=${KAB%%=*}; KB=${KAB#*=}; M=${KAB_MODEL:-$ORCD_SHAPED_DIR/qwen2.5-coder-0.5b-instruct.gguf}
+  cp "$KF" /tmp/kab-A; cp "$KB" /tmp/kab-B
+  for d in ${KAB_DEPTHS:-0 200 4096}; do for r in $(seq 1 ${KAB_RUNS:-2}); do for arm in A B; do
+    cp /tmp/kab-$arm "$KF"; f="$OUT/kab-$arm-$d-$r.txt"
+    timeout 90 python3 scripts/step_timeline.py "$M" --depth $d --rows 0 > "$f" 2>&1
+    echo "$arm depth $d run $r: $(grep -oE 'step span [0-9.]+ µs' "$f"); $(grep -oE '[0-9.]+ µs a step untraced' "$f")"
+  done; done; done | tee "$OUT/kab.log"
+  cp /tmp/kab-A "$KF"
 fi
 if has stepprof; then     # one decode step's kernels timed alone (ncu) beside the step as one graph, per depth
   for d in ${PROF_DEPTHS:-0 4096}; do

@@ -660,6 +660,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                              'orcd.server._chat_messages': ('server.html#_chat_messages', 'orcd/server.py'),
                              'orcd.server._chat_tools': ('server.html#_chat_tools', 'orcd/server.py'),
                              'orcd.server._choice': ('server.html#_choice', 'orcd/server.py'),
+                             'orcd.server._coalesced': ('server.html#_coalesced', 'orcd/server.py'),
                              'orcd.server._cuda_facts': ('server.html#_cuda_facts', 'orcd/server.py'),
                              'orcd.server._error_body': ('server.html#_error_body', 'orcd/server.py'),
                              'orcd.server._error_response': ('server.html#_error_response', 'orcd/server.py'),

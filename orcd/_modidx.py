@@ -681,6 +681,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                              'orcd.server._response_schema': ('server.html#_response_schema', 'orcd/server.py'),
                              'orcd.server._sampling_params': ('server.html#_sampling_params', 'orcd/server.py'),
                              'orcd.server._sse': ('server.html#_sse', 'orcd/server.py'),
+                             'orcd.server._sse_bytes': ('server.html#_sse_bytes', 'orcd/server.py'),
                              'orcd.server._token_event': ('server.html#_token_event', 'orcd/server.py'),
                              'orcd.server._tokenize': ('server.html#_tokenize', 'orcd/server.py'),
                              'orcd.server._tool_delta': ('server.html#_tool_delta', 'orcd/server.py'),

@@ -6,7 +6,7 @@
 __all__ = ['log', 'OLLAMA_DEFAULTS', 'ollama_error', 'ModelCard', 'OllamaOptions', 'ollama_sampling', 'OllamaMessage',
            'OllamaChatRequest', 'OllamaGenerateRequest', 'OllamaShowRequest', 'register_ollama_routes']
 
-# %% ../nbs/07a_ollama.ipynb #1bd26c1e
+# %% ../nbs/07a_ollama.ipynb #ac2d357d
 import asyncio, hashlib, json, logging, math, secrets, time, uuid
 from datetime import datetime, timezone
 from typing import Any, Literal, Optional, Union
@@ -19,12 +19,12 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 
 from .errors import InvalidRequestError, OrcdError
-from .server import (End, Failed, Token, _Job, _fit, _sampling_params, _validation_error, _version,
+from .server import (End, Failed, Token, _Job, _coalesced, _fit, _sampling_params, _validation_error, _version,
                          _watch_disconnect)
 
 log = logging.getLogger('orcd.ollama')
 
-# %% ../nbs/07a_ollama.ipynb #95c49495
+# %% ../nbs/07a_ollama.ipynb #ab0e3b3d
 def ollama_error(e: OrcdError) -> JSONResponse:
     "The response of a typed error, in Ollama's shape `{\"error\": message}` with the code's status."
     headers = {'Retry-After': str(math.ceil(e.retry_after))} if e.retry_after else None
@@ -45,7 +45,7 @@ class _OllamaRoute(APIRoute):
 
 def _refuse(param, why): raise InvalidRequestError(f"'{param}' is not supported: {why}", param=param)
 
-# %% ../nbs/07a_ollama.ipynb #ef175030
+# %% ../nbs/07a_ollama.ipynb #6a43cc76
 def _iso(t=None):
     "RFC 3339 UTC time (now, or the POSIX time `t`), as Ollama writes `created_at` and `modified_at`."
     d = datetime.now(timezone.utc) if t is None else datetime.fromtimestamp(t, timezone.utc)
@@ -95,7 +95,7 @@ class ModelCard:
         return {'name': f'{self.name}:latest', 'model': f'{self.name}:latest', 'modified_at': self.modified_at,
                 'size': self.size, 'digest': await self.digest(), 'details': self.details}
 
-# %% ../nbs/07a_ollama.ipynb #52b0491a
+# %% ../nbs/07a_ollama.ipynb #7fa8d8ad
 OLLAMA_DEFAULTS = dict(temperature=0.8, top_k=40, top_p=0.9, min_p=0.0, repeat_penalty=1.1, repeat_last_n=64,
                        presence_penalty=0.0, frequency_penalty=0.0)
 _RENAMED = {'repeat_penalty': 'repetition_penalty', 'repeat_last_n': 'penalty_last_n'}
@@ -131,7 +131,7 @@ def ollama_sampling(options=None) -> dict:
     kw['stop'] = tuple(s for s in stop if s)
     return kw
 
-# %% ../nbs/07a_ollama.ipynb #fdb7ffc7
+# %% ../nbs/07a_ollama.ipynb #d7edcbd7
 class OllamaMessage(BaseModel):
     model_config = ConfigDict(extra='allow')
     role: Literal['system', 'user', 'assistant', 'tool']
@@ -169,7 +169,7 @@ class OllamaShowRequest(BaseModel):
     name: Optional[str] = None     # what older clients send
     verbose: Optional[bool] = False
 
-# %% ../nbs/07a_ollama.ipynb #ba5d90d6
+# %% ../nbs/07a_ollama.ipynb #cafdcbe1
 def _refuse_unsupported(req):
     "Refuse, by name, what would change the answer and orcd cannot do (yet)."
     if req.format not in (None, ''): _refuse('format', 'structured output (format)')
@@ -196,7 +196,7 @@ def _generate_ids(tok, req) -> list:
     if ctx and getattr(tok, 'add_bos', False) and ids[:1] == [tok.bos_id]: ids = ids[1:]   # BOS once, at the start
     return ctx + ids
 
-# %% ../nbs/07a_ollama.ipynb #e47063c0
+# %% ../nbs/07a_ollama.ipynb #45b97648
 def _ns(seconds): return max(0, round(seconds * 1e9))
 
 def _final_fields(job, stop_reason, t0):
@@ -247,7 +247,7 @@ async def _collect(rt, request, job, shape, t0, with_context):
     if with_context: body['context'] = [*job.ids, *out_ids]
     return body
 
-# %% ../nbs/07a_ollama.ipynb #85f571a0
+# %% ../nbs/07a_ollama.ipynb #317ee7f6
 async def _run(rt, request, ids, options, stream, shape, endpoint, t0, with_context=False):
     "Admit one job for `ids` and answer it as Ollama does: NDJSON lines, or one JSON object."
     kw = ollama_sampling(options)
@@ -256,10 +256,11 @@ async def _run(rt, request, ids, options, stream, shape, endpoint, t0, with_cont
     job = _Job(f'ollama-{uuid.uuid4().hex}', request.state.correlation_id, ids, params, kw['seed'], endpoint, rt.stream_buffer)
     rt.admit(job.make_generator(rt.engine))
     if stream is not False:
-        return StreamingResponse(_ndjson(rt, job, shape, t0, with_context), media_type='application/x-ndjson')
+        return StreamingResponse(_coalesced(job, _ndjson(rt, job, shape, t0, with_context), encode=str.encode),
+                                 media_type='application/x-ndjson')   # the lines that are ready in one write (07)
     return JSONResponse(await _collect(rt, request, job, shape, t0, with_context))
 
-# %% ../nbs/07a_ollama.ipynb #84531d0c
+# %% ../nbs/07a_ollama.ipynb #bcd9c66b
 def _msg(text): return {'message': {'role': 'assistant', 'content': text}}
 def _resp(text): return {'response': text}
 
@@ -277,7 +278,7 @@ def _show(card, tok, meta, verbose):
             'template': template, 'details': card.details, 'model_info': info, 'capabilities': ['completion'],
             'modified_at': card.modified_at}
 
-# %% ../nbs/07a_ollama.ipynb #f997a504
+# %% ../nbs/07a_ollama.ipynb #c3582a91
 def register_ollama_routes(app, rt):
     "Add Ollama's `/api/*` routes to `app`, running their jobs through the runtime `rt` (`app.state.orcd`)."
     if getattr(app.state, 'ollama_routes', False): return

@@ -8,7 +8,7 @@ __all__ = ['log', 'JsonFormatter', 'setup_logging', 'ChatMessage', 'ExecuteReque
            'End', 'Failed', 'create_app', 'register_worker_routes', 'register_tokenizer_routes',
            'register_openai_routes', 'serve', 'cli_serve']
 
-# %% ../nbs/07_server.ipynb #079fdfb3
+# %% ../nbs/07_server.ipynb #d210ffa2
 import asyncio, contextvars, enum, hmac, json, logging, math, os, re, secrets, signal, threading, time, uuid
 from collections import OrderedDict, deque
 from dataclasses import dataclass
@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from .errors import ERROR_CODES, InvalidRequestError, OrcdError, error_code
 
-# %% ../nbs/07_server.ipynb #c86f0cfe
+# %% ../nbs/07_server.ipynb #6376d7e5
 _OAI_TYPES = {400: 'invalid_request_error', 401: 'authentication_error', 404: 'not_found_error', 405: 'invalid_request_error',
               409: 'invalid_request_error', 429: 'rate_limit_error', 499: 'cancelled', 503: 'service_unavailable', 504: 'timeout'}
 
@@ -41,7 +41,7 @@ def _error_response(request, e: OrcdError):
     headers = {'Retry-After': str(math.ceil(e.retry_after))} if e.retry_after else None
     return JSONResponse(_error_body(e, cid, request.url.path.startswith('/v1')), e.status, headers=headers)
 
-# %% ../nbs/07_server.ipynb #cf7ea818
+# %% ../nbs/07_server.ipynb #02f477a9
 _cid = contextvars.ContextVar('orcd_correlation_id', default=None)
 _CID_OK = re.compile(r'^[\x21-\x7e]{1,128}$')
 _STD_ATTRS = set(vars(logging.LogRecord('', 0, '', 0, '', None, None))) | {'message', 'asctime', 'taskName'}
@@ -70,7 +70,7 @@ def setup_logging(level=logging.INFO, stream=None):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
 
-# %% ../nbs/07_server.ipynb #49387157
+# %% ../nbs/07_server.ipynb #665732e7
 _F = dict(allow_inf_nan=False)
 
 class ChatMessage(BaseModel):
@@ -116,7 +116,7 @@ class CancelRequest(BaseModel):
     model_config = ConfigDict(extra='forbid')
     job_id: str = Field(min_length=1, max_length=128)
 
-# %% ../nbs/07_server.ipynb #20ce83cf
+# %% ../nbs/07_server.ipynb #5fc140cc
 class _OAIBase(BaseModel):
     model_config = ConfigDict(extra='allow')  # clients send many optional fields; the unsupported ones are refused by name
     model: Optional[str] = None
@@ -154,7 +154,7 @@ class ChatRequest(_OAIBase):
     response_format: Optional[dict] = None
     parallel_tool_calls: Optional[bool] = None
 
-# %% ../nbs/07_server.ipynb #31610d7a
+# %% ../nbs/07_server.ipynb #4b7c4b64
 class Signal(enum.Enum):
     "The sentinels on a job's queue, besides the engine's `TokenEvent`s and `EngineFailed`."
     CANCEL = 'cancel'   # put by `cancel()` on the event loop: the stream ends at once
@@ -196,7 +196,7 @@ class Failed:
 
 _STOP_REASON = {'length': 'max_tokens', 'eos': 'eos', 'stop_sequence': 'stop_sequence'}
 
-# %% ../nbs/07_server.ipynb #9fb297a3
+# %% ../nbs/07_server.ipynb #b837f291
 def _sampling_params(**kw):
     "The engine's `SamplingParams`, validated (an `InvalidRequestError` names the field); top_p = 0 means the top token only."
     from orcd.engine import SamplingParams
@@ -234,7 +234,7 @@ class _Job:
                 'tokens_per_s': round(self.tokens_out / (ms / 1e3), 3) if ms > 0 else 0.0, 'vram_bytes': vram,
                 'cached_tokens': self.cached_tokens}
 
-# %% ../nbs/07_server.ipynb #7f2153be
+# %% ../nbs/07_server.ipynb #753bb63d
 class _Metrics:
     def __init__(self, rt):
         self.registry = r = CollectorRegistry()
@@ -256,7 +256,7 @@ class _Metrics:
         Gauge('orcd_queue_depth', 'Jobs waiting for the engine', registry=r).set_function(lambda: len(rt.waiting))
         Gauge('orcd_jobs_running', 'Jobs running (0 or 1)', registry=r).set_function(lambda: int(rt.running is not None))
 
-# %% ../nbs/07_server.ipynb #20357d0e
+# %% ../nbs/07_server.ipynb #29c39a8e
 def _cuda_facts(device):
     "`sm` and `cuda_runtime_version` of a CUDA device, asked once at start-up (then served from the cache)."
     try:
@@ -307,7 +307,7 @@ class _Core:
                 'vram_bytes_used': self.status['vram_bytes_used'], 'vram_bytes_total': self.status['vram_bytes_total'],
                 'uptime_seconds': round(time.monotonic() - self.t0, 3), 'queue_depth': len(self.waiting)}
 
-# %% ../nbs/07_server.ipynb #0cfc856a
+# %% ../nbs/07_server.ipynb #3884dee2
 class _Admission(_Core):
     "Run at once, queue (FIFO, at most `max_queue`), or refuse."
     def retry_after(self): return max(1, math.ceil(self.avg_job_s * (len(self.waiting) + 1)))
@@ -344,7 +344,7 @@ class _Admission(_Core):
         threading.Thread(target=self._run, args=(job,), name='orcd-job', daemon=True).start()
         if job.slot is not None and not job.slot.done(): job.slot.set_result(True)
 
-# %% ../nbs/07_server.ipynb #e743cb8a
+# %% ../nbs/07_server.ipynb #9513663a
 class _EngineThread(_Admission):
     "The engine side of a job, and the hand-over of the slot when it ends."
     @staticmethod
@@ -401,7 +401,7 @@ class _EngineThread(_Admission):
         self.recent[job_id] = state
         while len(self.recent) > 1024: self.recent.popitem(last=False)
 
-# %% ../nbs/07_server.ipynb #7b6c002c
+# %% ../nbs/07_server.ipynb #4be4d980
 _CANCEL_REASONS = {  # job.reason → (code, message, retriable or None for the code's)
     'timeout': ('INFERENCE_TIMEOUT', 'the job ran longer than the inference timeout of {rt.inference_timeout:g} s', None),
     'shutdown': ('CANCELLED', 'cancelled: the server is shutting down', True),
@@ -435,7 +435,7 @@ class _Cancelling(_EngineThread):
         code, msg, retriable = _CANCEL_REASONS[job.reason or 'client']
         return Failed(code, msg.format(rt=self), retriable)
 
-# %% ../nbs/07_server.ipynb #c01fe537
+# %% ../nbs/07_server.ipynb #e370d6dd
 class _Streams(_Cancelling):
     async def _next(self, job, next_tick):
         "The job's next queue item, or None when the next tick or the deadline comes first."
@@ -490,7 +490,7 @@ class _Streams(_Cancelling):
             self.exit_status = 3
             asyncio.ensure_future(self.drain('fault'))
 
-# %% ../nbs/07_server.ipynb #05077881
+# %% ../nbs/07_server.ipynb #8a586a2f
 class _Runtime(_Streams):
     "The worker's runtime: every layer above, and shutdown."
     async def drain(self, reason='shutdown'):
@@ -515,7 +515,7 @@ class _Runtime(_Streams):
         log.info('drained', extra={'exit_status': self.exit_status})
         if self.exit_hook is not None: self.exit_hook()
 
-# %% ../nbs/07_server.ipynb #361e8438
+# %% ../nbs/07_server.ipynb #45e6bfc0
 class _Edge:
     def __init__(self, app, api_key=None):
         self.app, self.api_key = app, api_key
@@ -554,7 +554,7 @@ class _Edge:
         scheme, _, key = auth.partition(' ')
         return scheme.lower() == 'bearer' and hmac.compare_digest(key.strip().encode(), self.api_key.encode())
 
-# %% ../nbs/07_server.ipynb #31b06140
+# %% ../nbs/07_server.ipynb #625ab920
 def _validation_error(exc) -> InvalidRequestError:
     errs = exc.errors()
     bad_json = next((e for e in errs if e['type'] == 'json_invalid'), None)
@@ -588,7 +588,7 @@ def _fit(rt, ids, max_tokens, field='prompt'):
                                   details=[{'field': field, 'problem': f'{len(ids)} tokens >= context length {rt.n_ctx}'}], param=field)
     return min(max_tokens, room)
 
-# %% ../nbs/07_server.ipynb #ba967380
+# %% ../nbs/07_server.ipynb #a5592697
 def create_app(engine, api_key=None, inference_timeout=300.0, max_queue=8, stream_buffer=64, stall_timeout=30.0,
                drain_timeout=30.0, metrics_interval=0.5) -> FastAPI:
     "The FastAPI app serving `engine` (see the chapter text for the knobs)."
@@ -628,7 +628,7 @@ def _version():
     from orcd import __version__
     return __version__
 
-# %% ../nbs/07_server.ipynb #2aab9f7f
+# %% ../nbs/07_server.ipynb #466fc4a3
 def _sse(event, data): return {'event': event, 'data': json.dumps(data, ensure_ascii=False)}
 
 def _refuse(param, why): raise InvalidRequestError(f"'{param}' is not supported: {why}", param=param)
@@ -699,7 +699,7 @@ def register_worker_routes(app, rt):
         asyncio.ensure_future(rt.drain())
         return {'status': 'draining', 'drain_timeout_s': rt.drain_timeout}
 
-# %% ../nbs/07_server.ipynb #40d2a95f
+# %% ../nbs/07_server.ipynb #88de8720
 def register_tokenizer_routes(app, rt):
     tok = rt.engine.tokenizer
 
@@ -731,7 +731,7 @@ def register_tokenizer_routes(app, rt):
                 'bos_token': getattr(tok, 'bos_token', None), 'pad_token': None,
                 'chat_template': getattr(tok, 'chat_template', None), 'model_max_length': rt.n_ctx}
 
-# %% ../nbs/07_server.ipynb #3ddc30df
+# %% ../nbs/07_server.ipynb #3382b7c2
 def _piece(tok, i): return tok.token_bytes(int(i)).decode('utf-8', 'replace')
 
 def _token_event(rt, job, ev):
@@ -762,22 +762,25 @@ async def _execute_stream(rt, job):
     finally:
         rt.settle(job, terminal)
 
-# %% ../nbs/07_server.ipynb #de7a3992
+# %% ../nbs/07_server.ipynb #8f4f25bc
 from sse_starlette.event import ensure_bytes
 
-async def _coalesced(job, events, most: int = 64):
-    "The SSE items of `events` (job's stream) as bytes; those produced while `job.q` holds more are joined into one chunk."
+def _sse_bytes(item) -> bytes: return ensure_bytes(item, EventSourceResponse.DEFAULT_SEPARATOR)
+
+async def _coalesced(job, events, encode=_sse_bytes, most: int = 64):
+    """The items of `events` (job's stream) as bytes (`encode`: SSE events by default); those produced while `job.q`
+    holds more are joined into one chunk."""
     buf = []
     try:
         async for ev in events:
-            buf.append(ensure_bytes(ev, EventSourceResponse.DEFAULT_SEPARATOR))
+            buf.append(encode(ev))
             if len(buf) >= most or job.q.empty():
                 yield b''.join(buf); buf.clear()
         if buf: yield b''.join(buf)
     finally:
         await events.aclose()                                     # the stream's own `finally` (settle) runs now
 
-# %% ../nbs/07_server.ipynb #e59d88b4
+# %% ../nbs/07_server.ipynb #978fa50b
 def _oai_stop(stop):
     if stop is None: return ()
     stop = [stop] if isinstance(stop, str) else list(stop)
@@ -817,7 +820,7 @@ def _chat_tools(engine, req):
     if syntax is None: _refuse('tools', "this model's chat template has no tool-call syntax")
     return {'tools': req.tools}, syntax, None if choice == 'auto' else tool_call_grammar(fns, choice, syntax), tuple(fns)
 
-# %% ../nbs/07_server.ipynb #e3122faf
+# %% ../nbs/07_server.ipynb #90583ad9
 def register_openai_routes(app, rt):
     engine = rt.engine
     created = int(time.time())
@@ -860,7 +863,7 @@ def register_openai_routes(app, rt):
         return await _oai_run(rt, request, req, ids, max_tokens, kw, _Shape(rt, True, n, tools=syntax, names=names),
                               grammar_param='tool_choice' if grammar is not None else 'response_format')
 
-# %% ../nbs/07_server.ipynb #4ef68b7b
+# %% ../nbs/07_server.ipynb #cbe4ca0d
 class _Shape:
     "How one OpenAI request's tokens become its response: text, log-probabilities (chat or legacy shape), tool calls."
     def __init__(self, rt, chat, n_logprobs=None, echo=None, tools=None, names=()):
@@ -905,7 +908,7 @@ class _Shape:
             content, _, calls = parse_harmony(''.join(self.harmony)); return content, calls
         return '', []
 
-# %% ../nbs/07_server.ipynb #5b7ecd1c
+# %% ../nbs/07_server.ipynb #a22b2bf0
 def _oai_seed(seed):
     return secrets.randbits(64) if seed is None else seed % 2**64
 
@@ -941,7 +944,7 @@ def _choice(chat, text, finish, delta=False, logprobs=None):
 def _tool_delta(k, call):
     return {'index': 0, 'delta': {'tool_calls': [{'index': k, **call}]}, 'logprobs': None, 'finish_reason': None}
 
-# %% ../nbs/07_server.ipynb #7de29b0c
+# %% ../nbs/07_server.ipynb #20e34297
 async def _watch_disconnect(request, rt, job):
     while True:
         msg = await request.receive()
@@ -972,7 +975,7 @@ async def _oai_collect(rt, request, job, meta, shape):
         choice = _choice(False, echo + text, finish, logprobs=shape.logprobs(job, evs, prompt=shape.echo is not None))
     return {**meta, 'object': 'chat.completion' if shape.chat else 'text_completion', 'choices': [choice], 'usage': _usage(job)}
 
-# %% ../nbs/07_server.ipynb #8d2d6f00
+# %% ../nbs/07_server.ipynb #5635dd44
 async def _oai_stream(rt, job, meta, shape, include_usage):
     terminal, chat, ncalls = None, shape.chat, 0
     obj = 'chat.completion.chunk' if chat else 'text_completion'
@@ -1008,7 +1011,7 @@ async def _oai_stream(rt, job, meta, shape, include_usage):
     finally:
         rt.settle(job, terminal)
 
-# %% ../nbs/07_server.ipynb #dcfb2a20
+# %% ../nbs/07_server.ipynb #b6581783
 def serve(app, host='127.0.0.1', port=8080, log_level='info'):
     "Serve `app` with uvicorn until `/shutdown`, a signal or a fatal error has drained it; returns the exit status (0, or 3)."
     import uvicorn
@@ -1036,7 +1039,7 @@ def serve(app, host='127.0.0.1', port=8080, log_level='info'):
     log.info('stopped', extra={'exit_status': rt.exit_status})
     return rt.exit_status
 
-# %% ../nbs/07_server.ipynb #c0712b77
+# %% ../nbs/07_server.ipynb #469c12bd
 def cli_serve(args):
     "`orcd serve`: load the model and serve it; returns the exit status."
     setup_logging()

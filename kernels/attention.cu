@@ -446,49 +446,36 @@ extern "C" __global__ void __launch_bounds__(256, 2) attention(
 // attend_short's splits up to short_split_keys, the split kernels' beyond): M = max(m_s, sink),
 // w_s = exp(m_s - M), out = sum_s w_s acc_s / (sum_s w_s l_s + exp(sink - M)). Every warp finds M and the
 // denominator itself (lanes over the splits, shuffles: no barrier), then adds the splits s = w mod 8 of its dims, so
-// each thread has several independent loads in flight; one barrier, and warp 0 sums the 8 parts. The split count and
-// the sink are found before the wait, and the loads of the first 32 splits' m, l and of each warp's first 4 splits'
-// values are all issued before any is used.
+// each thread has several independent loads in flight; one barrier, and warp 0 sums the 8 parts.
 extern "C" __global__ void attention_merge(const float* __restrict__ ws, const int* __restrict__ pos_dev,
                                            int n_heads, int Dv, int n_ctx, int window, int max_splits, int min_tiles,
                                            const float* __restrict__ sinks, float* __restrict__ out, int skip_keys,
                                            int short_keys, int short_splits) {
-    const int p = pos_dev[0];                                 // (written before this step's graph)
-    if (p + 1 - window_lo(p, window) <= skip_keys) { pass_through(); return; }   // see attention's skip_keys
+    const int p0 = pos_dev[0];                                // (written before this step's graph)
+    if (p0 + 1 - window_lo(p0, window) <= skip_keys) { pass_through(); return; }   // see attention's skip_keys
+    wait_primary();
+    trigger_dependents();
     __shared__ float part[8][32];
-    const int qh = blockIdx.x, tid = threadIdx.x, warp = tid / 32, lane = tid % 32, dv = blockIdx.y * 32 + lane;
-    int kb, ke, su;                                           // before the wait: the splits and the sink
+    const int qh = blockIdx.x, tid = threadIdx.x, warp = tid / 32, lane = tid % 32, p = pos_dev[0];
+    int kb, ke, su;
     const int lo = window_lo(p, window), hi = min(n_ctx, p + 1);
     const bool shrt = hi - lo <= short_split_keys(short_keys, short_splits);
     key_split(lo, hi, shrt ? short_splits : max_splits, shrt ? short_keys / ATT_TK : min_tiles, 0, kb, ke, su);
-    const float sk = sinks ? sinks[qh] : NEG_INF;
-    wait_primary();
-    trigger_dependents();
     const float* ms = ws + (size_t)qh * max_splits;
     const float* ls = ws + (size_t)(n_heads + qh) * max_splits;
     const float* acc = ws + (size_t)2 * n_heads * max_splits + (size_t)qh * max_splits * Dv;
-    // every load of the first 32 splits (lanes) and of the warp's first MP splits issued before any is used
-    constexpr int MP = 4;
-    const float m0 = lane < su ? ms[lane] : NEG_INF, l0 = lane < su ? ls[lane] : 0.f;
-    float mw[MP], aw[MP];
-#pragma unroll
-    for (int j = 0; j < MP; ++j) {
-        const int s = warp + 8 * j;
-        mw[j] = s < su ? ms[s] : NEG_INF;
-        aw[j] = s < su && dv < Dv ? acc[(size_t)s * Dv + dv] : 0.f;
-    }
-    float M = m0;
-    for (int s = lane + 32; s < su; s += 32) M = fmaxf(M, ms[s]);
+    const float sk = sinks ? sinks[qh] : NEG_INF;
+    float M = NEG_INF;
+    for (int s = lane; s < su; s += 32) M = fmaxf(M, ms[s]);
     M = fmaxf(warp_max(M), sk);
-    float lsum = lane < su ? expf(m0 - M) * l0 : 0.f;
-    for (int s = lane + 32; s < su; s += 32) lsum = fmaf(expf(ms[s] - M), ls[s], lsum);
+    float lsum = 0.f;
+    for (int s = lane; s < su; s += 32) lsum = fmaf(expf(ms[s] - M), ls[s], lsum);
     const float L = warp_sum(lsum) + (sinks ? expf(sk - M) : 0.f);
+    const int dv = blockIdx.y * 32 + lane;
     float a = 0.f;
-#pragma unroll
-    for (int j = 0; j < MP; ++j) if (warp + 8 * j < su) a = fmaf(expf(mw[j] - M), aw[j], a);
     if (dv < Dv) {
 #pragma unroll 8
-        for (int s = warp + 8 * MP; s < su; s += 8) a = fmaf(expf(ms[s] - M), acc[(size_t)s * Dv + dv], a);
+        for (int s = warp; s < su; s += 8) a = fmaf(expf(ms[s] - M), acc[(size_t)s * Dv + dv], a);
     }
     part[warp][lane] = a;
     __syncthreads();

@@ -93,8 +93,9 @@ __device__ __forceinline__ void expert_mv_body(const u8* __restrict__ w0, const 
     else                                                            // quantise x here, as matvec_v2 does
         for (int j = 0; j < nx; ++j) {
             const XS<16, true> xs = emv_xs(base, region, j, K);
+            float ss0 = 0.f;                                  // (IN_X: no sum of squares)
             stage_q8<EMV_NW * 32, 16, true, IN_X>(x + (size_t)j * K, K, const_cast<int*>(xs.q), const_cast<float*>(xs.d),
-                                                   const_cast<int*>(xs.s16), nullptr, 1.f, 0);
+                                                   const_cast<int*>(xs.s16), nullptr, ss0, 0);
         }
     __syncthreads();
     const int lane = threadIdx.x & 31, nb = K / 32;
@@ -230,8 +231,9 @@ __device__ __forceinline__ void expert_mv_fixed(const u8* __restrict__ w0, const
     if (threadIdx.x < 256) T[threadIdx.x] = threadIdx.x < 224 ? __uint_as_float((threadIdx.x + 31) << 23) : __int_as_float(0x7f800000);
     if constexpr (XF) {
         const XS<16, true> xs = emv_xs(base, region, 0, KC);
+        float ss0 = 0.f;
         stage_q8<EMV_NW * 32, 16, true, IN_X>(x, KC, const_cast<int*>(xs.q), const_cast<float*>(xs.d),
-                                              const_cast<int*>(xs.s16), nullptr, 1.f, 0);
+                                              const_cast<int*>(xs.s16), nullptr, ss0, 0);
     } else {
         // Only the regions this CTA reads: with one round of work items (the grid covers them all), those of the
         // experts from its first item's to its last's (items run expert by expert) — gpt-oss's down: one of four.

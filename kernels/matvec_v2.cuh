@@ -431,8 +431,9 @@ __device__ __forceinline__ float4 ld_x4(const float* __restrict__ x, int i, bool
 
 // What a kernel stages (its template parameter IN, a compile-time choice: each input path is compiled only into the
 // kernels that use it, which keeps the others' code as small as it was without them; orcd.cuda_matvec.V2_INPUTS):
-// IN_X x as it is; IN_NORM rms_norm(x) * nw (RMSNorm fused into the staging); IN_ACT gated_act(act, gate, up) of
-// x = [gate (K) | up (K)] (the feed-forward activation fused into the staging, as the act kernel computes it);
+// IN_X x as it is; IN_NORM x * nw, the RMSNorm fused (its 1/rms applied to the products: norm_scale); IN_ACT
+// gated_act(act, gate, up) of x = [gate (K) | up (K)] (the feed-forward activation fused into the staging, as the act
+// kernel computes it);
 // IN_STAGED x is already staged: the 16-bit codes, scales and half-block sums that a gate|up kernel with OUT_GLU
 // wrote (glu_stage_block), copied into shared memory as they are; IN_ATTN the decode attention whose output x is
 // (attention_stage.cuh: computed in the CTA at a short context, norm_w pointing to its AttnDesc; else x as it is).
@@ -442,10 +443,11 @@ enum { IN_X = 0, IN_NORM = 1, IN_ACT = 2, IN_STAGED = 3, IN_ATTN = 4 };
 // becomes one 32-value block of the next product's staged input: gated_act(act, gate, up) quantised as stage_q8 does.
 enum { OUT_Y = 0, OUT_GLU = 1 };
 
-// Group i's 4 staged values: x[i] / den * nw[i] (IN_NORM), the activation (IN_ACT), or x as it is (IN_X; IN_ATTN: x
-// in shared memory, 16-byte aligned, read by a generic load).
+// Group i's 4 staged values: x[i] * nw[i] (IN_NORM, the sum of the squares of x added to ss: the RMSNorm's 1/rms
+// is applied to the products instead, see norm_scale), the activation (IN_ACT), or x as it is (IN_X; IN_ATTN: x in
+// shared memory, 16-byte aligned, read by a generic load).
 template <int IN>
-__device__ __forceinline__ float4 ld_x4_norm(const float* __restrict__ x, const float* __restrict__ nw, float den,
+__device__ __forceinline__ float4 ld_x4_norm(const float* __restrict__ x, const float* __restrict__ nw, float& ss,
                                              int act, int K, int i, bool vec) {
     if constexpr (IN == IN_ATTN) return reinterpret_cast<const float4*>(x)[i];
     float4 v = ld_x4(x, i, vec);
@@ -455,14 +457,15 @@ __device__ __forceinline__ float4 ld_x4_norm(const float* __restrict__ x, const 
         v.z = gated_act(act, v.z, u.z); v.w = gated_act(act, v.w, u.w);
     } else if constexpr (IN == IN_NORM) {
         const float4 w = ld_x4(nw, i, (reinterpret_cast<size_t>(nw) & 15) == 0);
-        v.x = v.x / den * w.x; v.y = v.y / den * w.y; v.z = v.z / den * w.z; v.w = v.w / den * w.w;
+        ss = fmaf(v.x, v.x, fmaf(v.y, v.y, fmaf(v.z, v.z, fmaf(v.w, v.w, ss))));
+        v.x *= w.x; v.y *= w.y; v.z *= w.z; v.w *= w.w;
     }
     return v;
 }
 
 template <int NT, int XB, bool PL, int IN>
 __device__ __forceinline__ void stage_q8(const float* __restrict__ x, int K, int* q, float* d, int* s16,
-                                         const float* __restrict__ nw, float den, int act, const float4* pre = nullptr) {
+                                         const float* __restrict__ nw, float& ss, int act, const float4* pre = nullptr) {
     constexpr float QMAX = XB == 8 ? 127.f : 32767.f;
     constexpr int P = 4;           // float4 groups per thread per pass; 8 consecutive threads share a 32-value block
     const int n4 = K / 4;
@@ -473,7 +476,7 @@ __device__ __forceinline__ void stage_q8(const float* __restrict__ x, int K, int
         for (int j = 0; j < P; ++j) {
             const int i = i0 + j * NT + threadIdx.x;
             v[j] = pre ? (j == 0 ? *pre : make_float4(0.f, 0.f, 0.f, 0.f))     // pre: K <= 4 NT, one pass
-                 : i < n4 ? ld_x4_norm<IN>(x, nw, den, act, K, i, vec) : make_float4(0.f, 0.f, 0.f, 0.f);
+                 : i < n4 ? ld_x4_norm<IN>(x, nw, ss, act, K, i, vec) : make_float4(0.f, 0.f, 0.f, 0.f);
         }
 #pragma unroll
         for (int j = 0; j < P; ++j) {
@@ -559,51 +562,43 @@ __device__ __forceinline__ void glu_stage_block(float v, int b, int K, void* out
     if ((l & 15) == 0) g.s16[2 * b + (l >> 4)] = s;
 }
 
-// sqrt(Σ s / K + eps), the sum over the CTA of each thread's s (two __syncthreads), in every thread.
-template <int NT>
-__device__ __forceinline__ float cta_rms_den(float s, int K, float eps) {
-    __shared__ float part[NT / 32], total;
-    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-    if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = s;
-    __syncthreads();
-    if (threadIdx.x < 32) {
-        float t = threadIdx.x < NT / 32 ? part[threadIdx.x] : 0.f;
-        for (int o = 16; o > 0; o >>= 1) t += __shfl_xor_sync(0xffffffffu, t, o);
-        if (threadIdx.x == 0) total = sqrtf(t / (float)K + eps);
-    }
-    __syncthreads();
-    return total;
+// The RMSNorm's scale, applied to the products rather than to x: W (x / rms · nw) = (W (x · nw)) / rms, and the
+// staged codes of x · nw are those of x / rms · nw (a block's codes do not change when all its values are scaled, up to
+// fp32 rounding). So the staging needs no reduction over the CTA before it quantises: each warp leaves the sum of
+// squares of its values in ss_part (its lane 0), and after the barrier that ends the staging every thread forms
+// 1 / sqrt(Σ x² / K + eps) from the NW sums, which only the epilogue needs (off the path from x to the products).
+template <int NW>
+__device__ __forceinline__ void ss_store(float ss, float* ss_part) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+    if ((threadIdx.x & 31) == 0) ss_part[threadIdx.x >> 5] = ss;
+}
+template <int NW>
+__device__ __forceinline__ float norm_scale(const float* ss_part, int K, float eps) {
+    float t = 0.f;
+#pragma unroll
+    for (int w = 0; w < NW; ++w) t += ss_part[w];
+    return 1.f / sqrtf(t / (float)K + eps);
 }
 
-// RMSNorm fused into the staging when K <= 4 NT (each thread at most one group of 4 values): x and the norm weights
-// are loaded once, the sum of squares reduced over the CTA from registers, then the normalised group quantised as
-// stage_q8 does (it is called with that group): one L2 round trip for x instead of two (rms_den's, then stage_q8's).
+// IN_NORM when K <= 4 NT (each thread at most one group of 4 values): x and the norm weights loaded once, x · nw
+// handed to stage_q8 from registers and the sum of squares of x added to ss.
 template <int NT>
 __device__ __forceinline__ float4 normed_group(const float* __restrict__ x, int K, const float* __restrict__ nw,
-                                               float eps) {
+                                               float& ss) {
     const int i = threadIdx.x, n4 = K / 4;
     const bool vx = (reinterpret_cast<size_t>(x) & 15) == 0, vw = (reinterpret_cast<size_t>(nw) & 15) == 0;
     const float4 z = make_float4(0.f, 0.f, 0.f, 0.f), v = i < n4 ? ld_x4(x, i, vx) : z, w = i < n4 ? ld_x4(nw, i, vw) : z;
-    const float den = cta_rms_den<NT>(fmaf(v.x, v.x, fmaf(v.y, v.y, fmaf(v.z, v.z, v.w * v.w))), K, eps);
-    return make_float4(v.x / den * w.x, v.y / den * w.y, v.z / den * w.z, v.w / den * w.w);
+    ss = fmaf(v.x, v.x, fmaf(v.y, v.y, fmaf(v.z, v.z, fmaf(v.w, v.w, ss))));
+    return make_float4(v.x * w.x, v.y * w.y, v.z * w.z, v.w * w.w);
 }
 
 template <int NT, int IN>
 __device__ __forceinline__ void stage_f32(const float* __restrict__ x, int K, float* f, const float* __restrict__ nw,
-                                          float den, int act) {
+                                          float& ss, int act) {
     const bool vec = (reinterpret_cast<size_t>(x) & 15) == 0;
 #pragma unroll 4
-    for (int i = threadIdx.x; i < K / 4; i += NT) reinterpret_cast<float4*>(f)[i] = ld_x4_norm<IN>(x, nw, den, act, K, i, vec);
-}
-
-// RMSNorm fused into the staging: sqrt(mean(x²) + eps) over the K values at x, summed by the whole CTA (each CTA
-// computes it again: x is a few KB, read from L2), so the norm needs no kernel of its own; the staged input is then
-// x / den * w, as norm_rows computes it (orcd.ops.rms_norm).
-template <int NT>
-__device__ __forceinline__ float rms_den(const float* __restrict__ x, int K, float eps) {
-    float s = 0.f;
-    for (int i = threadIdx.x; i < K; i += NT) { const float v = x[i]; s = fmaf(v, v, s); }
-    return cta_rms_den<NT>(s, K, eps);
+    for (int i = threadIdx.x; i < K / 4; i += NT) reinterpret_cast<float4*>(f)[i] = ld_x4_norm<IN>(x, nw, ss, act, K, i, vec);
 }
 
 // Shared-memory layout (dynamic): [q: K bytes (8-bit), 2K rounded up to 128 (16-bit), or 144 bytes per two blocks
@@ -706,7 +701,7 @@ __device__ __forceinline__ void load_batch(typename T::Raw (&r)[U], const u8* w,
 
 template <bool SQ8, bool SF32, int NT, int IN, class X>
 __device__ __forceinline__ void stage(const float* __restrict__ x, int K, const X& xs, const float* __restrict__ nw,
-                                      float eps, int act) {
+                                      float* ss_part, int act) {
     int* q = const_cast<int*>(xs.q); float* d = const_cast<float*>(xs.d); int* s16 = const_cast<int*>(xs.s16);
     if constexpr (IN == IN_STAGED) {                         // already staged: a copy
         static_assert(X::xb == 16 && !X::pl && SQ8 && !SF32, "IN_STAGED: 16-bit codes, quantised block types only");
@@ -720,20 +715,23 @@ __device__ __forceinline__ void stage(const float* __restrict__ x, int K, const 
         if (attn_here(A, p)) {                               // uniform over the grid
             extern __shared__ int4 mv_smem[];
             const float* o = attend_here<NT>(A, p, reinterpret_cast<unsigned char*>(mv_smem) + A.scratch);
-            stage_q8<NT, X::xb, X::pl, IN_ATTN>(o, K, q, d, s16, nullptr, 1.f, act);
-        } else stage_q8<NT, X::xb, X::pl, IN_X>(x, K, q, d, s16, nullptr, 1.f, act);
+            float ss = 0.f;
+            stage_q8<NT, X::xb, X::pl, IN_ATTN>(o, K, q, d, s16, nullptr, ss, act);
+        } else { float ss = 0.f; stage_q8<NT, X::xb, X::pl, IN_X>(x, K, q, d, s16, nullptr, ss, act); }
         return;
     }
+    float ss = 0.f, ss_f = 0.f;                              // IN_NORM: the sum of squares of this thread's x
     if constexpr (IN == IN_NORM && SQ8 && !SF32 && !X::pl) {  // the normed staging from registers (see normed_group)
         if (K <= 4 * NT) {                                    // uniform over the CTA (a kernel argument)
-            const float4 v = normed_group<NT>(x, K, nw, eps);
-            stage_q8<NT, X::xb, X::pl, IN>(x, K, q, d, s16, nw, 1.f, act, &v);
+            const float4 v = normed_group<NT>(x, K, nw, ss);
+            stage_q8<NT, X::xb, X::pl, IN>(x, K, q, d, s16, nw, ss_f, act, &v);
+            ss_store<NT / 32>(ss, ss_part);
             return;
         }
     }
-    const float den = IN == IN_NORM ? rms_den<NT>(x, K, eps) : 1.f;
-    if (SQ8) stage_q8<NT, X::xb, X::pl, IN>(x, K, q, d, s16, nw, den, act);
-    if (SF32) stage_f32<NT, IN>(x, K, const_cast<float*>(xs.f), nw, den, act);
+    if (SQ8) stage_q8<NT, X::xb, X::pl, IN>(x, K, q, d, s16, nw, ss, act);
+    if (SF32) stage_f32<NT, IN>(x, K, const_cast<float*>(xs.f), nw, SQ8 ? ss_f : ss, act);   // x's squares once
+    if constexpr (IN == IN_NORM) ss_store<NT / 32>(ss, ss_part);
 }
 
 struct Args {
@@ -812,10 +810,12 @@ __device__ __forceinline__ void run_part(const Part& P0, int tile_begin, const A
 #endif
         if (staged == -1) MV_STAMP(1);
         if (staged != -1) __syncthreads();                    // the previous part's x may still be read
-        stage<SQ8, SF32, NT, IN>(a.x + P.xoff, a.K, xs, a.norm_w, a.norm_eps, a.act); __syncthreads();
+        stage<SQ8, SF32, NT, IN>(a.x + P.xoff, a.K, xs, a.norm_w, red + NW, a.act); __syncthreads();
         if (staged == -1) MV_STAMP(2);
         staged = P.xoff;
     }
+    // IN_NORM: 1/rms from the warps' sums of squares (red + NW, left by the staging of this x; see norm_scale)
+    const float rs = IN == IN_NORM ? norm_scale<NW>(red + NW, a.K, a.norm_eps) : 1.f;
     float acc = 0.f;
     int parity = 0;                                           // OUT_GLU: which of its two buffers this tile uses
     for (;;) {
@@ -833,6 +833,7 @@ __device__ __forceinline__ void run_part(const Part& P0, int tile_begin, const A
         }
         if (nk == 0) {                                        // the tile's last batch: reduce, epilogue
             acc = group_sum<NW>(acc, G, red);
+            if constexpr (IN == IN_NORM) acc *= rs;
             if constexpr (OUT == OUT_GLU) { glu_epilogue(acc, G, grp, g, row, P, a, t, parity); parity ^= 1; }
             else if (g == 0 && row < P.rows) {
                 const int r = P.row0 + row;
@@ -868,7 +869,7 @@ __device__ __forceinline__ void matvec_v2_body(const Part* __restrict__ parts, i
     constexpr bool SQ8 = (Cs::type::Q8X || ...);
     constexpr bool SF32 = (!Cs::type::Q8X || ...);
     extern __shared__ int4 mv_smem[];
-    __shared__ float red[NW];
+    __shared__ float red[2 * NW];                              // group_sum's, then the staging's sums of squares
     constexpr bool PL = XB == 16 && (pair_layout<typename Cs::type>::value && ...);
     typedef XS<XB, PL> X;
     const X xs = smem_layout<X>(mv_smem, K, SQ8);
@@ -907,8 +908,11 @@ __device__ __forceinline__ void matvec_v2_body(const Part* __restrict__ parts, i
 // The kernel the launcher instantiates (orcd.cuda_matvec.precompile compiles this header alone, with NVRTC name
 // expressions such as matvec_v2_k<8, 16, 0, mv::cfg<mv::tQ5_0, 2>, mv::cfg<mv::tQ8_0, 1>>): NW warps per CTA, XB-bit
 // staged input (8 or 16), what it stages (IN: mv::IN_X, IN_NORM, IN_ACT or IN_STAGED), one cfg per block type in the parts.
+#ifndef ORCD_MV_MINB          // at least this many CTAs of matvec_v2_k an SM (registers capped to fit): an experiment's
+#define ORCD_MV_MINB 1        // knob (ORCD_MV_MINB=2 in the environment, orcd.cuda_matvec.precompile)
+#endif
 template <int NW, int XB, int IN, class... Cs>
-__global__ void __launch_bounds__(NW * 32) matvec_v2_k(const mv::Part* __restrict__ parts, int nparts,
+__global__ void __launch_bounds__(NW * 32, ORCD_MV_MINB) matvec_v2_k(const mv::Part* __restrict__ parts, int nparts,
                                                       const float* __restrict__ x, float* y,
                                                       const float* __restrict__ bias, int K, int accumulate,
                                                       const int* __restrict__ route_ids,

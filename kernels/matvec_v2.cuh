@@ -123,6 +123,9 @@ struct tQ8_0 {    // 34 B: fp16 d, 32 int8 q.                         value = d*
     }
 };
 
+// The offset types (Q4_0, Q5_0, Q6_K: value = d * (q - o)) take the unsigned codes into the integer dot product and
+// subtract o times the staged input's half-block code sums: Σ (q - o) x = Σ q x - o Σ x, the same integer, without
+// a per-byte subtraction (3 instructions a word: 24 of a chunk's ~120 for Q5_0, Qwen's most common type).
 struct tQ4_0 {    // 18 B: fp16 d, 16 B nibbles (low: values 0-15, high: 16-31).   value = d*(q-8)
     static constexpr int QK = 32, BYTES = 18, CV = 32; static constexpr bool Q8X = true;
     struct Raw { u32 q[4]; u32 d; };
@@ -132,11 +135,8 @@ struct tQ4_0 {    // 18 B: fp16 d, 16 B nibbles (low: values 0-15, high: 16-31).
     template <class X> static __device__ __forceinline__ float dot(const Raw& r, const X& xs, int c) {
         u32 lo[4], hi[4];
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            lo[i] = __vsub4(r.q[i] & 0x0f0f0f0fu, 0x08080808u);
-            hi[i] = __vsub4((r.q[i] >> 4) & 0x0f0f0f0fu, 0x08080808u);
-        }
-        const int s = dot4x4(hi, xs, 8 * c + 4, dot4x4(lo, xs, 8 * c, 0));
+        for (int i = 0; i < 4; ++i) { lo[i] = r.q[i] & 0x0f0f0f0fu; hi[i] = (r.q[i] >> 4) & 0x0f0f0f0fu; }
+        const int s = dot4x4(hi, xs, 8 * c + 4, dot4x4(lo, xs, 8 * c, 0)) - 8 * (xs.s16[2 * c] + xs.s16[2 * c + 1]);
         return h2f(r.d) * xs.d[c] * (float)s;
     }
 };
@@ -171,10 +171,10 @@ struct tQ5_0 {    // 22 B: fp16 d, qh (bit j = fifth bit of value j), 16 B nibbl
         const u32 qh = r.w[0];
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-            lo[i] = __vsub4((r.w[1 + i] & 0x0f0f0f0fu) | bits_to_bytes4(qh >> (4 * i)), 0x10101010u);
-            hi[i] = __vsub4(((r.w[1 + i] >> 4) & 0x0f0f0f0fu) | bits_to_bytes4(qh >> (16 + 4 * i)), 0x10101010u);
+            lo[i] = (r.w[1 + i] & 0x0f0f0f0fu) | bits_to_bytes4(qh >> (4 * i));
+            hi[i] = ((r.w[1 + i] >> 4) & 0x0f0f0f0fu) | bits_to_bytes4(qh >> (16 + 4 * i));
         }
-        const int s = dot4x4(hi, xs, 8 * c + 4, dot4x4(lo, xs, 8 * c, 0));
+        const int s = dot4x4(hi, xs, 8 * c + 4, dot4x4(lo, xs, 8 * c, 0)) - 16 * (xs.s16[2 * c] + xs.s16[2 * c + 1]);
         return h2f(r.d) * xs.d[c] * (float)s;
     }
 };
@@ -380,10 +380,12 @@ struct tQ6_K {    // 210 B: ql 128, qh 64, int8 scales 16, fp16 d.   value = (d*
         u32 lo[4], hi[4];
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-            lo[i] = __vsub4((r.ql[i] & 0x0f0f0f0fu) | ((r.qh[i] >> (2 * gp)) & 0x03030303u) << 4, 0x20202020u);
-            hi[i] = __vsub4(((r.ql[i] >> 4) & 0x0f0f0f0fu) | ((r.qh[i] >> (2 * gp + 4)) & 0x03030303u) << 4, 0x20202020u);
+            lo[i] = (r.ql[i] & 0x0f0f0f0fu) | ((r.qh[i] >> (2 * gp)) & 0x03030303u) << 4;
+            hi[i] = ((r.ql[i] >> 4) & 0x0f0f0f0fu) | ((r.qh[i] >> (2 * gp + 4)) & 0x03030303u) << 4;
         }
-        const int s0 = dot4x4(lo, xs, 8 * xb + 4 * jj, 0), s1 = dot4x4(hi, xs, 8 * xb + 16 + 4 * jj, 0);
+        // 16 values each: half jj of x block xb (group gp) and of block xb + 2 (group gp + 2), offset 32
+        const int s0 = dot4x4(lo, xs, 8 * xb + 4 * jj, 0) - 32 * xs.s16[2 * xb + jj];
+        const int s1 = dot4x4(hi, xs, 8 * xb + 16 + 4 * jj, 0) - 32 * xs.s16[2 * xb + 4 + jj];
         const float d = h2f(r.sd >> 16);
         const int sc0 = (int)(signed char)(r.sd & 255), sc1 = (int)(signed char)((r.sd >> 8) & 255);
         return d * (xs.d[xb] * ((float)sc0 * (float)s0) + xs.d[xb + 2] * ((float)sc1 * (float)s1));

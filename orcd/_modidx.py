@@ -460,6 +460,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                            'orcd.gguf._align': ('gguf.html#_align', 'orcd/gguf.py'),
                            'orcd.gguf._check_alignment': ('gguf.html#_check_alignment', 'orcd/gguf.py'),
                            'orcd.gguf._f32_short': ('gguf.html#_f32_short', 'orcd/gguf.py'),
+                           'orcd.gguf._kv_reader': ('gguf.html#_kv_reader', 'orcd/gguf.py'),
                            'orcd.gguf._parse': ('gguf.html#_parse', 'orcd/gguf.py'),
                            'orcd.gguf._parse_tensor_info': ('gguf.html#_parse_tensor_info', 'orcd/gguf.py'),
                            'orcd.gguf._short': ('gguf.html#_short', 'orcd/gguf.py'),

@@ -10,7 +10,8 @@
 // llama.cpp's mmvq; __dp2a with 16-bit codes, 2 per instruction) and one float multiply per chunk. 8-bit codes
 // move the logits of a whole model by ~1e-2 of their largest value; 16-bit codes are 256 times finer. The
 // float types (F32/F16/BF16) stage x as fp32 instead. Exactly what the kernel computes, for the quantised
-// types, is dequant(W) . dequant(qXB(x)); numpy reference: orcd.cuda_matvec.linear_ref.
+// types, is dequant(W) . dequant(qXB(x)) (with the RMSNorm fused: dequant(W) . dequant(qXB(x * nw)) / rms, whose codes
+// are those of x * nw / rms up to fp32 rounding); numpy reference: orcd.cuda_matvec.linear_ref.
 //
 // Work split: the rows of all parts (a Linear may stack q|k|v of different types) form tiles of NT/G rows;
 // G threads share one row (G a power of two: G < 32 packs several rows into a warp when K is short, G > 32

@@ -570,10 +570,8 @@ __device__ __forceinline__ void glu_stage_block(float v, int b, int K, void* out
 // fp32 rounding). So the staging needs no reduction over the CTA before it quantises: each warp leaves the sum of
 // squares of its values in ss_part (its lane 0), and after the barrier that ends the staging every thread forms
 // 1 / sqrt(Σ x² / K + eps) from the NW sums, which only the epilogue needs (off the path from x to the products).
-template <int NW>
 __device__ __forceinline__ void ss_store(float ss, float* ss_part) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+    ss = warp_sum(ss);                                       // (ops_common.cuh)
     if ((threadIdx.x & 31) == 0) ss_part[threadIdx.x >> 5] = ss;
 }
 template <int NW>
@@ -728,13 +726,13 @@ __device__ __forceinline__ void stage(const float* __restrict__ x, int K, const 
         if (K <= 4 * NT) {                                    // uniform over the CTA (a kernel argument)
             const float4 v = normed_group<NT>(x, K, nw, ss);
             stage_q8<NT, X::xb, X::pl, IN>(x, K, q, d, s16, nw, ss_f, act, &v);
-            ss_store<NT / 32>(ss, ss_part);
+            ss_store(ss, ss_part);
             return;
         }
     }
     if (SQ8) stage_q8<NT, X::xb, X::pl, IN>(x, K, q, d, s16, nw, ss, act);
     if (SF32) stage_f32<NT, IN>(x, K, const_cast<float*>(xs.f), nw, SQ8 ? ss_f : ss, act);   // x's squares once
-    if constexpr (IN == IN_NORM) ss_store<NT / 32>(ss, ss_part);
+    if constexpr (IN == IN_NORM) ss_store(ss, ss_part);
 }
 
 struct Args {

@@ -11,7 +11,7 @@ __all__ = ['MAX_TENSORS', 'MAX_KV', 'MAX_ARRAY', 'MAX_STRING', 'MAX_KEY', 'MAX_A
            'GGUFMetadataError', 'UnsupportedArchitectureError', 'supported_architectures', 'TensorInfo', 'GGUFFile',
            'ModelMetadata', 'inspect_dict', 'format_inspect', 'cli_inspect']
 
-# %% ../nbs/00_gguf.ipynb #f09ea501
+# %% ../nbs/00_gguf.ipynb #daba225e
 import json, mmap, os, stat, struct, sys
 from collections import Counter
 from dataclasses import dataclass, field, fields
@@ -22,7 +22,7 @@ import numpy as np
 from gguf import GGUFValueType as VT, GGMLQuantizationType as QT, GGML_QUANT_SIZES, LlamaFileType, Keys
 from .errors import ModelLoadError
 
-# %% ../nbs/00_gguf.ipynb #bdcd78b1
+# %% ../nbs/00_gguf.ipynb #f393c628
 class GGUFError(ModelLoadError, ValueError):
     "A GGUF file is malformed or unusable. The message names the file, the field and the byte offset."
     def __init__(self, path, field, offset, msg):
@@ -45,7 +45,7 @@ class GGUFEncodingError(GGUFError): "A key, string or tensor name that is not va
 class GGUFMetadataError(GGUFError): "A hyper-parameter missing, of the wrong type or out of range."
 class UnsupportedArchitectureError(GGUFMetadataError): "`general.architecture` is not one orcd runs."
 
-# %% ../nbs/00_gguf.ipynb #79c96732
+# %% ../nbs/00_gguf.ipynb #2b783a75
 MAX_TENSORS = 1 << 16
 MAX_KV = 1 << 16
 MAX_ARRAY = 1 << 25
@@ -74,7 +74,7 @@ _U32, _U64 = struct.Struct('<I'), struct.Struct('<Q')
 
 def _align(n, a): return (n + a - 1) // a * a
 
-# %% ../nbs/00_gguf.ipynb #0cc842ef
+# %% ../nbs/00_gguf.ipynb #1c736c25
 class _Parser:
     def __init__(self, path, buf):
         self.path, self.buf, self.size, self.pos = str(path), buf, len(buf), 0
@@ -152,7 +152,7 @@ class _Parser:
         self.pos = pos
         return out
 
-# %% ../nbs/00_gguf.ipynb #b1cca547
+# %% ../nbs/00_gguf.ipynb #c1c3e083
 @dataclass(frozen=True)
 class TensorInfo:
     "One tensor of a GGUF file. `shape` is GGUF order (contiguous first), `np_shape` the numpy order."
@@ -167,7 +167,7 @@ class TensorInfo:
     @property
     def type_name(self): return QT(self.ggml_type).name
 
-# %% ../nbs/00_gguf.ipynb #bd9e948e
+# %% ../nbs/00_gguf.ipynb #cb33fb45
 def _check_alignment(p, kv, kv_at):
     a = kv.get(Keys.General.ALIGNMENT, DEFAULT_ALIGNMENT)
     at = kv_at.get(Keys.General.ALIGNMENT)
@@ -264,7 +264,7 @@ def _parse(path, buf):
         prev = ti
     return version, alignment, kv, kv_at, out, data_start
 
-# %% ../nbs/00_gguf.ipynb #79ca7a95
+# %% ../nbs/00_gguf.ipynb #9c2e020d
 class GGUFFile:
     "A validated, memory-mapped GGUF file."
     def __init__(self, path):
@@ -309,21 +309,22 @@ class GGUFFile:
     def __exit__(self, *exc): self.close()
     def __repr__(self): return f'GGUFFile({str(self.path)!r}, v{self.version}, {len(self.kv)} keys, {len(self.tensors)} tensors)'
 
-# %% ../nbs/00_gguf.ipynb #6b3bcd8a
+# %% ../nbs/00_gguf.ipynb #fc6e5727
 def _f32_short(v):
     "A float32 value as its shortest decimal (9.99999997e-07 → 1e-06): the same float32, readable."
     v = float(v)
     with np.errstate(over='ignore'): f = np.float32(v)
     return float(str(f)) if float(f) == v and np.isfinite(f) else v
 
-# %% ../nbs/00_gguf.ipynb #5b46c5a1
+# %% ../nbs/00_gguf.ipynb #eca650a5
 def _kv_reader(gf, arch: str):
     "`get(key, kind, default=..., lo=None)`: the typed value of key `key` (`{arch}` filled in) of `gf`, checked."
     kv, path, kv_at = gf.kv, gf.path, getattr(gf, '_kv_at', {})
     def get(key, kind, default=..., lo=None):
         k = key.format(arch=arch)
+        def err(msg): return GGUFMetadataError(path, f'key {k!r}', kv_at.get(k), msg)
         if k not in kv:
-            if default is ...: raise GGUFMetadataError(path, f'key {k!r}', kv_at.get(k), f'missing (required for {arch})')
+            if default is ...: raise err(f'missing (required for {arch})')
             return default
         v = kv[k]
         if kind in (int, float) and isinstance(v, (list, np.ndarray)) and len(v) and all(x == v[0] for x in v):
@@ -332,13 +333,12 @@ def _kv_reader(gf, arch: str):
         ok = {int: lambda x: isinstance(x, int) and not isinstance(x, bool),
               float: lambda x: isinstance(x, (int, float)) and not isinstance(x, bool),
               str: lambda x: isinstance(x, str)}[kind](v)
-        if not ok:
-            raise GGUFMetadataError(path, f'key {k!r}', kv_at.get(k), f'expected {kind.__name__}, found {type(v).__name__} {str(v)[:40]}')
-        if lo is not None and v < lo: raise GGUFMetadataError(path, f'key {k!r}', kv_at.get(k), f'{v} is below the minimum {lo}')
+        if not ok: raise err(f'expected {kind.__name__}, found {type(v).__name__} {str(v)[:40]}')
+        if lo is not None and v < lo: raise err(f'{v} is below the minimum {lo}')
         return _f32_short(v) if kind is float else kind(v)
     return get
 
-# %% ../nbs/00_gguf.ipynb #50f23076
+# %% ../nbs/00_gguf.ipynb #b0860d0c
 @dataclass
 class ModelMetadata:
     "Hyper-parameters of a model, read from its GGUF keys."
@@ -437,7 +437,7 @@ class ModelMetadata:
         "The fields except the raw kv (JSON-ready)."
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != 'kv'}
 
-# %% ../nbs/00_gguf.ipynb #36b6f1d3
+# %% ../nbs/00_gguf.ipynb #557a8a37
 def _short(v, n=6):
     "JSON-ready form of a KV value; arrays longer than 2n are summarised."
     if isinstance(v, np.ndarray): v = v.tolist() if len(v) <= 2 * n else dict(length=len(v), type=str(v.dtype), head=v[:n].tolist())

@@ -668,7 +668,8 @@ __device__ __forceinline__ void prefetch_range(const u8* b, size_t n) {
 template <int NW>
 __device__ __forceinline__ float group_sum(float v, int G, float* red) {
     const int w = G < 32 ? G : 32;
-    for (int o = w >> 1; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+#pragma unroll                      // the same shuffles in the same order as a loop from w/2 down, without its branches
+    for (int o = 16; o > 0; o >>= 1) if (o < w) v += __shfl_xor_sync(0xffffffffu, v, o);
     if (NW > 1 && G > 32) {
         const int warp = threadIdx.x >> 5;
         if ((threadIdx.x & 31) == 0) red[warp] = v;

@@ -913,8 +913,16 @@ __device__ __forceinline__ void matvec_v2_body(const Part* __restrict__ parts, i
 #ifndef ORCD_MV_MINB          // at least this many CTAs of matvec_v2_k an SM (registers capped to fit): an experiment's
 #define ORCD_MV_MINB 1        // knob (ORCD_MV_MINB=2 in the environment, orcd.cuda_matvec.precompile)
 #endif
+namespace mv {
+// CTAs an SM the compiler must fit (registers): 32 / NW (64 registers a thread) for a kernel whose every type reads one
+// chunk a batch — U = 1 is the plan of a bandwidth-bound product with many tiles a CTA (orcd.cuda_matvec.plan_unroll:
+// the output products), whose speed is the loads in flight, so the CTAs an SM. Session 19: the fused norm's epilogue
+// had taken gpt-oss's output product (8 warps, Q8_0) from 64 to 72 registers, 3 CTAs an SM instead of 4, and its
+// decode from 573 to 547 tok/s. Else ORCD_MV_MINB.
+template <int NW, class... Cs> constexpr int min_ctas() { return ((Cs::u == 1) && ...) ? 32 / NW : ORCD_MV_MINB; }
+}  // namespace mv
 template <int NW, int XB, int IN, class... Cs>
-__global__ void __launch_bounds__(NW * 32, ORCD_MV_MINB) matvec_v2_k(const mv::Part* __restrict__ parts, int nparts,
+__global__ void __launch_bounds__(NW * 32, mv::min_ctas<NW, Cs...>()) matvec_v2_k(const mv::Part* __restrict__ parts, int nparts,
                                                       const float* __restrict__ x, float* y,
                                                       const float* __restrict__ bias, int K, int accumulate,
                                                       const int* __restrict__ route_ids,

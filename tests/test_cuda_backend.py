@@ -109,11 +109,13 @@ def test_attention_in_o_both_ways(path, keys, monkeypatch):
     assert any(o.startswith('attn_linear') for o in ops) == bool(keys), ops
     if keys: assert all(v[2] == keys for v in gpu.attn_here.values())
 
-@pytest.mark.parametrize('graphs', [True, False], ids=['graph', 'eager'])
+@pytest.mark.parametrize('graphs,k', [(True, 1), (True, 3), (True, 4), (False, 1)],
+                         ids=['graph', 'graph-3-steps', 'graph-4-steps', 'eager'])
 @pytest.mark.parametrize('path', MODELS[:2] + MODELS[3:4], ids=lambda p: p.stem)
-def test_decode_greedy_equals_steps(path, graphs):
-    """decode_greedy (the graph replayed back to back, the ids read once) gives the ids of one decode_sample at a time,
-    in calls of 5, 1, 4 and 3 tokens, and leaves the cache as they do: the next step's logits are bit-equal."""
+def test_decode_greedy_equals_steps(path, graphs, k):
+    """decode_greedy (graphs of k steps and of one replayed back to back, the ids read once) gives the ids of one
+    decode_sample at a time, in calls of 5, 1, 4 and 3 tokens, and leaves the cache as they do: the next step's logits
+    are bit-equal."""
     from orcd.engine import Sampler, SamplingParams
     from orcd.gguf import GGUFFile
     from orcd.cuda_backend import CUDABackend
@@ -124,12 +126,39 @@ def test_decode_greedy_equals_steps(path, graphs):
     for k in range(13): tok = be.decode_sample(tok, len(ids) + k, greedy); one.append(tok)
     after_one = be.decode(tok, len(ids) + 13)
     be = CUDABackend(GGUFFile(path), N_CTX, graphs=graphs)           # a fresh one: its first call captures the graph
+    be.steps_per_graph = k
     tok, got = int(np.argmax(be.prefill(ids))), []
     assert tok == want
     for n in (5, 1, 4, 3):
         out = be.decode_greedy(tok, len(ids) + len(got), n, greedy); got += out; tok = out[-1]
     assert got == one
     np.testing.assert_array_equal(be.decode(tok, len(ids) + 13), after_one)
+
+@pytest.mark.parametrize('path', MODELS[:2] + MODELS[3:4], ids=lambda p: p.stem)
+def test_decode_greedy_across_short_keys(path):
+    """decode_greedy's graphs for a short context (no merge kernels) and for any context, in calls on both sides of
+    the attention's short_keys and across it: the ids of one decode_sample at a time, and the same next logits."""
+    from orcd.engine import Sampler, SamplingParams
+    from orcd.gguf import GGUFFile
+    from orcd.cuda_backend import CUDABackend, SHORT_GRAPHS
+    n_ctx, runs = 300, []
+    for greedy_calls in (False, True):
+        be = CUDABackend(GGUFFile(path), n_ctx)
+        sk = be.attn.short_keys
+        if not sk: pytest.skip(f'{path.stem}: no attend_short (short_keys 0), so no graphs for a short context')
+        ids = _prompt(be.hp.vocab_size, sk - 10)
+        greedy = Sampler(SamplingParams(temperature=0), vocab_limit=be.hp.vocab_size)
+        tok, got = int(np.argmax(be.prefill(ids))), []
+        if greedy_calls:
+            be.steps_per_graph = 4
+            for n in (4, 4, 4, 5):                   # keys the last step of each sees: sk - 6, sk - 2, sk + 2, sk + 7
+                out = be.decode_greedy(tok, len(ids) + len(got), n, greedy); got += out; tok = out[-1]
+            if SHORT_GRAPHS: assert {(4, True), (4, False)} <= set(be._kgraphs)
+        else:
+            for k in range(17): tok = be.decode_sample(tok, len(ids) + k, greedy); got.append(tok)
+        runs.append((got, be.decode(tok, len(ids) + 17)))
+    assert runs[0][0] == runs[1][0]
+    np.testing.assert_array_equal(runs[0][1], runs[1][1])
 
 def _check_matches_cpu(path):
     cpu, gpu = _backends(path)

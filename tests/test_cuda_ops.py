@@ -221,6 +221,34 @@ def test_decode_attention(model, S, window, fused_merge, short_keys, short_split
 
 
 @needs_gpu
+@pytest.mark.parametrize('heads_of', [(14, 2), (64, 8), (8, 8)], ids=['qwen', 'gpt-oss', 'mha'])
+def test_decode_attention_without_the_merge(heads_of):
+    """merge=False at a short context (at most short_keys visible keys: a graph captured for one): attend_short writes
+    out itself — the same values, bit for bit, as with the merge launched, for positions up to short_keys, with sinks
+    and a window, RoPE fused; refused with skip_keys or without attend_short."""
+    nh, nkv = heads_of
+    rng, D, n_ctx = np.random.default_rng(nh), 64, 300
+    qkv, kc, vc, sk = att_data(rng, 1, nh, nkv, D, n_ctx, True)
+    cos, sin = ops.rope_cos_sin(np.arange(n_ctx), D, 10000.0)
+    att = co.DecodeAttention(nh, nkv, D, D, n_ctx, 0.125, short_keys=256)
+    rope, SK = (cp.asarray(cos), cp.asarray(sin), D, True), cp.asarray(sk)
+    for S, win in ((1, 0), (40, 0), (200, 128), (256, 0)):
+        p = cp.asarray([S - 1], np.int32)
+        outs = []
+        for merge in (True, False):
+            K, V, out = cp.asarray(kc), cp.asarray(vc), cp.full(nh * D, np.nan, np.float32)
+            att(cp.asarray(qkv), K, V, p, out, win, SK, rope=rope, merge=merge)
+            outs.append((cp.asnumpy(out), cp.asnumpy(K), cp.asnumpy(V)))
+        for a, b in zip(*outs): np.testing.assert_array_equal(a, b)
+        qkv_r, kc_r, vc_r = co.rope_kv_ref(qkv, np.array([S - 1]), cos, sin, kc, vc, nh, nkv, D, D, D, True)
+        ref = co.attention_ref(qkv_r, kc_r, vc_r, [S - 1], 0.125, nh, nkv, D, D, win, sk)[0]
+        assert_close(outs[1][0], ref, **ATT_TOL, name=f'S={S} window={win}')
+    args = (cp.asarray(qkv), cp.asarray(kc), cp.asarray(vc), cp.asarray([0], np.int32), cp.empty(nh * D, np.float32))
+    with pytest.raises(ValueError): att(*args, merge=False, skip_keys=64)
+    with pytest.raises(ValueError): co.DecodeAttention(nh, nkv, D, D, n_ctx, 0.125, short_keys=0)(*args, merge=False)
+
+
+@needs_gpu
 @pytest.mark.parametrize('fused_merge', [False, True], ids=['merge_kernel', 'fused_merge'])
 @pytest.mark.parametrize('max_splits', [1, 3, 64])
 @pytest.mark.parametrize('min_tiles', [1, 3])

@@ -910,19 +910,30 @@ __device__ __forceinline__ void matvec_v2_body(const Part* __restrict__ parts, i
 // The kernel the launcher instantiates (orcd.cuda_matvec.precompile compiles this header alone, with NVRTC name
 // expressions such as matvec_v2_k<8, 16, 0, mv::cfg<mv::tQ5_0, 2>, mv::cfg<mv::tQ8_0, 1>>): NW warps per CTA, XB-bit
 // staged input (8 or 16), what it stages (IN: mv::IN_X, IN_NORM, IN_ACT or IN_STAGED), one cfg per block type in the parts.
-#ifndef ORCD_MV_MINB          // at least this many CTAs of matvec_v2_k an SM (registers capped to fit): an experiment's
-#define ORCD_MV_MINB 1        // knob (ORCD_MV_MINB=2 in the environment, orcd.cuda_matvec.precompile)
-#endif
+#ifndef ORCD_MV_MINB          // an experiment's knob (ORCD_MV_MINB=N in the environment, orcd.cuda_matvec.precompile):
+#define ORCD_MV_MINB -1       // at least N CTAs of matvec_v2_k an SM (registers capped to fit; 0: none named) for the
+#endif                        // kernels other than U = 1's; -1: min_ctas's measured choice
 namespace mv {
-// CTAs an SM the compiler must fit (registers): 32 / NW (64 registers a thread) for a kernel whose every type reads one
-// chunk a batch — U = 1 is the plan of a bandwidth-bound product with many tiles a CTA (orcd.cuda_matvec.plan_unroll:
-// the output products), whose speed is the loads in flight, so the CTAs an SM. Session 19: the fused norm's epilogue
-// had taken gpt-oss's output product (8 warps, Q8_0) from 64 to 72 registers, 3 CTAs an SM instead of 4, and its
-// decode from 573 to 547 tok/s. Else ORCD_MV_MINB.
-template <int NW, class... Cs> constexpr int min_ctas() { return ((Cs::u == 1) && ...) ? 32 / NW : ORCD_MV_MINB; }
+template <class T> struct is_q8_0 { static constexpr bool value = false; };
+template <> struct is_q8_0<tQ8_0> { static constexpr bool value = true; };
+// The minimum of CTAs an SM that __launch_bounds__ names (0: none), per instantiation:
+// - 32 / NW (64 registers a thread) for a kernel whose every type reads one chunk a batch: U = 1 is the plan of a
+//   bandwidth-bound product with many tiles a CTA (orcd.cuda_matvec.plan_unroll: the output products), whose speed
+//   is the loads in flight, so the CTAs an SM. Session 18's fused-norm epilogue had taken gpt-oss's output product
+//   (8 warps, Q8_0) from 64 to 72 registers, 3 CTAs an SM instead of 4.
+// - Otherwise 1 or none, which bound nothing here (no kernel needs more than an SM's registers) but change ptxas's
+//   schedule and register count, so they are chosen by measurement (Session 19, H200, µs a decode step, kernel by
+//   kernel): gpt-oss's IN_X Q8_0 products (q|k|v at 8 warps, o at 16) are faster with none — 181.1 / 162.5 against
+//   209.7 / 197.5 with 1 — and Qwen's with 1 (its norm + q|k|v of Q5_0 51.5 against 57.1, down of Q6_K 51.8 against
+//   53.7, o of Q5_0 55.0 against 56.0; the others within 0.5). So: none for an IN_X kernel of Q8_0 only, else 1.
+template <int NW, int IN, class... Cs> constexpr int min_ctas() {
+    return ((Cs::u == 1) && ...) ? 32 / NW
+         : ORCD_MV_MINB >= 0 ? ORCD_MV_MINB
+         : IN == IN_X && (is_q8_0<typename Cs::type>::value && ...) ? 0 : 1;
+}
 }  // namespace mv
 template <int NW, int XB, int IN, class... Cs>
-__global__ void __launch_bounds__(NW * 32, mv::min_ctas<NW, Cs...>()) matvec_v2_k(const mv::Part* __restrict__ parts, int nparts,
+__global__ void __launch_bounds__(NW * 32, mv::min_ctas<NW, IN, Cs...>()) matvec_v2_k(const mv::Part* __restrict__ parts, int nparts,
                                                       const float* __restrict__ x, float* y,
                                                       const float* __restrict__ bias, int K, int accumulate,
                                                       const int* __restrict__ route_ids,

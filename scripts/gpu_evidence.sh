@@ -4,7 +4,7 @@
 #   whl/                  orcd's runtime dependencies as wheels
 #   skel/NAME.head|json   `gguf-skeleton save` headers of the three registry models
 #   llamacpp-src.tgz      `llamacpp-peer pack .carry`, with the tool llamacpp-peer copied beside it (for `peer`)
-# Usage: scripts/gpu_evidence.sh [kernels] [sanitize] [tests] [serve] [matvec] [experts] [moe] [profile] [stepprof] [kab] [serverbench] [peer] [bench] [gptoss]   (logs under $OUT)
+# Usage: scripts/gpu_evidence.sh [kernels] [sanitize] [tests] [serve] [matvec] [experts] [moe] [profile] [stepprof] [kab] [decode] [serverbench] [peer] [bench] [gptoss]   (logs under $OUT)
 #   kernels   the kernel tests (matvec, ops) against their numpy references
 #   sanitize  compute-sanitizer memcheck over the small kernel tests
 #   tests     the backend against the CPU backend on every model (fixtures + shaped real layouts)
@@ -18,6 +18,9 @@
 #   kab       a kernel source against another version of it, by the step on the GPU's clock (scripts/step_timeline.py):
 #             KAB="kernels/attention.cu=.carry/attention_old.cu" (the file as it is in the tree is arm A, the other B),
 #             KAB_DEPTHS="0 200 4096", KAB_RUNS=2, KAB_MODEL (default the Qwen layout); arms alternate, one line each
+#   decode    scripts/bench_decode.py: greedy decode tok/s as the bench times it, arms interleaved — DECODE_ARMS
+#             ("8:8,4:1": lookahead:steps a graph), DECODE_MODELS (default the Qwen layout), DECODE_ENV ("A=1;A=0":
+#             each arm also under each ';'-separated set of variables)
 #   serverbench  scripts/bench_server.py on the Qwen layout: tok/s through HTTP + SSE / the engine's (needs httpx-sse, psutil in whl/)
 #   peer      build llama.cpp's llama-bench (in the background, from .carry/llamacpp-src.tgz)
 #   bench     orcd bench on the Qwen and SmolLM2 layouts (BENCH_MODELS), with llama-bench when peer was built;
@@ -112,6 +115,13 @@ if has stepprof; then     # one decode step's kernels timed alone (ncu) beside t
       --csv python3 scripts/profile_step.py ${PROF_MODEL:-$ORCD_SHAPED_DIR/qwen2.5-coder-0.5b-instruct.gguf} --depth $d \
       > "$OUT/step-$d.csv" 2> "$OUT/step-$d.log"; tail -n 2 "$OUT/step-$d.log"
   done
+fi
+if has decode; then        # decode tok/s by lookahead and steps a graph, each arm under each DECODE_ENV set
+  IFS=';' read -ra VS <<< "${DECODE_ENV:-}"; [ ${#VS[@]} -gt 0 ] || VS=("")
+  for r in 1 2; do for n in ${DECODE_MODELS:-qwen2.5-coder-0.5b-instruct}; do for v in "${VS[@]}"; do
+    echo "$n ${v:-(defaults)} run $r:"
+    env $v timeout 90 python3 scripts/bench_decode.py $ORCD_SHAPED_DIR/$n.gguf --arms ${DECODE_ARMS:-8:8,4:1} --reps 4 2>&1 | tail -n 8
+  done; done; done | tee "$OUT/decode.log"
 fi
 if has serverbench; then  # decode through HTTP + SSE against the engine alone (the performance issue asks >= 95 %)
   python3 -m pip install -q --no-index --find-links .carry/whl httpx-sse psutil 2>&1 | tail -1

@@ -10,13 +10,13 @@ __all__ = ['FUSED_MERGE', 'ATTN_SHORT', 'ATTN_MIN_TILES', 'ATTN_SHORT_SPLITS', '
            'attn_short_keys', 'attn_desc', 'act_ref', 'act', 'add', 'scale_', 'softcap', 'Argmax', 'sample_token_ref',
            'sample_sorted', 'sample_fast', 'sample_token', 'time_graph']
 
-# %% ../nbs/06b_cuda_ops.ipynb #8b95cd2f
+# %% ../nbs/06b_cuda_ops.ipynb #da427fd1
 import os
 import numpy as np
 from . import ops
 from .cuda import load_kernel, _check, cuda_device
 
-# %% ../nbs/06b_cuda_ops.ipynb #f72f0b99
+# %% ../nbs/06b_cuda_ops.ipynb #8e636e6d
 _NULL = np.uint64(0)          # a null pointer argument (CuPy turns None into -1, not 0)
 def _ptr(a): return _NULL if a is None else a
 
@@ -26,7 +26,7 @@ def _sm_count() -> int:
 
 def _blocks(n: int, threads: int) -> int: return max(1, -(-n // threads))
 
-# %% ../nbs/06b_cuda_ops.ipynb #2857de69
+# %% ../nbs/06b_cuda_ops.ipynb #25edda50
 def _norm(name, x, w, b, out, eps, residual, layer):
     T, d = (1, x.size) if x.ndim == 1 else x.shape
     if d > 8192: raise ValueError(f'{name}: rows of {d} values; the kernel keeps at most 8192 in registers')
@@ -46,7 +46,7 @@ def layer_norm(x, w, b, out, eps, residual=None):
     "`out = (x - mean) / sqrt(var + eps) * w + b` (`w`, `b` may be None); with `residual`, first `x += residual`."
     _norm('layer_norm', x, w, b, out, eps, residual, 1)
 
-# %% ../nbs/06b_cuda_ops.ipynb #a3d05564
+# %% ../nbs/06b_cuda_ops.ipynb #ed2b27a1
 def head_rms_norm(buf, w, n_heads, head_dim, eps, col_offset, row_stride, T):
     "In place: RMSNorm (weight `w (head_dim,)`) of `buf[t, col_offset + h*head_dim :][:head_dim]`, `h < n_heads`, `t < T`."
     _check('head_rms_norm', buf, 'buf', np.float32, T * row_stride)
@@ -57,7 +57,7 @@ def head_rms_norm(buf, w, n_heads, head_dim, eps, col_offset, row_stride, T):
         buf, w, np.int32(n_heads), np.int32(head_dim), np.float32(eps), np.int32(col_offset), np.int32(row_stride),
         np.int32(T)))
 
-# %% ../nbs/06b_cuda_ops.ipynb #a87459e0
+# %% ../nbs/06b_cuda_ops.ipynb #eebffffb
 def rope_kv_ref(qkv, pos, cos, sin, k_cache, v_cache, n_heads, n_kv, head_dim, head_dim_v, rope_dim, neox):
     "numpy reference of `rope_kv`: returns the rotated `qkv` and updated copies of the fp16 caches."
     T = len(pos); nq, nk = n_heads * head_dim, n_kv * head_dim
@@ -71,7 +71,7 @@ def rope_kv_ref(qkv, pos, cos, sin, k_cache, v_cache, n_heads, n_kv, head_dim, h
     vc[:, pos] = qkv[:, nq + nk:].reshape(T, n_kv, head_dim_v).transpose(1, 0, 2).astype(np.float16)
     return qkv, kc, vc
 
-# %% ../nbs/06b_cuda_ops.ipynb #03696ea5
+# %% ../nbs/06b_cuda_ops.ipynb #461e1ec5
 def rope_kv(qkv, pos, cos, sin, k_cache, v_cache, n_heads, n_kv, head_dim, head_dim_v, rope_dim, neox, T):
     "Rotate q, k of `qkv (T, ...)` in place at positions `pos` (int32, device); write k, v fp16 into the caches."
     row = (n_heads + n_kv) * head_dim + n_kv * head_dim_v
@@ -90,7 +90,7 @@ def rope_kv(qkv, pos, cos, sin, k_cache, v_cache, n_heads, n_kv, head_dim, head_
         np.int32(n_heads), np.int32(n_kv), np.int32(head_dim), np.int32(head_dim_v), np.int32(rope_dim),
         np.int32(bool(neox)), np.int32(n_ctx)))
 
-# %% ../nbs/06b_cuda_ops.ipynb #2b81e3cb
+# %% ../nbs/06b_cuda_ops.ipynb #557210d8
 def attention_ref(qkv, k_cache, v_cache, positions, scale, n_heads, n_kv, head_dim, head_dim_v, window=0, sinks=None):
     "numpy reference: `orcd.ops.attention` of the queries in `qkv (T, ...)` at `positions` over the fp16 caches."
     positions = np.asarray(positions); T, S = len(positions), int(positions.max()) + 1
@@ -120,7 +120,7 @@ def _attn_check(name, qkv, k_cache, v_cache, out, sinks, T, n_ctx, n_heads, n_kv
     if sinks is not None: _check(name, sinks, 'sinks', np.float32, n_heads)
     return row
 
-# %% ../nbs/06b_cuda_ops.ipynb #ca69c36a
+# %% ../nbs/06b_cuda_ops.ipynb #322f5983
 FUSED_MERGE = os.environ.get('ORCD_FUSED_MERGE') == '1'   # default of DecodeAttention(fused_merge=...)
 ATTN_SHORT = int(os.environ.get('ORCD_ATTN_SHORT', '256'))   # default of DecodeAttention(short_keys=...); 0: off
 ATTN_MIN_TILES = int(os.environ.get('ORCD_ATTN_MIN_TILES', '1'))   # default of DecodeAttention(min_tiles=...)
@@ -147,7 +147,7 @@ def _attn_short_smem(head_dim, head_dim_v) -> int:
     and q (f32), k and v (f16)."""
     return 2 * 8 * 32 * (head_dim_v + 8) + 4 * (8 * head_dim_v + head_dim) + 2 * (head_dim + head_dim_v)
 
-# %% ../nbs/06b_cuda_ops.ipynb #cb0641f7
+# %% ../nbs/06b_cuda_ops.ipynb #e4b31f69
 class DecodeAttention:
     "Attention of one token over the cache, keys split among blocks (flash-decoding); the workspace lives here."
     def __init__(self, n_heads, n_kv, head_dim, head_dim_v, n_ctx, scale, max_splits=None, min_tiles=None,
@@ -206,7 +206,7 @@ class DecodeAttention:
             self._k[1]((nh, -(-Dv // 32)), (256,), (self.ws, pos, i32(nh), i32(Dv), i32(n_ctx), i32(window), ms, mt, sk,
                                                     out, i32(max(skip_keys, self.short_keys)), i32(self.short_keys), i32(S)))
 
-# %% ../nbs/06b_cuda_ops.ipynb #e35953a5
+# %% ../nbs/06b_cuda_ops.ipynb #01001714
 ATTN_MMA = os.environ.get('ORCD_ATTN_MMA', '1') != '0'   # default of attention_prefill(mma=...); ORCD_ATTN_MMA=0: off
 MMA_HEAD_DIMS = (64, 96, 128)
 
@@ -257,7 +257,7 @@ def attention_prefill(qkv, k_cache, v_cache, pos0, T, out, scale, n_heads, n_kv,
         _NULL, i32(0), i32(1), _NULL, _NULL, _NULL, i32(0), i32(0), _NULL, _NULL, i32(0), i32(0), i32(0)),
         shared_mem=_attn_smem(Gb * BQ, head_dim, head_dim_v))
 
-# %% ../nbs/06b_cuda_ops.ipynb #8d8c638b
+# %% ../nbs/06b_cuda_ops.ipynb #d98ec5d0
 ATTN_DESC = np.dtype([('qkv', 'u8'), ('k_cache', 'u8'), ('v_cache', 'u8'), ('pos', 'u8'), ('cos', 'u8'), ('sin', 'u8'),
                       ('sinks', 'u8'), ('n_heads', 'i4'), ('n_kv', 'i4'), ('D', 'i4'), ('Dv', 'i4'), ('n_ctx', 'i4'),
                       ('window', 'i4'), ('rope_dim', 'i4'), ('neox', 'i4'), ('short_keys', 'i4'), ('scratch', 'i4'),
@@ -296,7 +296,7 @@ def attn_desc(qkv, k_cache, v_cache, pos, n_heads, n_kv, D, Dv, scale, short_key
             neox, short_keys, scratch, scale, 0)
     return cupy.asarray(d.view(np.uint8))
 
-# %% ../nbs/06b_cuda_ops.ipynb #9c84ea2a
+# %% ../nbs/06b_cuda_ops.ipynb #21f3828d
 ACT_KINDS = {'swiglu': 0, 'geglu': 1, 'swiglu_oai': 2, 'gelu': 3}
 
 def act_ref(kind, gu, n):
@@ -330,7 +330,7 @@ def softcap(x, cap: float):
     "`x = tanh(x / cap) * cap`."
     _elementwise('softcap', x, None, 2, cap)
 
-# %% ../nbs/06b_cuda_ops.ipynb #3da0ba72
+# %% ../nbs/06b_cuda_ops.ipynb #4498ff3d
 def _argmax(v, allowed, out, ws_v, ws_i, sfx):
     n, nb = v.size, ws_i.size
     load_kernel('sample', f'argmax_blocks_{sfx}')((nb,), (256,), (v, _ptr(allowed), np.int32(n), ws_v, ws_i))
@@ -351,7 +351,7 @@ class Argmax:
         _check('Argmax', out, 'out', np.int32, 1)
         _argmax(logits, allowed, out, self.ws_v, self.ws_i, 'f32')
 
-# %% ../nbs/06b_cuda_ops.ipynb #a8cb85d0
+# %% ../nbs/06b_cuda_ops.ipynb #4e159e2f
 def sample_token_ref(logits, allowed, params, u: float, penalty_ids=None, penalty_counts=None) -> int:
     "The id `orcd.engine.Sampler` draws from `logits` with uniform `u` (its `distribution` + its cumulative rule)."
     from collections import Counter
@@ -363,7 +363,7 @@ def sample_token_ref(logits, allowed, params, u: float, penalty_ids=None, penalt
     cs = np.cumsum(probs)
     return int(ids[min(int(np.searchsorted(cs, u * cs[-1], side='right')), len(ids) - 1)])
 
-# %% ../nbs/06b_cuda_ops.ipynb #41a867e5
+# %% ../nbs/06b_cuda_ops.ipynb #79a96171
 def _penalised(logits, allowed, p, penalty_ids=None, penalty_counts=None):
     "The float64 logits the sampler draws from (`(vocab,)` on the device): -inf where not allowed, penalties applied."
     import cupy
@@ -394,7 +394,7 @@ def sample_sorted(z, allowed, p, u: float) -> int:
         np.int32(p.top_k), np.float64(p.top_p), np.float64(p.min_p), np.float64(u), out))
     return int(out[0])
 
-# %% ../nbs/06b_cuda_ops.ipynb #e2c92dbc
+# %% ../nbs/06b_cuda_ops.ipynb #cf83c2cc
 SF_SMEM = 4096 * (8 + 4) + 4096 * 4 + 8 * 1024  # kernels/sample.cu: SF_CAP (e, id), SF_BUCKETS counts, a scale per block
 
 @functools.lru_cache(maxsize=4)
@@ -434,7 +434,7 @@ def sample_token(logits, allowed, params, u: float, penalty_ids=None, penalty_co
     i, _ = sample_fast(z, p, u)
     return i if i >= 0 else sample_sorted(z, allowed, p, u)
 
-# %% ../nbs/06b_cuda_ops.ipynb #d2ef7e10
+# %% ../nbs/06b_cuda_ops.ipynb #4eb79132
 def time_graph(fn, n: int = 200, graph: bool = True) -> float:
     "µs per call of `fn()` (kernel launches only): `n` calls captured in a CUDA graph (or eager), CUDA events."
     import cupy

@@ -111,7 +111,7 @@ def test_attention_in_o_both_ways(path, keys, monkeypatch):
 
 @pytest.mark.parametrize('graphs,k', [(True, 1), (True, 3), (True, 4), (False, 1)],
                          ids=['graph', 'graph-3-steps', 'graph-4-steps', 'eager'])
-@pytest.mark.parametrize('path', MODELS[:2] + MODELS[3:4], ids=lambda p: p.stem)
+@pytest.mark.parametrize('path', MODELS, ids=lambda p: p.stem)     # (the shaped layouts too: attend_short's graphs)
 def test_decode_greedy_equals_steps(path, graphs, k):
     """decode_greedy (graphs of k steps and of one replayed back to back, the ids read once) gives the ids of one
     decode_sample at a time, in calls of 5, 1, 4 and 3 tokens, and leaves the cache as they do: the next step's logits
@@ -123,7 +123,7 @@ def test_decode_greedy_equals_steps(path, graphs, k):
     greedy = Sampler(SamplingParams(temperature=0), vocab_limit=be.hp.vocab_size)
     ids = _prompt(be.hp.vocab_size)
     tok = want = int(np.argmax(be.prefill(ids))); one = []
-    for k in range(13): tok = be.decode_sample(tok, len(ids) + k, greedy); one.append(tok)
+    for i in range(13): tok = be.decode_sample(tok, len(ids) + i, greedy); one.append(tok)
     after_one = be.decode(tok, len(ids) + 13)
     be = CUDABackend(GGUFFile(path), N_CTX, graphs=graphs)           # a fresh one: its first call captures the graph
     be.steps_per_graph = k
@@ -132,9 +132,10 @@ def test_decode_greedy_equals_steps(path, graphs, k):
     for n in (5, 1, 4, 3):
         out = be.decode_greedy(tok, len(ids) + len(got), n, greedy); got += out; tok = out[-1]
     assert got == one
+    if graphs and k > 1: assert any(key[0] == k for key in be._kgraphs)      # the k-step graph did run
     np.testing.assert_array_equal(be.decode(tok, len(ids) + 13), after_one)
 
-@pytest.mark.parametrize('path', MODELS[:2] + MODELS[3:4], ids=lambda p: p.stem)
+@pytest.mark.parametrize('path', MODELS, ids=lambda p: p.stem)
 def test_decode_greedy_across_short_keys(path):
     """decode_greedy's graphs for a short context (no merge kernels) and for any context, in calls on both sides of
     the attention's short_keys and across it: the ids of one decode_sample at a time, and the same next logits."""

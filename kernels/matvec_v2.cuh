@@ -621,6 +621,10 @@ __device__ __forceinline__ X smem_layout(int4* base, int K, bool q8) {
     return xs;
 }
 
+#ifndef ORCD_MV_PRE           // the batches of weights a gate|up (OUT_GLU) thread loads before it waits for the kernel before:
+#define ORCD_MV_PRE 2         // 2 (its second too, Session 20), or 1 (ORCD_MV_PRE=1, orcd.cuda_matvec.precompile: the loop's)
+#endif
+
 // One part of a Linear (48 bytes; Python mirror: orcd.cuda_matvec.PART_DTYPE).
 struct Part {
     const u8* w;     // the part's blocks, (rows, K) row-major
@@ -803,6 +807,14 @@ __device__ __forceinline__ void run_part(const Part& P0, int tile_begin, const A
     int k = 0;
     const long long ps = OUT == OUT_GLU ? P.stride : 0;       // OUT_GLU: the up rows' offset from the gate rows
     load_batch<T, U, OUT>(cur, P.w, row_bytes, t * rpc + grp, P.rows, g, G, nchunk, ps);
+    // OUT_GLU (one tile a CTA, its rows' chunks in two batches, e.g. Qwen's 28 = 16 + 12 at G = 4, U = 4): the second
+    // batch is loaded before the wait too, so no DRAM round trip is left after it (the loop skips that load once).
+    bool pre = false;
+    if constexpr (ORCD_MV_PRE >= 2 && OUT == OUT_GLU) {
+        const int t1 = nbat > 1 ? t : t + stride;
+        pre = t1 < ntiles;                                    // uniform over the CTA
+        if (pre) load_batch<T, U, OUT>(nxt, P.w, row_bytes, t1 * rpc + grp, P.rows, (nbat > 1 ? step : 0) + g, G, nchunk, ps);
+    }
     if (staged != P.xoff) {                                   // uniform: x (+ xoff) is not in shared memory yet
         // Launched with programmatic stream serialization (Linear(pdl=True)), this CTA may have started while the
         // previous kernel still runs: only the weights (never written) were read so far. Wait for that kernel to
@@ -824,7 +836,8 @@ __device__ __forceinline__ void run_part(const Part& P0, int tile_begin, const A
         int nt = t, nk = k + 1;
         if (nk == nbat) { nk = 0; nt += stride; }
         const bool more = nt < ntiles;
-        if (more) load_batch<T, U, OUT>(nxt, P.w, row_bytes, nt * rpc + grp, P.rows, nk * step + g, G, nchunk, ps);
+        if (more && !pre) load_batch<T, U, OUT>(nxt, P.w, row_bytes, nt * rpc + grp, P.rows, nk * step + g, G, nchunk, ps);
+        pre = false;
         const int row = t * rpc + grp;
         if (row < P.rows) {
 #pragma unroll

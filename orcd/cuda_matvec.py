@@ -6,13 +6,13 @@ prefill matmul and the embedding lookup; each beside its numpy reference."""
 
 # %% auto #0
 __all__ = ['MATVEC_KERNELS', 'FLOAT_TYPES', 'X_BITS', 'GATED', 'V2_TYPES', 'PART_DTYPE', 'V2_INPUTS', 'V2_OUTPUTS', 'TRACE',
-           'MINB', 'PDL', 'PART_MAJOR', 'L2_PREFETCH', 'L2_PREFETCH_BYTES', 'GLU_WARPS', 'GLU_PREFETCH', 'MATMUL_MODE',
-           'matvec_ref', 'matvec', 'quantize_x_ref', 'linear_ref', 'random_weight', 'plan_warps', 'plan_unroll',
-           'plan_tpr', 'v2_expr', 'pair_layout', 'plan_linear', 'precompile', 'trace_records', 'assign_ctas', 'Linear',
-           'staged_size', 'unpack_staged', 'plan_glu', 'glu_ref', 'expert_linear', 'expert_linear_ref', 'prmt_ref',
-           'mxfp4_pairs_ref', 'dequantize_rows', 'dequantize']
+           'MINB', 'PRE', 'PDL', 'PART_MAJOR', 'L2_PREFETCH', 'L2_PREFETCH_BYTES', 'GLU_WARPS', 'GLU_PREFETCH',
+           'MATMUL_MODE', 'matvec_ref', 'matvec', 'quantize_x_ref', 'linear_ref', 'random_weight', 'plan_warps',
+           'plan_unroll', 'plan_tpr', 'v2_expr', 'pair_layout', 'plan_linear', 'precompile', 'trace_records',
+           'assign_ctas', 'Linear', 'staged_size', 'unpack_staged', 'plan_glu', 'glu_ref', 'expert_linear',
+           'expert_linear_ref', 'prmt_ref', 'mxfp4_pairs_ref', 'dequantize_rows', 'dequantize']
 
-# %% ../nbs/06a_cuda_matvec.ipynb #b4d3afbe
+# %% ../nbs/06a_cuda_matvec.ipynb #9bd7afcc
 import functools, math, os
 import numpy as np
 from .cuda import load_kernel, _check, cuda_device, kernel_source, headers_tag
@@ -21,12 +21,12 @@ from .quants import (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q
 from . import ops
 from .ops import rms_norm
 
-# %% ../nbs/06a_cuda_matvec.ipynb #6dc73492
+# %% ../nbs/06a_cuda_matvec.ipynb #a0e0597c
 def matvec_ref(w: np.ndarray, x: np.ndarray, rows: int, ggml_type: int) -> np.ndarray:
     "numpy reference: `W @ x` with `W` given as the raw `ggml_type` bytes of a `(rows, K)` weight."
     return np_dequantize(np.asarray(w, np.uint8).reshape(-1), ggml_type).reshape(rows, -1) @ x.astype(np.float32)
 
-# %% ../nbs/06a_cuda_matvec.ipynb #799b0333
+# %% ../nbs/06a_cuda_matvec.ipynb #0a9a3533
 MATVEC_KERNELS = {Q8_0: 'matvec_q8_0', Q4_K: 'matvec_q4_k', Q6_K: 'matvec_q6_k', Q5_0: 'matvec_q5_0',
                   MXFP4: 'matvec_mxfp4'}
 
@@ -47,7 +47,7 @@ def matvec(w, x, rows: int, ggml_type: int, y=None, warps_per_block: int = 4):
     load_kernel(name, name)(grid, (32 * warps_per_block,), (w, x, y, np.int32(rows), np.int32(K)))
     return y
 
-# %% ../nbs/06a_cuda_matvec.ipynb #145afada
+# %% ../nbs/06a_cuda_matvec.ipynb #590a9cb0
 FLOAT_TYPES = (F32, F16, BF16)
 X_BITS = 16     # default width of the staged input's codes (8: llama.cpp's q8_1, faster, 256 times coarser)
 
@@ -83,7 +83,7 @@ def linear_ref(parts, x, bias=None, y=None, bits: int = X_BITS, norm=None, eps: 
         if extra is not None: ref, mag = ref + extra, mag + np.abs(extra)
     return ref, mag, errx
 
-# %% ../nbs/06a_cuda_matvec.ipynb #1d3508ec
+# %% ../nbs/06a_cuda_matvec.ipynb #7f31ba36
 _SCALE = {Q4_0: .2, Q4_1: .1, Q5_0: .1, Q5_1: .05, Q8_0: .01, Q4_K: .004, Q5_K: .002, Q6_K: .001}
 
 def random_weight(rng, ggml_type, rows, K):
@@ -98,7 +98,7 @@ def random_weight(rng, ggml_type, rows, K):
     if ggml_type == MXFP4: blocks['e'] = rng.choice(np.r_[0:3, 120:130], blocks.size)   # subnormal and normal
     return b
 
-# %% ../nbs/06a_cuda_matvec.ipynb #7c8a528b
+# %% ../nbs/06a_cuda_matvec.ipynb #0ff723e7
 # ggml type -> (trait in kernels/matvec_v2.cuh, values per chunk, default batch U)
 V2_TYPES = {F32: ('tF32', 4, 2), F16: ('tF16', 8, 2), BF16: ('tBF16', 8, 2), Q4_0: ('tQ4_0', 32, 2),
             Q4_1: ('tQ4_1', 32, 2), Q5_0: ('tQ5_0', 32, 2), Q5_1: ('tQ5_1', 32, 2), Q8_0: ('tQ8_0', 32, 1),
@@ -172,10 +172,11 @@ def _smem_bytes(K, q8, f32, bits: int = X_BITS, pair: bool = False):
     qb = K if bits == 8 else (144 * ((K // 32 + 1) // 2) + 127) // 128 * 128 if pair else (2 * K + 127) // 128 * 128
     return ((qb + K // 8 + K // 4 + 15) // 16 * 16 if q8 else 0) + (4 * K if f32 else 0)
 
-# %% ../nbs/06a_cuda_matvec.ipynb #037a51cb
+# %% ../nbs/06a_cuda_matvec.ipynb #93a48105
 _V2_FUNCS, _V2_MODULES = {}, []
 TRACE = os.environ.get('ORCD_TRACE') == '1'   # diagnostics: the kernels stamp their phases (matvec_v2.cuh, MV_STAMP)
 MINB = int(os.environ.get('ORCD_MV_MINB', '-1'))  # experiments: at least this many matvec_v2_k CTAs an SM (-1: mv::min_ctas's)
+PRE = int(os.environ.get('ORCD_MV_PRE', '2'))     # batches of weights a gate|up thread loads before its wait (2; 1: Session 19's)
 
 def precompile(exprs):
     "Compile matvec_v2_k instantiations (names from `v2_expr`) in one NVRTC call; returns their kernels."
@@ -184,7 +185,7 @@ def precompile(exprs):
     new = [e for e in dict.fromkeys(exprs) if e not in _V2_FUNCS]
     if new:
         opts = ('-std=c++17', f"-I{resources.files('orcd.kernels')}") + (('-DORCD_TRACE',) if TRACE else ()) \
-             + ((f'-DORCD_MV_MINB={MINB}',) if MINB >= 0 else ())
+             + ((f'-DORCD_MV_MINB={MINB}',) if MINB >= 0 else ()) + ((f'-DORCD_MV_PRE={PRE}',) if PRE != 2 else ())
         mod = cupy.RawModule(code='#include "matvec_v2.cuh"\n' + headers_tag(), options=opts, name_expressions=new)
         for e in new: _V2_FUNCS[e] = mod.get_function(e)
         _V2_MODULES.append(mod)
@@ -218,11 +219,11 @@ def _ctas_per_sm(kernel, threads, smem):
     by_smem = smem_sm // (smem + kernel.shared_size_bytes + 1024)
     return max(1, min(32, threads_sm // threads, by_regs, by_smem))
 
-# %% ../nbs/06a_cuda_matvec.ipynb #2389fb04
+# %% ../nbs/06a_cuda_matvec.ipynb #0719cfc5
 import ctypes
 from .cuda import _PdlLaunch, _has_pdl     # the launch itself lives in 06_cuda: the other kernels use it too
 
-# %% ../nbs/06a_cuda_matvec.ipynb #96ead937
+# %% ../nbs/06a_cuda_matvec.ipynb #02030c78
 def _check_parts(parts, K):
     for w, rows, t in parts:
         if t not in V2_TYPES:
@@ -251,7 +252,7 @@ def assign_ctas(tile_ends, grid: int) -> np.ndarray:
     if grid >= 1 << 16: raise ValueError(f'assign_ctas: grid {grid} does not fit 16 bits')
     return (first | count << 16).astype(np.int32)
 
-# %% ../nbs/06a_cuda_matvec.ipynb #ca3c5cd6
+# %% ../nbs/06a_cuda_matvec.ipynb #3f8e8785
 class Linear:
     """y = W x (+ b) (+ y when accumulate); W = `parts` stacked along rows, all reading the same input x (K,).
     `routes` [(j, stride, xoff)] per part and `ids`: routed parts (`expert_linear`). `glu`: the parts are the gate and
@@ -369,7 +370,7 @@ class Linear:
         return (f'Linear({self.rows}x{self.K}, {" | ".join(f"{r} {QUANT_TYPES[t].name}" for _, r, t in self.parts)}; '
                 f'{self.expr}, G={self.tpr}, grid={self._grid}{", glu" if self.glu else ""}{", pdl" if self.pdl else ""}{", part-major" if self.part_major else ""}{", L2 prefetch" if self.prefetch else ""})')
 
-# %% ../nbs/06a_cuda_matvec.ipynb #24509027
+# %% ../nbs/06a_cuda_matvec.ipynb #e74d2212
 GLU_WARPS = 8    # warps of a glu Linear's CTA (G = 4 threads per row, U = 4; Session 18 measured it against 16, see above)
 GLU_PREFETCH = os.environ.get('ORCD_GLU_PREFETCH') == '1'   # default of a glu Linear's prefetch (its tile into L2 first)
 
@@ -415,7 +416,7 @@ def glu_ref(parts, x, act: int, bias=None, norm=None, eps: float = 0.0):
     q, d = quantize_x_ref(a, 16)
     return q, d, a, mag
 
-# %% ../nbs/06a_cuda_matvec.ipynb #3493be9c
+# %% ../nbs/06a_cuda_matvec.ipynb #a142e57c
 def expert_linear(experts, K: int, ids, per_expert_x: bool = False, **kw) -> Linear:
     """y (k·Σrows) = for j < k, for each (w, E, rows, ggml_type) of `experts`: W[ids[j]] x_j, W the (E, rows, K)
     blocks w (cupy uint8), ids (k,) int32 on the device, read when the kernel runs; x_j = x, or x[jK:(j+1)K]."""
@@ -438,7 +439,7 @@ def expert_linear_ref(experts, K, ids, x, per_expert_x=False, bits: int = X_BITS
             out.append(linear_ref([(w[e * n:(e + 1) * n], rows, t)], xj, bits=bits))
     return tuple(np.concatenate(c) for c in zip(*out))
 
-# %% ../nbs/06a_cuda_matvec.ipynb #9d2581b7
+# %% ../nbs/06a_cuda_matvec.ipynb #fd2d810d
 def prmt_ref(a, b, s):
     "numpy emulation of PTX `prmt.b32 d, a, b, s` (default mode): byte i of d from nibble i of s (bit 3: sign fill)."
     a, b, s = (np.asarray(v, np.uint64) for v in (a, b, s))
@@ -457,7 +458,7 @@ def mxfp4_pairs_ref(q):
     neg = prmt_ref(0x03020100, 0x0c080604, q ^ np.uint32(0x8888))
     return prmt_ref(0x03020100, 0x0c080604, q) | ((np.uint32(0x80808080) - neg) ^ np.uint32(0x80808080))
 
-# %% ../nbs/06a_cuda_matvec.ipynb #3e3fd4df
+# %% ../nbs/06a_cuda_matvec.ipynb #0d3e600a
 def _dq_grid(nout: int, K: int) -> tuple: return (-(-K // 256), min(nout, 65535))
 
 def _row_bytes(ggml_type, K, name):
@@ -493,7 +494,7 @@ def dequantize(w, ggml_type: int, rows: int, K: int, dtype=np.float16, out=None)
         w, np.int32(ggml_type), np.int32(rows), np.int32(K), _NULL, np.int32(rows), out, np.float32(1)))
     return out
 
-# %% ../nbs/06a_cuda_matvec.ipynb #4a6cc9a2
+# %% ../nbs/06a_cuda_matvec.ipynb #9148e023
 MATMUL_MODE = 'tf32'
 _CUDA_R_32F, _CUDA_R_16F, _OP_N, _OP_T = 0, 2, 0, 1
 _COMPUTE = {'f16': 68, 'f32': 68, 'tf32': 77}      # CUBLAS_COMPUTE_32F, CUBLAS_COMPUTE_32F_FAST_TF32

@@ -109,6 +109,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                 'orcd/cuda_backend.py'),
                                    'orcd.cuda_backend.CUDABackend.memory_bytes': ( 'cuda_backend.html#cudabackend.memory_bytes',
                                                                                    'orcd/cuda_backend.py'),
+                                   'orcd.cuda_backend.CUDABackend.peak_memory_bytes': ( 'cuda_backend.html#cudabackend.peak_memory_bytes',
+                                                                                        'orcd/cuda_backend.py'),
                                    'orcd.cuda_backend.CUDABackend.reset': ('cuda_backend.html#cudabackend.reset', 'orcd/cuda_backend.py'),
                                    'orcd.cuda_backend.CUDABackend.rows': ('cuda_backend.html#cudabackend.rows', 'orcd/cuda_backend.py'),
                                    'orcd.cuda_backend.CUDABackend.status': ('cuda_backend.html#cudabackend.status', 'orcd/cuda_backend.py'),

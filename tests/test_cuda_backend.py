@@ -274,6 +274,7 @@ def test_residency_fit_and_oom_recovery():
     try:
         while True: balloon.append(cp.empty(1 << 20, np.uint8))
     except cp.cuda.memory.OutOfMemoryError: pass
+    full = pool.total_bytes()
     try:
         with pytest.raises(VRAMOOMError) as ei: be.prefill(ids)
         assert ei.value.code == 'VRAM_OOM'
@@ -281,6 +282,7 @@ def test_residency_fit_and_oom_recovery():
     assert be.status()['healthy']
     lg = be.prefill(ids[:10])                                              # the next request runs
     assert np.isfinite(lg).all()
+    assert be.peak_memory_bytes >= max(full, be.memory_bytes)              # the high-water mark kept the full pool
 
 def test_engine_generates_on_cuda():
     from orcd.engine import Engine, SamplingParams

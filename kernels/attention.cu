@@ -87,21 +87,9 @@ __device__ __forceinline__ void merge_last(const float* ws, int* counters, int s
 // floats, k, v [D + Dv] halves (Python mirror: orcd.cuda_ops._attn_short_smem). `sync` is the kernel's wait for the
 // kernel before.
 #define ATS_W 8        // warps of a short-context block
-#define ATS_P 8        // 16-byte pieces of a K or V row (D, Dv <= 64)
 // The most visible keys attend_short takes (in splits, short_splits > 1), or the split kernels beyond.
 __device__ __forceinline__ int short_split_keys(int short_keys, int short_splits) { return short_keys * max(short_splits, 1); }
 __device__ __forceinline__ int short_head() { return blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z); }
-
-// A lane's key in a tile: its K and V rows into registers (from the caches, or the token's own from shared memory),
-// zeros where there is no key (go false).
-__device__ __forceinline__ void short_rows(uint4 (&kr)[ATS_P], uint4 (&vr)[ATS_P], bool go, const __half* krow,
-                                           const __half* vrow, int D, int Dv) {
-#pragma unroll
-    for (int p = 0; p < ATS_P; ++p) {
-        kr[p] = go && p < D / 8 ? reinterpret_cast<const uint4*>(krow)[p] : make_uint4(0, 0, 0, 0);
-        vr[p] = go && p < Dv / 8 ? reinterpret_cast<const uint4*>(vrow)[p] : make_uint4(0, 0, 0, 0);
-    }
-}
 
 template <class Sync>
 __device__ __forceinline__ void attend_short(

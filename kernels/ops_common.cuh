@@ -69,6 +69,18 @@ __device__ __forceinline__ void key_split(int lo, int hi, int max_splits, int mi
 // The keys a query at position p sees: [lo, p] (window > 0: only keys with p - k < window).
 __device__ __forceinline__ int window_lo(int p, int window) { return window > 0 ? max(0, p - window + 1) : 0; }
 
+// A lane's key in a tile of a short-context decode attention (attend_short, attn_o): its K and V rows into registers
+// (from the caches, or the token's own from shared memory), zeros where there is no key (go false).
+#define ATS_P 8        // 16-byte pieces of a K or V row (D, Dv <= 64)
+__device__ __forceinline__ void short_rows(uint4 (&kr)[ATS_P], uint4 (&vr)[ATS_P], bool go, const __half* krow,
+                                           const __half* vrow, int D, int Dv) {
+#pragma unroll
+    for (int p = 0; p < ATS_P; ++p) {
+        kr[p] = go && p < D / 8 ? reinterpret_cast<const uint4*>(krow)[p] : make_uint4(0, 0, 0, 0);
+        vr[p] = go && p < Dv / 8 ? reinterpret_cast<const uint4*>(vrow)[p] : make_uint4(0, 0, 0, 0);
+    }
+}
+
 // One rotated pair of RoPE, x0' = x0 c - x1 s, x1' = x0 s + x1 c, each rounding spelled out (no fused multiply-add):
 // rope_kv and the attention with RoPE fused round alike.
 __device__ __forceinline__ void rope_pair(float x0, float x1, float c, float s, float& y0, float& y1) {

@@ -7,12 +7,12 @@ launched through checked launchers, each compared with its numpy reference."""
 __all__ = ['PDL_ALL', 'PDL_FILES', 'headers_tag', 'kernel_source', 'cuda_device', 'kernel_options', 'c_arg', 'Kernel',
            'pdl_launches', 'load_kernel']
 
-# %% ../nbs/06_cuda.ipynb #2d9d9eb5
+# %% ../nbs/06_cuda.ipynb #0c3faed6
 import contextlib, functools, os
 from importlib import resources
 import numpy as np
 
-# %% ../nbs/06_cuda.ipynb #4769e969
+# %% ../nbs/06_cuda.ipynb #07927e29
 @functools.lru_cache(maxsize=None)                  # (the shipped headers: read once per process)
 def headers_tag() -> str:
     """A comment naming the content of every header in orcd.kernels (a hash). CuPy caches a compiled kernel by its
@@ -29,7 +29,7 @@ def kernel_source(name: str) -> str:
     if not f.is_file(): raise FileNotFoundError(f"no CUDA kernel source {name}.cu in orcd.kernels")
     return f.read_text() + headers_tag()
 
-# %% ../nbs/06_cuda.ipynb #848cc564
+# %% ../nbs/06_cuda.ipynb #3d3837c9
 def cuda_device():
     "`(cupy, device_count)` when CuPy imports and sees a device, else `(None, reason)`."
     try: import cupy
@@ -38,7 +38,7 @@ def cuda_device():
     except Exception as e: return None, f'no usable CUDA device ({e})'
     return (cupy, n) if n else (None, 'no CUDA device')
 
-# %% ../nbs/06_cuda.ipynb #f77c6139
+# %% ../nbs/06_cuda.ipynb #d6e91991
 PDL_ALL = os.environ.get('ORCD_PDL_ALL', '1') != '0'   # every kernel of PDL_FILES launched with PDL (see below)
 
 def kernel_options() -> tuple:
@@ -53,7 +53,7 @@ def _check(kernel, arr, name, dtype, size):
     if not arr.flags.c_contiguous: raise ValueError(f'{kernel}: {name} must be C-contiguous')
     if arr.size != size: raise ValueError(f'{kernel}: {name} must have {size} elements, got {arr.size}')
 
-# %% ../nbs/06_cuda.ipynb #ddd88875
+# %% ../nbs/06_cuda.ipynb #9f287799
 import ctypes
 
 class _LaunchAttr(ctypes.Structure):          # CUlaunchAttribute
@@ -96,7 +96,7 @@ def _has_pdl():
     import cupy
     return int(cupy.cuda.Device().compute_capability) >= 90
 
-# %% ../nbs/06_cuda.ipynb #a053bbd9
+# %% ../nbs/06_cuda.ipynb #ebacfd68
 _C_TYPES = {np.dtype(np.int32): ctypes.c_int32, np.dtype(np.uint32): ctypes.c_uint32, np.dtype(np.int64): ctypes.c_int64,
             np.dtype(np.uint64): ctypes.c_uint64, np.dtype(np.float32): ctypes.c_float, np.dtype(np.float64): ctypes.c_double}
 
@@ -107,7 +107,7 @@ def c_arg(a):
     if c is None or np.ndim(a): raise TypeError(f'kernel argument {type(a).__name__}: pass a device array or a numpy scalar')
     return c(a.item())
 
-PDL_FILES = frozenset({'elementwise', 'norm_rows', 'rope_kv', 'attention', 'moe', 'sample', 'advance_position'})
+PDL_FILES = frozenset({'elementwise', 'norm_rows', 'rope_kv', 'attention', 'attn_o', 'moe', 'sample', 'advance_position'})
 
 class Kernel:
     """A compiled kernel, called like a `cupy.RawKernel`: `k(grid, block, args, shared_mem=0)`. With `pdl`, launched

@@ -38,7 +38,7 @@ def assert_close(got, ref, rtol, atol, name=''):
 
 def test_kernel_sources():
     for f, names in {'norm_rows': ['norm_rows', 'head_rms_norm'], 'rope_kv': ['rope_kv'],
-                     'attention': ['attention', 'attention_merge'],
+                     'attention': ['attention', 'attention_merge'], 'attn_o': ['attn_o'],
                      'attention_mma': ['attention_mma_64', 'attention_mma_96', 'attention_mma_128'], 'elementwise': ['elementwise', 'act'],
                      'sample': ['sample', 'sample_exp', 'sample_fast', 'sample_logits', 'sample_penalties', 'argmax_blocks_f32', 'argmax_final_f32',
                                 'argmax_blocks_f64', 'argmax_final_f64']}.items():
@@ -396,6 +396,62 @@ def test_attention_in_the_o_product(model, S):
     exact, got = W @ att_ref + y0, cp.asnumpy(y)
     report(f'attention in the o product, {model} S={S} ({"here" if here else "split kernels"})', got, exact)
     assert np.all(np.abs(got - exact) <= np.abs(W) @ dx + 1e-5 * (np.abs(W) @ np.abs(att_ref) + np.abs(y0))), model
+
+
+ATTN_O = [(m, S) for m in ('qwen2.5-0.5b', 'smollm2-135m', 'partial-normal', 'g16', 'h4s4') for S in (1, 33, 64, 65, 300)]
+
+
+@needs_gpu
+@pytest.mark.parametrize('wtype', ['Q4_0', 'Q4_1', 'Q5_0', 'Q5_1', 'Q8_0'])
+@pytest.mark.parametrize('model,S', ATTN_O, ids=[f'{m}-S{S}' for m, S in ATTN_O])
+def test_attn_o(model, S, wtype):
+    """06b's AttnO (attention and the o product in one kernel) against attn_o_ref: x + W attention + b within the
+    attention's tolerance carried through |W| and fp32 rounding of the sums; this token's key and value in both caches
+    bit for bit as rope_kv_ref writes them, qkv untouched. h4s4: 4 query heads of one KV head, each in 4 key splits."""
+    from orcd import cuda_matvec as cm, quants
+    from orcd.quants import dequantize
+    c = dict(nh=4, nkv=1, D=64, rope_dim=64, rope='neox', window=0, sinks=True) if model == 'h4s4' else rope_heads(model)
+    nh, nkv, D, rd, win, rows, t = c['nh'], c['nkv'], c['D'], c['rope_dim'], c['window'], 200, quants.QUANT_NAMES[wtype]
+    rng, n_ctx, p = np.random.default_rng(S + D + nh + t), S + 40, S - 1
+    qkv, kc, vc, sk = att_data(rng, 1, nh, nkv, D, n_ctx, c['sinks'])
+    cos, sin = ops.rope_cos_sin(np.arange(n_ctx), rd, 10000.0)
+    neox = c['rope'] == 'neox'
+    w, x0 = cm.random_weight(rng, t, rows, nh * D), rng.standard_normal(rows).astype(np.float32)
+    b = rng.standard_normal(rows).astype(np.float32) if S % 2 else None
+    W = dequantize(w, t).reshape(rows, -1).astype(np.float64)
+    exact, att, kc_r, vc_r = co.attn_o_ref(qkv, kc, vc, p, W, b, x0, D ** -0.5, nh, nkv, D, D, win, sk, (cos, sin, rd, neox))
+    op = co.AttnO(nh, nkv, D, D, n_ctx, D ** -0.5, cp.asarray(w), t, rows, None if b is None else cp.asarray(b))
+    assert op.splits == 16 // nh                                   # (h4s4: 4 splits a head)
+    Q, K, V, x = cp.asarray(qkv), cp.asarray(kc), cp.asarray(vc), cp.asarray(x0)
+    op(Q, K, V, cp.asarray([p], np.int32), x, win, None if sk is None else cp.asarray(sk),
+       rope=(cp.asarray(cos), cp.asarray(sin), rd, neox))
+    got = cp.asnumpy(x)
+    report(f'attn_o {model} S={S} {wtype}', got, exact)
+    np.testing.assert_array_equal(cp.asnumpy(K), kc_r); np.testing.assert_array_equal(cp.asnumpy(V), vc_r)
+    np.testing.assert_array_equal(cp.asnumpy(Q), qkv)
+    a = np.abs(att.astype(np.float64))
+    mag = np.abs(W) @ a + (0 if b is None else np.abs(b)) + np.abs(x0)
+    bound = np.abs(W) @ (ATT_TOL['atol'] + ATT_TOL['rtol'] * a) + (nh * D + 4) * EPS32 * mag
+    assert np.isfinite(got).all() and np.all(np.abs(got - exact) <= bound), (model, S, wtype)
+
+
+@needs_gpu
+def test_attn_o_rejects_bad_arguments():
+    from orcd import cuda_matvec as cm
+    from orcd.quants import Q5_0, Q4_K
+    w = cp.asarray(cm.random_weight(np.random.default_rng(0), Q5_0, 32, 14 * 64))
+    with pytest.raises(ValueError, match='at most 16 warps'):
+        co.AttnO(32, 8, 64, 64, 100, 0.125, w, Q5_0, 32)
+    with pytest.raises(ValueError, match='at most 16 warps'):
+        co.AttnO(14, 2, 128, 128, 100, 0.125, w, Q5_0, 32)
+    with pytest.raises(ValueError, match='o weights of type 12'):
+        co.AttnO(14, 2, 64, 64, 100, 0.125, w, Q4_K, 32)
+    with pytest.raises(ValueError, match='must have'):
+        co.AttnO(14, 2, 64, 64, 100, 0.125, w, Q5_0, 31)
+    op = co.AttnO(14, 2, 64, 64, 100, 0.125, w, Q5_0, 32)
+    Q, K, V = cp.zeros(18 * 64, np.float32), cp.zeros((2, 100, 64), np.float16), cp.zeros((2, 100, 64), np.float16)
+    with pytest.raises(ValueError, match='x must have 32 elements'):
+        op(Q, K, V, cp.zeros(1, np.int32), cp.zeros(31, np.float32))
 
 
 @needs_gpu

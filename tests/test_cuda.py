@@ -60,9 +60,10 @@ def test_pdl_files_wait_before_reading():
     """Every kernel of a file whose kernels may be launched with programmatic stream serialization waits for the
     previous kernel (griddepcontrol.wait): as its first statement, except the decode attention, which may fetch its
     first tile of earlier positions' keys before (no kernel of the step writes them), and both decode attention
-    kernels read the position first (written before the step's graph runs: whether they only pass the step on)."""
+    kernels read the position first (written before the step's graph runs: whether they only pass the step on);
+    attn_o (06b's AttnO) reads the same before its wait, and its o weights."""
     import re
-    reads_early = {"attention", "attention_merge"}
+    reads_early = {"attention", "attention_merge", "attn_o"}
     for name in sorted(cuda.PDL_FILES):
         src = cuda.kernel_source(name)
         kernels = re.findall(r'extern "C" __global__ void (?:__launch_bounds__\([^)]*\)\s*)?(\w+)\([^{]*\{(.*?)(?=\nextern "C"|\Z)',

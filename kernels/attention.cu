@@ -71,51 +71,76 @@ __device__ __forceinline__ void merge_last(const float* ws, int* counters, int s
 
 // Decode at a short context (at most short_keys visible keys; a kernel argument, uniform over the grid): block b of
 // the grid (linear index) < n_heads computes query head b alone and writes its normalised output, so attention_merge
-// only passes the step on. Warp w takes the key tiles w, w + 8, ... of [lo, base]; lane j holds key 32t + j: its K
-// and V rows (D, Dv <= 64: at most 8 16-byte pieces each) are loaded into registers with every load in flight at
+// only passes the step on. Heads of DH = 32 or 64 dims (D = Dv: orcd.cuda_ops.short_keys_for), a template argument:
+// this path is latency-bound, and its time after the wait grows with the bytes of code it runs for the first time
+// on the SM (a 20-key step measured ~0.23 us per KB: instruction fetch), so the code is kept short — no runtime
+// head-dim branches, one p and V read per 4 keys. Warp w takes the key tiles w, w + 8, ... of [lo, base]; lane j holds
+// key 32t + j: its K and V rows (DH/8 16-byte pieces each) are loaded into registers with every load in flight at
 // once — the first tile's before the wait (rows of earlier steps; the kernel before writes only this token's) — its
-// score against q (fp32 in shared memory, rotated as it is loaded), the warp's online softmax, then its V row goes
-// to the warp's tile in shared memory and lane l sums dims l, l + 32 over the tile's keys (p_j by shuffle). The
-// token's own key and value are the split path's: rotated, rounded to fp16 (the group's first head writes them to
-// the caches). The 8 warps' (m, l, acc) are merged in shared memory with the sink, as attention_merge merges splits.
+// score against q (fp32 in shared memory, rotated as it is loaded), the warp's online softmax, then its V row and
+// p_j go to the warp's tile in shared memory and lane l sums its dims (2l, 2l + 1 of 64; l of 32) over the tile's
+// keys, four keys a step (rows past the last key are zeros, their p 0). The token's own key and value are the split
+// path's: rotated, rounded to fp16 (the group's first head writes them to the caches). The 8 warps' (m, l, acc) are
+// merged in shared memory with the sink, as attention_merge merges splits.
 // With short_splits > 1 it also takes up to short_splits * short_keys keys: block b = query head b % n_heads, split
 // s = b / n_heads of the keys (key_split: at most short_splits splits of at least short_keys keys, so each warp has
 // one tile of them); one split writes the normalised output as above, several write their (m, l, acc) into the
 // workspace for attention_merge, as the split path does. Only the last split holds the token's own key.
 // The RoPE angles and the sink are read before the wait as well, and the token's q, k, v all at once after it.
-// Dynamic shared memory: ATS_W * 32 * (Dv + 8) halves (the V tiles, rows padded), the warps' sums [ATS_W, Dv] and q [D]
-// floats, k, v [D + Dv] halves (Python mirror: orcd.cuda_ops._attn_short_smem). `sync` is the kernel's wait for the
-// kernel before.
+// Dynamic shared memory: ATS_W * 32 * (DH + 8) halves (the V tiles, rows padded), the warps' sums [ATS_W, DH], their
+// p [ATS_W, 32] and q [DH] floats, k, v [2 DH] halves (Python mirror: orcd.cuda_ops._attn_short_smem). `sync` is the
+// kernel's wait for the kernel before.
 #define ATS_W 8        // warps of a short-context block
 // The most visible keys attend_short takes (in splits, short_splits > 1), or the split kernels beyond.
 __device__ __forceinline__ int short_split_keys(int short_keys, int short_splits) { return short_keys * max(short_splits, 1); }
 __device__ __forceinline__ int short_head() { return blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z); }
 
-template <class Sync>
+// Diagnostics, compiled in only with -DORCD_TRACE (ORCD_TRACE=1: orcd.cuda.kernel_options; read by
+// scripts/step_timeline.py --trace): thread 0 of each attend_short block stamps the global timer (ns) when the block
+// starts (0), when its wait for the kernel before returns (1), when the token's q, k, v are in shared memory (2), when
+// its warp's key tiles are done (3), when the warps' sums are in shared memory (4) and when it is done (5), then
+// appends [block, splits, t0 .. t5] to att_trace.
+#ifdef ORCD_TRACE
+#define ATT_TRACE_CAP 16384
+extern "C" {                                                // unmangled: RawModule.get_global finds them by name
+__device__ unsigned long long att_trace[ATT_TRACE_CAP][8];
+__device__ unsigned int att_trace_n;
+}
+#define ATT_STAMP(i) do { if (threadIdx.x == 0) asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(att_t[i])); } while (0)
+#else
+#define ATT_STAMP(i) do {} while (0)
+#endif
+
+template <int DH, class Sync>
 __device__ __forceinline__ void attend_short(
         const float* __restrict__ qkv, const __half* k_cache, const __half* v_cache, int n_ctx, int base, int lo,
-        int n_heads, int n_kv, int D, int Dv, float scale, const float* __restrict__ sinks, float* __restrict__ out,
+        int n_heads, int n_kv, float scale, const float* __restrict__ sinks, float* __restrict__ out,
         const float* rc, const float* rs, int rope_dim, int neox, __half* k_new, __half* v_new, float* smem,
         int short_keys, int short_splits, float* __restrict__ ws, int max_splits, Sync sync) {
+    constexpr int NP = DH / 8, VS = DH + 8;                   // 16-byte pieces of a row; a V row in the tile, padded
     const int b = short_head(), qh = b % n_heads, G = n_heads / n_kv, h = qh / G, tid = threadIdx.x, warp = tid / 32,
               lane = tid % 32;
+#ifdef ORCD_TRACE
+    unsigned long long att_t[6];
+#endif
+    ATT_STAMP(0);
     int kb = lo, ke = base + 1, su = 1;                       // this block's keys [kb, ke)
     if (short_splits > 0) key_split(lo, base + 1, short_splits, short_keys / 32, b / n_heads, kb, ke, su);
     if (b / n_heads >= su) return;
     const int last = ke - 1;                                  // the block's last key (base: the token's own, last split)
     const size_t khead = (size_t)h * n_ctx;
     const bool rope = rc != nullptr, own_here = rope && last == base;
-    const int vs = Dv + 8;                                    // a V row in the tile, padded: lanes' 16-byte stores
-    __half* vt = reinterpret_cast<__half*>(smem) + warp * 32 * vs;    // this warp's V tile [32, vs] (no bank conflict)
-    float* wacc = smem + ATS_W * 16 * vs;                              // the warps' sums [ATS_W, Dv], after the V tiles
-    float* qs = wacc + ATS_W * Dv;
-    __half* kn = reinterpret_cast<__half*>(qs + D);                    // 16-byte aligned: D % 8 == 0
-    __half* vn = kn + D;
+    __half* vt = reinterpret_cast<__half*>(smem) + warp * 32 * VS;     // this warp's V tile [32, VS] (no bank conflict)
+    float* wacc = smem + ATS_W * 16 * VS;                              // the warps' sums [ATS_W, DH], after the V tiles
+    float* pw = wacc + ATS_W * DH + warp * 32;                         // this warp's p [32]
+    float* qs = wacc + ATS_W * (DH + 32);
+    __half* kn = reinterpret_cast<__half*>(qs + DH);                   // 16-byte aligned: DH % 8 == 0
+    __half* vn = kn + DH;
     __shared__ float wm[ATS_W], wl[ATS_W];
-    uint4 kr[ATS_P], vr[ATS_P];
+    uint4 kr[NP], vr[NP];
     const int kt0 = kb + 32 * warp;
     const bool early = kt0 + lane < base && kt0 + lane <= last;   // a row of this split an earlier step wrote
-    short_rows(kr, vr, early, k_cache + (khead + kt0 + lane) * D, v_cache + (khead + kt0 + lane) * Dv, D, Dv);
+    short_rows(kr, vr, early, k_cache + (khead + kt0 + lane) * DH, v_cache + (khead + kt0 + lane) * DH);
     // before the wait too: what no kernel of the step writes — thread d's RoPE pair and angle (as rope_value), the sink
     const bool rot = rope && tid < rope_dim;
     int i0 = tid, i1 = tid;
@@ -127,100 +152,137 @@ __device__ __forceinline__ void attend_short(
     }
     const float sk = sinks && su == 1 ? sinks[qh] : NEG_INF;  // several splits: attention_merge adds the sink
     sync();
+    ATT_STAMP(1);
     // the token's q (and, in the last split, its k and v): every load issued before any is used
-    const float* qx = qkv + (size_t)qh * D;
-    const float* kx = qkv + (size_t)n_heads * D + (size_t)h * D;
-    const float* vx = qkv + (size_t)(n_heads + n_kv) * D + (size_t)h * Dv;
-    float q0 = 0.f, q1 = 0.f, k0 = 0.f, k1 = 0.f, v0 = 0.f;
-    if (tid < D) {
-        q0 = qx[i0]; q1 = qx[i1];
-        if (own_here) { k0 = kx[i0]; k1 = kx[i1]; }
-    }
-    if (own_here && tid < Dv) v0 = vx[tid];
-    const bool first = qh % G == 0;                           // the group's first head writes the caches
-    if (tid < D) {
-        float y0, y1;
+    if (tid < DH) {
+        const float* qx = qkv + (size_t)qh * DH;
+        const float* kx = qkv + (size_t)n_heads * DH + (size_t)h * DH;
+        const float* vx = qkv + (size_t)(n_heads + n_kv) * DH + (size_t)h * DH;
+        float q0 = qx[i0], q1 = qx[i1], k0 = 0.f, k1 = 0.f, v0 = 0.f, y0, y1;
+        if (own_here) { k0 = kx[i0]; k1 = kx[i1]; v0 = vx[tid]; }
         if (rot) { rope_pair(q0, q1, cd, sd, y0, y1); q0 = tid == i0 ? y0 : y1; }
         qs[tid] = q0;
         if (own_here) {
             if (rot) { rope_pair(k0, k1, cd, sd, y0, y1); k0 = tid == i0 ? y0 : y1; }
-            kn[tid] = __float2half_rn(k0);
-            if (first) k_new[(khead + base) * D + tid] = __float2half_rn(k0);
+            const __half kh = __float2half_rn(k0), vh = __float2half_rn(v0);
+            kn[tid] = kh; vn[tid] = vh;
+            if (qh % G == 0) { k_new[(khead + base) * DH + tid] = kh; v_new[(khead + base) * DH + tid] = vh; }
         }
     }
-    if (own_here && tid < Dv) {
-        vn[tid] = __float2half_rn(v0);
-        if (first) v_new[(khead + base) * Dv + tid] = __float2half_rn(v0);
-    }
     __syncthreads();
-    const int nv = Dv / 32;
-    float m = NEG_INF, l = 0.f, acc[2] = {0.f, 0.f};
+    ATT_STAMP(2);
+    float m = NEG_INF, l = 0.f, a0 = 0.f, a1 = 0.f;           // a0, a1: this lane's dims of the warp's sum
     const float4* q4 = reinterpret_cast<const float4*>(qs);
     for (int kt = kt0; kt <= last; kt += 32 * ATS_W) {        // uniform over the warp
         const int k = kt + lane;
         if (kt != kt0 || !early) {                            // the first tile's rows not loaded before the wait, the rest
             const bool own = own_here && k == base;
-            short_rows(kr, vr, k <= last, own ? kn : k_cache + (khead + k) * D, own ? vn : v_cache + (khead + k) * Dv,
-                       D, Dv);
+            short_rows(kr, vr, k <= last, own ? kn : k_cache + (khead + k) * DH, own ? vn : v_cache + (khead + k) * DH);
         }
-        float sc = NEG_INF;
-        if (k <= last) {
-            float a0 = 0.f, a1 = 0.f;
+        float s0 = 0.f, s1 = 0.f;
 #pragma unroll
-            for (int c = 0; c < ATS_P; ++c) {
-                if (c < D / 8) {
-                    const __half2* hv = reinterpret_cast<const __half2*>(&kr[c]);
-                    const float4 qa = q4[2 * c], qb = q4[2 * c + 1];
-                    const float2 f0 = __half22float2(hv[0]), f1 = __half22float2(hv[1]);
-                    const float2 f2 = __half22float2(hv[2]), f3 = __half22float2(hv[3]);
-                    a0 = fmaf(qa.x, f0.x, a0); a1 = fmaf(qa.y, f0.y, a1);
-                    a0 = fmaf(qa.z, f1.x, a0); a1 = fmaf(qa.w, f1.y, a1);
-                    a0 = fmaf(qb.x, f2.x, a0); a1 = fmaf(qb.y, f2.y, a1);
-                    a0 = fmaf(qb.z, f3.x, a0); a1 = fmaf(qb.w, f3.y, a1);
-                }
-            }
-            sc = (a0 + a1) * scale;
+        for (int c = 0; c < NP; ++c) {
+            const __half2* hv = reinterpret_cast<const __half2*>(&kr[c]);
+            const float4 qa = q4[2 * c], qb = q4[2 * c + 1];
+            const float2 f0 = __half22float2(hv[0]), f1 = __half22float2(hv[1]);
+            const float2 f2 = __half22float2(hv[2]), f3 = __half22float2(hv[3]);
+            s0 = fmaf(qa.x, f0.x, s0); s1 = fmaf(qa.y, f0.y, s1);
+            s0 = fmaf(qa.z, f1.x, s0); s1 = fmaf(qa.w, f1.y, s1);
+            s0 = fmaf(qb.x, f2.x, s0); s1 = fmaf(qb.y, f2.y, s1);
+            s0 = fmaf(qb.z, f3.x, s0); s1 = fmaf(qb.w, f3.y, s1);
         }
+        const float sc = k <= last ? (s0 + s1) * scale : NEG_INF;
         const float mnew = fmaxf(m, warp_max(sc));            // lane 0's key kt <= last is visible: mnew is finite
-        const float p = sc == NEG_INF ? 0.f : expf(sc - mnew);
-        const float alpha = m == NEG_INF ? 0.f : expf(m - mnew);
+        const float p = __expf(sc - mnew), alpha = __expf(m - mnew);   // exp(-inf) = 0: no key, or no tile before
         l = l * alpha + p;                                    // this lane's share; summed over the warp at the end
         m = mnew;
-        acc[0] *= alpha; acc[1] *= alpha;
-        __syncwarp();                                         // the previous tile's reads of vt are done
+        a0 *= alpha; a1 *= alpha;
+        __syncwarp();                                         // the previous tile's reads of vt and pw are done
+        pw[lane] = p;
 #pragma unroll
-        for (int c = 0; c < ATS_P; ++c)
-            if (c < Dv / 8) reinterpret_cast<uint4*>(vt + lane * vs)[c] = vr[c];
+        for (int c = 0; c < NP; ++c) reinterpret_cast<uint4*>(vt + lane * VS)[c] = vr[c];
         __syncwarp();
-        const int nk = min(32, last + 1 - kt);
-#pragma unroll 8
-        for (int j = 0; j < nk; ++j) {
-            const float pj = __shfl_sync(0xffffffffu, p, j);
-            acc[0] = fmaf(pj, __half2float(vt[j * vs + lane]), acc[0]);
-            if (nv > 1) acc[1] = fmaf(pj, __half2float(vt[j * vs + lane + 32]), acc[1]);
+        const int n4 = min(32, last + 4 - kt) / 4;             // 4-key steps over the tile's keys
+#pragma unroll 1                                              // (unrolled, it was 3x the code, for no time saved)
+        for (int j = 0; j < 4 * n4; j += 4) {
+            const float4 p4 = *reinterpret_cast<const float4*>(pw + j);
+            const float pj[4] = {p4.x, p4.y, p4.z, p4.w};
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                if (DH == 64) {
+                    const float2 v = __half22float2(reinterpret_cast<const __half2*>(vt + (j + i) * VS)[lane]);
+                    a0 = fmaf(pj[i], v.x, a0); a1 = fmaf(pj[i], v.y, a1);
+                } else {
+                    a0 = fmaf(pj[i], __half2float(vt[(j + i) * VS + lane]), a0);
+                }
+            }
         }
     }
+    ATT_STAMP(3);
     l = warp_sum(l);
     if (lane == 0) { wm[warp] = m; wl[warp] = l; }
-    wacc[warp * Dv + lane] = acc[0];
-    if (nv > 1) wacc[warp * Dv + lane + 32] = acc[1];
+    if (DH == 64) reinterpret_cast<float2*>(wacc + warp * DH)[lane] = make_float2(a0, a1);
+    else wacc[warp * DH + lane] = a0;
     __syncthreads();
-    const bool part = su > 1;
-    float M = sk, e[ATS_W];
-#pragma unroll
-    for (int w = 0; w < ATS_W; ++w) M = fmaxf(M, wm[w]);
-    float L = sk == NEG_INF ? 0.f : expf(sk - M);
-#pragma unroll
-    for (int w = 0; w < ATS_W; ++w) { e[w] = wm[w] == NEG_INF ? 0.f : expf(wm[w] - M); L = fmaf(e[w], wl[w], L); }
+    ATT_STAMP(4);
     const int s = b / n_heads;
-    for (int d = tid; d < Dv; d += ATT_NT) {
-        float o = 0.f;
+    if (tid < DH) {
+        float M = sk;
 #pragma unroll
-        for (int w = 0; w < ATS_W; ++w) o = fmaf(e[w], wacc[w * Dv + d], o);
-        if (part) ws[(size_t)2 * n_heads * max_splits + ((size_t)qh * max_splits + s) * Dv + d] = o;
-        else out[(size_t)qh * Dv + d] = o / L;
+        for (int w = 0; w < ATS_W; ++w) M = fmaxf(M, wm[w]);
+        float L = __expf(sk - M), o = 0.f;                    // (no sink: exp(-inf) = 0)
+#pragma unroll
+        for (int w = 0; w < ATS_W; ++w) {
+            const float e = __expf(wm[w] - M);                // a warp without keys: 0
+            L = fmaf(e, wl[w], L); o = fmaf(e, wacc[w * DH + tid], o);
+        }
+        if (su > 1) ws[(size_t)2 * n_heads * max_splits + ((size_t)qh * max_splits + s) * DH + tid] = o;
+        else out[(size_t)qh * DH + tid] = o / L;
+        if (su > 1 && tid == 0) { ws[qh * max_splits + s] = M; ws[(n_heads + qh) * max_splits + s] = L; }
     }
-    if (part && tid == 0) { ws[qh * max_splits + s] = M; ws[(n_heads + qh) * max_splits + s] = L; }
+#ifdef ORCD_TRACE
+    ATT_STAMP(5);
+    if (tid == 0) {
+        const unsigned i = atomicAdd(&att_trace_n, 1u);
+        if (i < ATT_TRACE_CAP) {
+            att_trace[i][0] = (unsigned long long)b; att_trace[i][1] = (unsigned long long)su;
+            for (int j = 0; j < 6; ++j) att_trace[i][2 + j] = att_t[j];
+        }
+    }
+#endif
+}
+
+// attend_short for heads of D = Dv = 32 or 64 dims (orcd.cuda_ops.short_keys_for lets no other layout get here), the
+// RoPE angles at the position `base` (cos_t null: no RoPE fused).
+template <class Sync>
+__device__ __forceinline__ void short_heads(
+        int D, const float* __restrict__ qkv, const __half* k_cache, const __half* v_cache, int n_ctx, int base, int lo,
+        int n_heads, int n_kv, float scale, const float* __restrict__ sinks, float* __restrict__ out,
+        const float* cos_t, const float* sin_t, int rope_dim, int neox, __half* k_new, __half* v_new, float* smem,
+        int short_keys, int short_splits, float* __restrict__ ws, int max_splits, Sync sync) {
+    const float* rc = cos_t ? cos_t + (size_t)base * (rope_dim / 2) : nullptr;
+    const float* rs = cos_t ? sin_t + (size_t)base * (rope_dim / 2) : nullptr;
+    if (D == 64) attend_short<64>(qkv, k_cache, v_cache, n_ctx, base, lo, n_heads, n_kv, scale, sinks, out, rc, rs,
+                                  rope_dim, neox, k_new, v_new, smem, short_keys, short_splits, ws, max_splits, sync);
+    else attend_short<32>(qkv, k_cache, v_cache, n_ctx, base, lo, n_heads, n_kv, scale, sinks, out, rc, rs,
+                          rope_dim, neox, k_new, v_new, smem, short_keys, short_splits, ws, max_splits, sync);
+}
+
+// Decode in a graph captured for a short context (orcd.cuda_ops.DecodeAttention(merge=False)): attend_short's blocks
+// alone, one per query head — not the attention kernel's grid of split blocks with its split path's code. At most
+// short_keys keys are visible whenever it runs (the caller's contract); past that, or past the cache, it leaves out
+// as it is. The arguments are the attention kernel's, for one token.
+extern "C" __global__ void __launch_bounds__(256) attention_short(
+        const float* __restrict__ qkv, const __half* __restrict__ k_cache, const __half* __restrict__ v_cache, int n_ctx,
+        const int* __restrict__ pos_dev, int n_heads, int n_kv, int D, float scale, int window,
+        const float* __restrict__ sinks, float* __restrict__ out, const float* __restrict__ cos_t,
+        const float* __restrict__ sin_t, int rope_dim, int neox, __half* k_new, __half* v_new, int short_keys) {
+    extern __shared__ float smem[];
+    const int base = pos_dev[0], lo = window_lo(base, window);
+    auto sync = [] { wait_primary(); trigger_dependents(); };
+    if (base >= n_ctx || base + 1 - lo > short_keys) { sync(); return; }   // uniform
+    short_heads(D, qkv, k_cache, v_cache, n_ctx, base, lo, n_heads, n_kv, scale, sinks, out, cos_t, sin_t, rope_dim,
+                neox, k_new, v_new, smem, short_keys, 0, nullptr, 0, sync);
 }
 
 extern "C" __global__ void __launch_bounds__(256, 2) attention(
@@ -240,7 +302,7 @@ extern "C" __global__ void __launch_bounds__(256, 2) attention(
         int short_keys,                                       // decode: at most this many (and more than skip_keys):
                                                               // attend_short, the merge passes the step on
         int short_splits) {                                   // > 1: attend_short up to short_splits * short_keys keys
-    extern __shared__ float smem[];                           // too, in that many splits (short_split_keys)
+                                                              // too, in that many splits (short_split_keys)
     const int G = n_heads / n_kv, nz = gridDim.x / n_kv;      // nz blocks of up to Gb heads per KV head
     const int h = blockIdx.x / nz, g0 = (blockIdx.x % nz) * Gb, gcount = min(Gb, G - g0);
     const int t0 = blockIdx.y * BQ, tcount = min(BQ, T - t0), R = Gb * BQ;
@@ -250,6 +312,13 @@ extern "C" __global__ void __launch_bounds__(256, 2) attention(
     const bool shrt = pos_dev && T == 1 && max_splits > 0 && base + 1 - lo <= short_split_keys(short_keys, short_splits)
                       && base < n_ctx;                        // uniform
     if (shrt && short_head() >= n_heads * max(short_splits, 1)) return;   // attend_short: a block per query head (split)
+    auto sync = [] { wait_primary(); trigger_dependents(); };   // the kernel before is done; the next may launch
+    extern __shared__ float smem[];
+    if (shrt) {
+        short_heads(D, qkv, k_cache, v_cache, n_ctx, base, lo, n_heads, n_kv, scale, sinks, out, cos_t, sin_t, rope_dim,
+                    neox, k_new, v_new, smem, short_keys, short_splits, ws, max_splits, sync);
+        return;
+    }
     int kb = lo, ke = hi, su = 1;
     if (max_splits > 0 && !shrt) {
         key_split(lo, hi, max_splits, min_tiles, blockIdx.z, kb, ke, su);
@@ -291,13 +360,6 @@ extern "C" __global__ void __launch_bounds__(256, 2) attention(
     // With RoPE fused (decode, cos_t given) the kernel before is the qkv product, which writes no cache row: the first
     // tile is always fetched early (this token's row, if in it, is patched in shared memory below).
     const bool rope = cos_t != nullptr;
-    auto sync = [] { wait_primary(); trigger_dependents(); };   // the kernel before is done; the next may launch
-    if (shrt) {
-        attend_short(qkv, k_cache, v_cache, n_ctx, base, lo, n_heads, n_kv, D, Dv, scale, sinks, out, cos_t ?
-                     cos_t + (size_t)base * (rope_dim / 2) : nullptr, cos_t ? sin_t + (size_t)base * (rope_dim / 2) : nullptr,
-                     rope_dim, neox, k_new, v_new, smem, short_keys, short_splits, ws, max_splits, sync);
-        return;
-    }
     const bool early = pos_dev && (rope || min(kb + ATT_TK, ke) <= base);
     if (early) fetch(kb);
     sync();

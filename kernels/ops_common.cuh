@@ -70,12 +70,14 @@ __device__ __forceinline__ void key_split(int lo, int hi, int max_splits, int mi
 __device__ __forceinline__ int window_lo(int p, int window) { return window > 0 ? max(0, p - window + 1) : 0; }
 
 // A lane's key in a tile of a short-context decode attention (attend_short, attn_o): its K and V rows into registers
-// (from the caches, or the token's own from shared memory), zeros where there is no key (go false).
-#define ATS_P 8        // 16-byte pieces of a K or V row (D, Dv <= 64)
-__device__ __forceinline__ void short_rows(uint4 (&kr)[ATS_P], uint4 (&vr)[ATS_P], bool go, const __half* krow,
-                                           const __half* vrow, int D, int Dv) {
+// (from the caches, or the token's own from shared memory), zeros where there is no key (go false). NP pieces of 16
+// bytes hold a row; D, Dv (by default all of them) say how many of them are the row's.
+#define ATS_P 8        // 16-byte pieces of a K or V row (D, Dv <= 64) in attn_o
+template <int NP>
+__device__ __forceinline__ void short_rows(uint4 (&kr)[NP], uint4 (&vr)[NP], bool go, const __half* krow,
+                                           const __half* vrow, int D = NP * 8, int Dv = NP * 8) {
 #pragma unroll
-    for (int p = 0; p < ATS_P; ++p) {
+    for (int p = 0; p < NP; ++p) {
         kr[p] = go && p < D / 8 ? reinterpret_cast<const uint4*>(krow)[p] : make_uint4(0, 0, 0, 0);
         vr[p] = go && p < Dv / 8 ? reinterpret_cast<const uint4*>(vrow)[p] : make_uint4(0, 0, 0, 0);
     }

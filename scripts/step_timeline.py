@@ -8,7 +8,8 @@ before wrote: the cost of a dependent launch in a graph, the floor of any chain 
 phases inside one persistent kernel, a grid-wide barrier between them: what a kernel boundary would cost instead.
 `--trace` compiles the matvec kernels with their timer stamps (ORCD_TRACE=1, 06a) and reads one step: per launch, when
 its CTAs were released by the wait, how long staging x took, how long the rest, and the time from the launch before's
-last CTA to this one's release (the kernel boundary as the kernels see it). The traced kernels run a little slower."""
+last CTA to this one's release (the kernel boundary as the kernels see it); and attend_short's phases (its stamps in
+kernels/attention.cu), between the matvec launches around it. The traced kernels run a little slower."""
 import argparse, json, os, re, statistics, sys, tempfile
 import numpy as np
 
@@ -149,10 +150,11 @@ def trace(be, tok, pos, layers: int):
     "One decode step with the matvec kernels' stamps (ORCD_TRACE=1): where each launch's time goes."
     from orcd.cuda_backend import _step
     from orcd.cuda_matvec import trace_records
-    trace_records()                                          # reset
+    trace_records(); attn_records()                          # reset
     tok = _step(be, tok, pos)
     rec = trace_records().astype(np.int64)
     ls = launches(rec)
+    attn_phases(attn_records().astype(np.int64), ls)
     t0 = min(int(g[:, 2].min()) for _, g in ls)
     print(f'trace: {len(rec)} CTA records, {len(ls)} matvec launches; µs from the first start. Per launch: CTAs, '
           'first start, wait returned (first-last), x staged (median after the wait), done (last), '
@@ -175,6 +177,44 @@ def trace(be, tok, pos, layers: int):
         med = lambda j: statistics.median([x[j] for x in v if x[j] is not None] or [float('nan')])
         print(f'  K={K:5d} rows={r0:6d} x{len(v):3d}: {med(0):5.2f} {med(1):5.2f} {med(2):5.2f} {med(3):6.2f}')
     return tok
+
+def attn_records(reset: bool = True) -> np.ndarray:
+    """With ORCD_TRACE=1: the stamps attend_short's blocks appended (kernels/attention.cu, att_trace), (n, 8) rows
+    [block, splits, start, wait returned, q|k|v in shared memory, tiles done, warps' sums stored, done] (ns)."""
+    import cupy
+    from orcd.cuda import MODULES
+    out = []
+    for mod in MODULES.get('attention', []):
+        n = cupy.ndarray((1,), np.uint32, mod.get_global('att_trace_n'))
+        rec = cupy.ndarray((16384, 8), np.uint64, mod.get_global('att_trace'))
+        out.append(cupy.asnumpy(rec[:min(int(n.get()[0]), 16384)]))
+        if reset: n.fill(0)
+    return np.concatenate(out) if out else np.zeros((0, 8), np.uint64)
+
+def attn_phases(att, ls):
+    """attend_short's launches in one traced step (blocks grouped where their wait times jump by more than 3 µs),
+    each placed between the matvec launches `ls` around it: the median over launches of each phase (µs)."""
+    if not len(att): return print('attention trace: no attend_short block ran (not a short context?)')
+    att = att[np.argsort(att[:, 3])]
+    groups = np.split(att, np.flatnonzero(np.diff(att[:, 3]) > 3000) + 1)
+    dones = sorted(int(g[:, 5].max()) for _, g in ls)
+    waits = sorted(int(g[:, 3].min()) for _, g in ls)
+    cols = {k: [] for k in ('blocks', 'start->wait', 'release', 'q|k|v', 'tiles', 'sums', 'write', 'first wait->last done',
+                            'next release', 'prev done->next release')}
+    for g in groups:
+        w0, end = int(g[:, 3].min()), int(g[:, 7].max())
+        prev = max([d for d in dones if d <= w0] or [None], key=lambda d: d or 0)
+        nxt = min([w for w in waits if w >= end] or [None], key=lambda w: w or 0)
+        cols['blocks'].append(len(g))
+        for k, (a, b) in {'start->wait': (2, 3), 'q|k|v': (3, 4), 'tiles': (4, 5), 'sums': (5, 6), 'write': (6, 7)}.items():
+            cols[k].append(float(np.median(g[:, b] - g[:, a])) / 1e3)
+        cols['first wait->last done'].append((end - w0) / 1e3)
+        if prev: cols['release'].append((w0 - prev) / 1e3)
+        if nxt: cols['next release'].append((nxt - end) / 1e3)
+        if prev and nxt: cols['prev done->next release'].append((nxt - prev) / 1e3)
+    print(f'attention trace: {len(att)} block records, {len(groups)} attend_short launches; median over launches, µs '
+          '(phases: median over blocks; release: the previous matvec\'s last CTA done to the first block\'s wait returned):')
+    print('  ' + ', '.join(f'{k} {statistics.median(v):.2f}' for k, v in cols.items() if v))
 
 def main(argv=None):
     ap = argparse.ArgumentParser(); ap.add_argument('model')

@@ -38,7 +38,7 @@ def assert_close(got, ref, rtol, atol, name=''):
 
 def test_kernel_sources():
     for f, names in {'norm_rows': ['norm_rows', 'head_rms_norm'], 'rope_kv': ['rope_kv'],
-                     'attention': ['attention', 'attention_merge'], 'attn_o': ['attn_o'],
+                     'attention': ['attention', 'attention_short', 'attention_merge'], 'attn_o': ['attn_o'],
                      'attention_mma': ['attention_mma_64', 'attention_mma_96', 'attention_mma_128'], 'elementwise': ['elementwise', 'act'],
                      'sample': ['sample', 'sample_exp', 'sample_fast', 'sample_logits', 'sample_penalties', 'argmax_blocks_f32', 'argmax_final_f32',
                                 'argmax_blocks_f64', 'argmax_final_f64']}.items():
@@ -182,12 +182,14 @@ def att_data(rng, T, nh, nkv, D, n_ctx, sinks):
 DECODE = [(m, S, w) for m in MODELS for S in (1, 7, 100, 4096) for w in sorted({0, MODELS[m]['window']})]
 DECODE += [('g16', 300, 0), ('g16', 300, 50)]          # 16 query heads per KV head: two blocks per KV head
 DECODE += [('g8d256', 100, 0), ('g8d256', 1000, 0)]    # 8 heads of 256 per KV head: 4 rows per block (1024 outputs)
+DECODE += [('g4d32', 1, 0), ('g4d32', 100, 0), ('g4d32', 300, 0)]   # heads of 32 dims: attend_short<32>, then splits
 
 
 def heads(model):
     if model == 'g16': return dict(nh=16, nkv=1, D=64, sinks=True)
     if model == 'g8d256': return dict(nh=16, nkv=2, D=256, sinks=False)
     if model == 'g4d128': return dict(nh=8, nkv=2, D=128, sinks=True)
+    if model == 'g4d32': return dict(nh=8, nkv=2, D=32, sinks=True)     # attend_short's other head size
     return MODELS[model]
 
 
@@ -209,7 +211,7 @@ def test_decode_attention(model, S, window, fused_merge, short_keys, short_split
     qkv, kc, vc, sk = att_data(rng, 1, nh, nkv, D, n_ctx, c['sinks'])
     att = co.DecodeAttention(nh, nkv, D, D, n_ctx, D ** -0.5, fused_merge=fused_merge, short_keys=short_keys,
                              short_splits=short_splits)
-    assert att.short_keys == (short_keys if D <= 64 else 0)             # attend_short holds rows of at most 64 dims
+    assert att.short_keys == (short_keys if D in (32, 64) else 0)       # attend_short's heads: 32 or 64 dims
     assert (att.short_splits > 0) == (att.short_keys > 0 and short_splits is None and not fused_merge and nh // nkv < 8)
     out = cp.full(nh * D, np.nan, np.float32)
     att(cp.asarray(qkv), cp.asarray(kc), cp.asarray(vc), cp.asarray([S - 1], np.int32), out, window,
@@ -221,13 +223,13 @@ def test_decode_attention(model, S, window, fused_merge, short_keys, short_split
 
 
 @needs_gpu
-@pytest.mark.parametrize('heads_of', [(14, 2), (64, 8), (8, 8)], ids=['qwen', 'gpt-oss', 'mha'])
+@pytest.mark.parametrize('heads_of', [(14, 2, 64), (64, 8, 64), (8, 8, 64), (8, 2, 32)], ids=['qwen', 'gpt-oss', 'mha', 'd32'])
 def test_decode_attention_without_the_merge(heads_of):
     """merge=False at a short context (at most short_keys visible keys: a graph captured for one): attend_short writes
     out itself — the same values, bit for bit, as with the merge launched, for positions up to short_keys, with sinks
     and a window, RoPE fused; refused with skip_keys or without attend_short."""
-    nh, nkv = heads_of
-    rng, D, n_ctx = np.random.default_rng(nh), 64, 300
+    nh, nkv, D = heads_of
+    rng, n_ctx = np.random.default_rng(nh + D), 300
     qkv, kc, vc, sk = att_data(rng, 1, nh, nkv, D, n_ctx, True)
     cos, sin = ops.rope_cos_sin(np.arange(n_ctx), D, 10000.0)
     att = co.DecodeAttention(nh, nkv, D, D, n_ctx, 0.125, short_keys=256)

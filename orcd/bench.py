@@ -6,12 +6,12 @@
 __all__ = ['bench_backend', 'llama_bench_cmd', 'parse_llama_bench', 'run_llama_bench', 'format_table', 'backend_facts',
            'format_breakdown', 'cli_bench', 'plot_decode']
 
-# %% ../nbs/09_bench.ipynb #83fe1502
+# %% ../nbs/09_bench.ipynb #be0a5aed
 import json, os, shutil, subprocess, sys, time
 import numpy as np
 from .engine import Engine, Sampler, SamplingParams, resolve_device, lookahead_for
 
-# %% ../nbs/09_bench.ipynb #be676fc9
+# %% ../nbs/09_bench.ipynb #1be62d12
 def _stats(xs) -> dict:
     xs = sorted(xs)
     return dict(median=float(np.median(xs)), min=float(xs[0]), max=float(xs[-1]), n=len(xs))
@@ -57,7 +57,7 @@ def bench_backend(backend, n_vocab, prompt_tokens=512, gen_tokens=128, depth=0, 
     if depth: r['decode_depth_tps'] = _stats(tgd)
     return r
 
-# %% ../nbs/09_bench.ipynb #2099c9e0
+# %% ../nbs/09_bench.ipynb #37e3ce81
 def llama_bench_cmd(exe, model_path, prompt_tokens=512, gen_tokens=128, device='cpu', reps=3, depth=0, long_prompt=0):
     "The `llama-bench` command line for the same tests as `bench_backend`."
     p = f'{prompt_tokens},{long_prompt}' if long_prompt else str(prompt_tokens)
@@ -92,7 +92,7 @@ def run_llama_bench(exe, model_path, prompt_tokens=512, gen_tokens=128, device='
     if p.returncode != 0: raise RuntimeError(f'llama-bench failed (exit {p.returncode}): {p.stderr.strip()[-500:]}')
     return parse_llama_bench(p.stdout, prompt_tokens)
 
-# %% ../nbs/09_bench.ipynb #c836f754
+# %% ../nbs/09_bench.ipynb #65d224be
 _ROWS = (('prefill_tps', 'pp{p}', 'tok/s'), ('prefill_long_tps', 'pp{l}', 'tok/s'), ('ttft_s', 'ttft pp{p}', 'ms'),
          ('decode_tps', 'tg{g}', 'tok/s'), ('decode_depth_tps', 'tg{g} @ d{d}', 'tok/s'))
 
@@ -118,7 +118,7 @@ def format_table(ours: dict, ref: dict | None = None, title='', extra: dict | No
     lines = ([title] if title else []) + [fmt(head)] + [fmt(r) for r in rows]
     return '\n'.join(lines + [f'{k}: {v}' for k, v in (extra or {}).items()])
 
-# %% ../nbs/09_bench.ipynb #d6ede8fa
+# %% ../nbs/09_bench.ipynb #bd66873c
 def backend_facts(be) -> dict:
     "Load time and rate, memory in use, and (GPU) the decode step's matrix products alone."
     f = {}
@@ -149,7 +149,7 @@ def format_breakdown(b: dict, top: int = 12) -> str:
     parts = [f'{k} {v:.0f} ({v / b["sum"]:.0%})' for k, v in kinds[:top]]
     return f'{b["step"]:.0f} µs as one graph; kinds alone add to {b["sum"]:.0f} µs: ' + ', '.join(parts)
 
-# %% ../nbs/09_bench.ipynb #2a314d41
+# %% ../nbs/09_bench.ipynb #0ae4ebb1
 def cli_bench(args):
     """`orcd bench MODEL [--device D] [--llama-bench PATH] [--prompt-tokens N] [--long-prompt L] [--gen-tokens M]
     [--depth D] [--reps R]`; the long prompt is 2,048 tokens on a GPU and none on the CPU unless given (0: none)."""
@@ -172,7 +172,7 @@ def cli_bench(args):
     if getattr(args, 'json', False): print(json.dumps(dict(orcd=ours, llama_cpp=ref, facts=facts)))
     return 0
 
-# %% ../nbs/09_bench.ipynb #83f9bc86
+# %% ../nbs/09_bench.ipynb #41589e91
 def plot_decode(rows, path, hbm_tbps: float = 4.8, title: str = ''):
     """A PNG at `path`: decode tok/s of orcd and llama.cpp side by side, and the share of the HBM limit each uses.
     rows: (label, orcd tok/s, llama.cpp tok/s, weight bytes read per token)."""

@@ -203,7 +203,7 @@ __device__ __forceinline__ void attend_short(
         for (int c = 0; c < NP; ++c) reinterpret_cast<uint4*>(vt + lane * VS)[c] = vr[c];
         __syncwarp();
         const int n4 = min(32, last + 4 - kt) / 4;             // 4-key steps over the tile's keys
-#pragma unroll 1                                              // (unrolled, it was 3x the code, for no time saved)
+#pragma unroll 1                                              // (the compiler unrolled it: 3x the code)
         for (int j = 0; j < 4 * n4; j += 4) {
             const float4 p4 = *reinterpret_cast<const float4*>(pw + j);
             const float pj[4] = {p4.x, p4.y, p4.z, p4.w};

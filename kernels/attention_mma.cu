@@ -129,13 +129,10 @@ __device__ __forceinline__ void attention_mma_body(
                                    pack_half2(s[2 * kk + 1][0], s[2 * kk + 1][1]), pack_half2(s[2 * kk + 1][2], s[2 * kk + 1][3])};
 #pragma unroll
             for (int j = 0; j < NV / 2; ++j) {
-                const int mi = lane / 8, key = kk * 16 + (mi & 1) * 8 + lane % 8, dv = (2 * j + (mi >> 1)) * 8;
-                const unsigned addr = (unsigned)__cvta_generic_to_shared(Vs + key * ST + dv);
-                unsigned b0, b1, b2, b3;
-                asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
-                             : "=r"(b0), "=r"(b1), "=r"(b2), "=r"(b3) : "r"(addr));
-                mma16816(o[2 * j], a, b0, b1);
-                mma16816(o[2 * j + 1], a, b2, b3);
+                unsigned b[4];
+                v_frags(b, Vs, ST, kk, j, lane);
+                mma16816(o[2 * j], a, b[0], b[1]);
+                mma16816(o[2 * j + 1], a, b[2], b[3]);
             }
         }
         __syncthreads();                                                  // this buffer is refilled next-but-one

@@ -27,6 +27,15 @@ __device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], const void* smem) 
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(s));
 }
 
+// The B operands of P V for k-step kk (keys 16 kk .. 16 kk + 15) and value n-tiles 2j, 2j + 1 from a row-major V tile
+// in shared memory (rows of `st` halves): one ldmatrix.x4.trans; b[0], b[1] for n-tile 2j, b[2], b[3] for 2j + 1.
+__device__ __forceinline__ void v_frags(unsigned (&b)[4], const __half* V, int st, int kk, int j, int lane) {
+    const int mi = lane / 8, key = kk * 16 + (mi & 1) * 8 + lane % 8, dv = (2 * j + (mi >> 1)) * 8;
+    const unsigned addr = (unsigned)__cvta_generic_to_shared(V + key * st + dv);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(b[0]), "=r"(b[1]), "=r"(b[2]), "=r"(b[3]) : "r"(addr));
+}
+
 // 16 bytes global -> shared, asynchronously; `n` = 16 copies them, 0 writes zeros (rows past the range).
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, int n) {
     const unsigned s = (unsigned)__cvta_generic_to_shared(smem);

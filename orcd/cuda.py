@@ -109,7 +109,7 @@ def c_arg(a):
     if c is None or np.ndim(a): raise TypeError(f'kernel argument {type(a).__name__}: pass a device array or a numpy scalar')
     return c(a.item())
 
-PDL_FILES = frozenset({'elementwise', 'norm_rows', 'rope_kv', 'attention', 'attn_o', 'moe', 'sample', 'advance_position'})
+PDL_FILES = frozenset({'elementwise', 'norm_rows', 'rope_kv', 'attention', 'attention_gqa', 'attn_o', 'moe', 'sample', 'advance_position'})
 
 class Kernel:
     """A compiled kernel, called like a `cupy.RawKernel`: `k(grid, block, args, shared_mem=0)`. With `pdl`, launched
@@ -129,11 +129,12 @@ def pdl_launches():
     finally: Kernel.scope -= 1
 
 @functools.lru_cache(maxsize=None)
-def load_kernel(name: str, func: str, pdl: bool | None = None) -> Kernel:
+def load_kernel(name: str, func: str, pdl: bool | None = None, options: tuple = ()) -> Kernel:
     """Compile `kernels/{name}.cu` with NVRTC (cached) and return its `func`; `pdl` (default: PDL_ALL and `name`
-    in PDL_FILES, on a GPU that has it) launches it with programmatic stream serialization."""
+    in PDL_FILES, on a GPU that has it) launches it with programmatic stream serialization; `options`: NVRTC options
+    added to `kernel_options()` (a file's compile-time sizes, `-DNAME=value`)."""
     import cupy
-    mod = cupy.RawModule(code=kernel_source(name), options=kernel_options())
+    mod = cupy.RawModule(code=kernel_source(name), options=kernel_options() + tuple(options))
     MODULES.setdefault(name, []).append(mod)
     if pdl is None: pdl = PDL_ALL and name in PDL_FILES
     return Kernel(mod.get_function(func), bool(pdl) and _has_pdl())

@@ -48,7 +48,7 @@ def test_kernel_options_early_trigger(monkeypatch):
     assert '-DORCD_EARLY_TRIGGER' not in cuda.kernel_options() and '-std=c++17' in cuda.kernel_options()
     monkeypatch.setenv('ORCD_EARLY_TRIGGER', '1')
     assert cuda.kernel_options()[-1] == '-DORCD_EARLY_TRIGGER'
-    for name, kernels in (('attention', 3), ('moe', 4), ('norm_rows', 2), ('rope_kv', 1), ('elementwise', 2)):
+    for name, kernels in (('attention', 3), ('attention_gqa', 1), ('moe', 4), ('norm_rows', 2), ('rope_kv', 1), ('elementwise', 2)):
         src = cuda.kernel_source(name)       # every kernel of the small-kernel files triggers, first thing
         assert src.count('trigger_dependents();') == src.count('extern "C" __global__') == kernels, name
     monkeypatch.delenv('ORCD_EARLY_TRIGGER')
@@ -61,10 +61,11 @@ def test_pdl_files_wait_before_reading():
     previous kernel (griddepcontrol.wait): as its first statement, except the decode attention, which may fetch its
     first tile of earlier positions' keys before (no kernel of the step writes them), and both decode attention
     kernels read the position first (written before the step's graph runs: whether they only pass the step on), as
-    does attention_short (the short-context graphs' decode attention); attn_o (06b's AttnO) reads the same before its
+    does attention_short (the short-context graphs' decode attention), and attention_gqa (06b: the group's heads
+    together past a short context: its first keys before the wait, as the attention kernel); attn_o (06b's AttnO) reads the same before its
     wait, and its o weights."""
     import re
-    reads_early = {"attention", "attention_short", "attention_merge", "attn_o"}
+    reads_early = {"attention", "attention_short", "attention_merge", "attention_gqa", "attn_o"}
     for name in sorted(cuda.PDL_FILES):
         src = cuda.kernel_source(name)
         kernels = re.findall(r'extern "C" __global__ void (?:__launch_bounds__\([^)]*\)\s*)?(\w+)\([^{]*\{(.*?)(?=\nextern "C"|\Z)',

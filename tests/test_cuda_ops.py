@@ -193,25 +193,29 @@ def heads(model):
     return MODELS[model]
 
 
-# attend_short off; up to 256 keys (the split kernels past them); at every length, in splits of at least 256 keys
-SHORT = pytest.mark.parametrize('short_keys,short_splits', [(0, 0), (256, 0), (256, None)],
-                                ids=['split', 'short', 'short_splits'])
+# attend_short off; up to 256 keys (the split kernels past them); at every length, in splits of at least 256 keys;
+# attention_gqa (where gqa_heads takes the heads; with the merge kernel) at every length
+SHORT = pytest.mark.parametrize('short_keys,short_splits,gqa', [(0, 0, False), (256, 0, False), (256, None, False),
+                                                                (256, None, True)],
+                                ids=['split', 'short', 'short_splits', 'gqa'])
 
 
 @needs_gpu
 @SHORT
 @pytest.mark.parametrize('fused_merge', [False, True], ids=['merge_kernel', 'fused_merge'])
 @pytest.mark.parametrize('model,S,window', DECODE, ids=[f'{m}-S{S}' + (f'-w{w}' if w else '') for m, S, w in DECODE])
-def test_decode_attention(model, S, window, fused_merge, short_keys, short_splits):
+def test_decode_attention(model, S, window, fused_merge, short_keys, short_splits, gqa):
     """Against attention_ref; the splits merged by attention_merge, or by the last split itself (fused_merge); with
     short_keys, up to 256 visible keys by one block per query head (attend_short), or every length in splits of it
-    (short_splits; not with fused_merge)."""
+    (short_splits; not with fused_merge); or a block per KV head and split for all its query heads (attention_gqa:
+    heads of 64, at most 8 a KV head; not with fused_merge)."""
     c = heads(model); nh, nkv, D = c['nh'], c['nkv'], c['D']
     rng, n_ctx = np.random.default_rng(S + nh), S + 4
     qkv, kc, vc, sk = att_data(rng, 1, nh, nkv, D, n_ctx, c['sinks'])
     att = co.DecodeAttention(nh, nkv, D, D, n_ctx, D ** -0.5, fused_merge=fused_merge, short_keys=short_keys,
-                             short_splits=short_splits)
+                             short_splits=short_splits, gqa=gqa)
     assert att.short_keys == (short_keys if D in (32, 64) else 0)       # attend_short's heads: 32 or 64 dims
+    assert (att.gqa_splits > 0) == (gqa and not fused_merge and D == 64 and nh // nkv <= 8)
     assert (att.short_splits > 0) == (att.short_keys > 0 and short_splits is None and not fused_merge and nh // nkv < 8)
     out = cp.full(nh * D, np.nan, np.float32)
     att(cp.asarray(qkv), cp.asarray(kc), cp.asarray(vc), cp.asarray([S - 1], np.int32), out, window,
@@ -232,7 +236,7 @@ def test_decode_attention_without_the_merge(heads_of):
     rng, n_ctx = np.random.default_rng(nh + D), 300
     qkv, kc, vc, sk = att_data(rng, 1, nh, nkv, D, n_ctx, True)
     cos, sin = ops.rope_cos_sin(np.arange(n_ctx), D, 10000.0)
-    att = co.DecodeAttention(nh, nkv, D, D, n_ctx, 0.125, short_keys=256)
+    att = co.DecodeAttention(nh, nkv, D, D, n_ctx, 0.125, short_keys=256, gqa=False)
     rope, SK = (cp.asarray(cos), cp.asarray(sin), D, True), cp.asarray(sk)
     for S, win in ((1, 0), (40, 0), (200, 128), (256, 0)):
         p = cp.asarray([S - 1], np.int32)
@@ -260,7 +264,7 @@ def test_decode_attention_split_counts(max_splits, min_tiles, fused_merge):
     rng, nh, nkv, D = np.random.default_rng(max_splits), 14, 2, 64
     qkv, kc, vc, _ = att_data(rng, 1, nh, nkv, D, 1000, False)
     att = co.DecodeAttention(nh, nkv, D, D, 1000, 0.125, max_splits=max_splits, min_tiles=min_tiles,
-                             fused_merge=fused_merge, short_keys=0)
+                             fused_merge=fused_merge, short_keys=0, gqa=False)
     for S in (1, 33, 200, 1000):
         out = cp.empty(nh * D, np.float32)
         att(cp.asarray(qkv), cp.asarray(kc), cp.asarray(vc), cp.asarray([S - 1], np.int32), out)
@@ -278,7 +282,7 @@ def test_decode_attention_short_split_counts(short_splits, short_keys):
     rng, nh, nkv, D, n_ctx = np.random.default_rng(short_splits), 14, 2, 64, 1100
     qkv, kc, vc, sk = att_data(rng, 1, nh, nkv, D, n_ctx, True)
     cos, sin = ops.rope_cos_sin(np.arange(n_ctx), D, 10000.0)
-    att = co.DecodeAttention(nh, nkv, D, D, n_ctx, 0.125, short_keys=short_keys, short_splits=short_splits)
+    att = co.DecodeAttention(nh, nkv, D, D, n_ctx, 0.125, short_keys=short_keys, short_splits=short_splits, gqa=False)
     assert att.short_splits == short_splits
     assert co.DecodeAttention(nh, nkv, D, D, n_ctx, 0.125, short_keys=short_keys, short_splits=1).short_splits == 0
     for S, win in ((1, 0), (65, 0), (129, 0), (257, 0), (300, 100), (700, 0), (1000, 0), (1100, 700)):
@@ -297,16 +301,47 @@ def test_decode_attention_short_split_counts(short_splits, short_keys):
 
 
 @needs_gpu
-@pytest.mark.parametrize('short_splits', [0, 4], ids=['short', 'short_splits'])
+@pytest.mark.parametrize('fused', [True, False], ids=['last_split_merges', 'merge_kernel'])
+@pytest.mark.parametrize('heads_of', [(14, 2), (9, 3), (64, 8), (8, 8)], ids=['qwen', 'smollm2', 'gpt-oss', 'mha'])
+def test_decode_attention_gqa(heads_of, fused, monkeypatch):
+    """attention_gqa from one key to more than a wave of splits, in splits of one or several of its key blocks (the
+    token's own key in a later one), with windows and sinks, RoPE fused or not: as the references, the token's own
+    key and value written once; the splits merged by the last of them (the counters back at zero after every call) or
+    by attention_merge."""
+    monkeypatch.setattr(co, 'GQA_FUSED', fused)
+    nh, nkv, D, n_ctx = *heads_of, 64, 9000
+    rng = np.random.default_rng(nh)
+    qkv, kc, vc, sk = att_data(rng, 1, nh, nkv, D, n_ctx, True)
+    cos, sin = ops.rope_cos_sin(np.arange(n_ctx), D, 10000.0)
+    att = co.DecodeAttention(nh, nkv, D, D, n_ctx, 0.125)
+    assert att.gqa_splits == min(att.max_splits, -(-co._sm_count() // nkv)) and (att.gqa_counters is not None) == fused
+    for S, win in ((1, 0), (130, 0), (1000, 0), (4097, 0), (9000, 0), (5000, 128), (3000, 1500)):
+        p, P = S - 1, cp.asarray([S - 1], np.int32)
+        out = cp.full(nh * D, np.nan, np.float32)
+        att(cp.asarray(qkv), cp.asarray(kc), cp.asarray(vc), P, out, win, cp.asarray(sk))
+        ref = co.attention_ref(qkv, kc, vc, [p], 0.125, nh, nkv, D, D, win, sk)[0]
+        assert_close(cp.asnumpy(out), ref, **ATT_TOL, name=f'S={S} window={win}')
+        qkv_r, kc_r, vc_r = co.rope_kv_ref(qkv, np.array([p]), cos, sin, kc, vc, nh, nkv, D, D, D, True)
+        ref = co.attention_ref(qkv_r, kc_r, vc_r, [p], 0.125, nh, nkv, D, D, win, sk)[0]
+        K, V = cp.asarray(kc), cp.asarray(vc)
+        att(cp.asarray(qkv), K, V, P, out, win, cp.asarray(sk), rope=(cp.asarray(cos), cp.asarray(sin), D, True))
+        assert_close(cp.asnumpy(out), ref, **ATT_TOL, name=f'RoPE fused, S={S} window={win}')
+        np.testing.assert_array_equal(cp.asnumpy(K), kc_r); np.testing.assert_array_equal(cp.asnumpy(V), vc_r)
+        if fused: assert not cp.asnumpy(att.gqa_counters).any()
+
+
+@needs_gpu
+@pytest.mark.parametrize('short_splits,gqa', [(0, False), (4, False), (0, True)], ids=['short', 'short_splits', 'gqa'])
 @pytest.mark.parametrize('window', [128, 0])
 @pytest.mark.parametrize('fused_merge', [False, True], ids=['merge_kernel', 'fused_merge'])
-def test_decode_attention_in_a_captured_graph(fused_merge, window, short_splits):
+def test_decode_attention_in_a_captured_graph(fused_merge, window, short_splits, gqa):
     """One captured graph, the position changed in device memory between replays: every step matches (without a
-    window the replays cross from attend_short, up to 256 keys, to the split kernels, or to attend_short's splits)."""
+    window the replays cross from attend_short, up to 256 keys, to the split kernels, or to attend_short's splits;
+    attention_gqa's splits grow from one to a wave)."""
     rng, nh, nkv, D, n_ctx = np.random.default_rng(3), 64, 8, 64, 2048        # gpt-oss heads
     qkv, kc, vc, sk = att_data(rng, 1, nh, nkv, D, n_ctx, True)
     att = co.DecodeAttention(nh, nkv, D, D, n_ctx, 0.125, fused_merge=fused_merge, short_keys=256,
-                             short_splits=short_splits)
+                             short_splits=short_splits, gqa=gqa)
     Q, K, V, SK = cp.asarray(qkv), cp.asarray(kc), cp.asarray(vc), cp.asarray(sk)
     pos, out = cp.zeros(1, np.int32), cp.empty(nh * D, np.float32)
     s = cp.cuda.Stream(non_blocking=True)
@@ -336,7 +371,7 @@ def rope_heads(model):
 @SHORT
 @pytest.mark.parametrize('fused_merge', [False, True], ids=['merge_kernel', 'fused_merge'])
 @pytest.mark.parametrize('model,S', FUSED_ROPE, ids=[f'{m}-S{S}' for m, S in FUSED_ROPE])
-def test_decode_attention_rope_fused(model, S, fused_merge, short_keys, short_splits):
+def test_decode_attention_rope_fused(model, S, fused_merge, short_keys, short_splits, gqa):
     """RoPE fused into decode attention: the output as rope_kv then attention (the references), this token's key and
     value in both caches bit for bit as rope_kv_ref writes them, the rest of the caches and qkv untouched."""
     c = rope_heads(model); nh, nkv, D, rd, win = c['nh'], c['nkv'], c['D'], c['rope_dim'], c['window']
@@ -347,7 +382,7 @@ def test_decode_attention_rope_fused(model, S, fused_merge, short_keys, short_sp
     qkv_r, kc_r, vc_r = co.rope_kv_ref(qkv, np.array([p]), cos, sin, kc, vc, nh, nkv, D, D, rd, neox)
     ref = co.attention_ref(qkv_r, kc_r, vc_r, [p], D ** -0.5, nh, nkv, D, D, win, sk)[0]
     att = co.DecodeAttention(nh, nkv, D, D, n_ctx, D ** -0.5, fused_merge=fused_merge, short_keys=short_keys,
-                             short_splits=short_splits)
+                             short_splits=short_splits, gqa=gqa)
     Q, K, V, out = cp.asarray(qkv), cp.asarray(kc), cp.asarray(vc), cp.full(nh * D, np.nan, np.float32)
     att(Q, K, V, cp.asarray([p], np.int32), out, win, None if sk is None else cp.asarray(sk),
         rope=(cp.asarray(cos), cp.asarray(sin), rd, neox))

@@ -33,7 +33,13 @@
 // The other splits' partial results are read past L1 (__ldcg): they were written by other SMs in this kernel.
 __device__ __forceinline__ void merge_last(const float* ws, int* counters, int su, int n_heads, int Dv, int max_splits,
                                            int qh0, int nq, const float* __restrict__ sinks, float* __restrict__ out) {
-    if (!last_to_finish(&counters[blockIdx.x], su)) return;   // uniform over the block
+    __shared__ int last;
+    __threadfence();                                          // this split's m, l, acc: visible before it is counted
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(&counters[blockIdx.x], 1) == su - 1;
+    __syncthreads();
+    if (!last) return;                                        // uniform over the block
+    __threadfence();
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     if (warp < nq) {
         const int qh = qh0 + warp;

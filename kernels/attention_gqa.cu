@@ -54,6 +54,7 @@ __device__ __forceinline__ void merge_splits(const float* ws, int* counters, int
                                              const float* __restrict__ sinks, float* __restrict__ out, float* sm) {
     constexpr int P = AG_W / 2;                               // parts of the splits: AG_W * 32 threads = P x 64 dims
     if (!last_to_finish(&counters[blockIdx.x], su)) return;   // uniform over the block
+    __threadfence();
     const int h = blockIdx.x, tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
     float* sw = sm;                                           // [G, su]
     float* part = sm + ((G * su + 3) & ~3);                   // [P, 8, AG_D]

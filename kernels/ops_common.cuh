@@ -67,15 +67,14 @@ __device__ __forceinline__ void key_split(int lo, int hi, int max_splits, int mi
 }
 
 // Whether this block is the last of `n` to count itself done on `counter` (uniform over the block; every thread calls
-// it): each block's global writes before the call are visible to the last block after it. For a merge done by the
-// last split to finish, which then sets the counter back to 0.
+// it): each block's global writes before the call are visible to the last block once it has fenced (__threadfence)
+// after the call. For a merge done by the last split to finish, which then sets the counter back to 0.
 __device__ __forceinline__ bool last_to_finish(int* counter, int n) {
     __shared__ int last;
     __threadfence();                                          // this block's results: visible before it is counted
     __syncthreads();
     if (threadIdx.x == 0) last = atomicAdd(counter, 1) == n - 1;
     __syncthreads();
-    if (last) __threadfence();
     return last;
 }
 

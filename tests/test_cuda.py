@@ -62,8 +62,8 @@ def test_pdl_files_wait_before_reading():
     first tile of earlier positions' keys before (no kernel of the step writes them), and both decode attention
     kernels read the position first (written before the step's graph runs: whether they only pass the step on), as
     does attention_short (the short-context graphs' decode attention), and attention_gqa (06b: the group's heads
-    together past a short context: its first keys before the wait, as the attention kernel); attn_o (06b's AttnO) reads the same before its
-    wait, and its o weights."""
+    together past a short context: its first keys before the wait, as the attention kernel); attn_o (06b's AttnO)
+    reads the same before its wait, and its o weights."""
     import re
     reads_early = {"attention", "attention_short", "attention_merge", "attention_gqa", "attn_o"}
     for name in sorted(cuda.PDL_FILES):

@@ -215,7 +215,7 @@ def test_decode_attention(model, S, window, fused_merge, short_keys, short_split
     att = co.DecodeAttention(nh, nkv, D, D, n_ctx, D ** -0.5, fused_merge=fused_merge, short_keys=short_keys,
                              short_splits=short_splits, gqa=gqa)
     assert att.short_keys == (short_keys if D in (32, 64) else 0)       # attend_short's heads: 32 or 64 dims
-    assert (att.gqa_splits > 0) == (gqa and not fused_merge and D == 64 and nh // nkv <= 8)
+    assert (att.gqa_splits > 0) == (gqa and not fused_merge and D == 64 and nh // nkv <= 8 and co.mma_capable())
     assert (att.short_splits > 0) == (att.short_keys > 0 and short_splits is None and not fused_merge and nh // nkv < 8)
     out = cp.full(nh * D, np.nan, np.float32)
     att(cp.asarray(qkv), cp.asarray(kc), cp.asarray(vc), cp.asarray([S - 1], np.int32), out, window,
@@ -308,6 +308,7 @@ def test_decode_attention_gqa(heads_of, fused, monkeypatch):
     token's own key in a later one), with windows and sinks, RoPE fused or not: as the references, the token's own
     key and value written once; the splits merged by the last of them (the counters back at zero after every call) or
     by attention_merge."""
+    if not co.mma_capable(): pytest.skip('attention_gqa needs compute capability 8.0 (mma.sync)')
     monkeypatch.setattr(co, 'GQA_FUSED', fused)
     nh, nkv, D, n_ctx = *heads_of, 64, 9000
     rng = np.random.default_rng(nh)

@@ -166,4 +166,75 @@ __device__ float* attend_here(const AttnDesc& A, int p, unsigned char* scratch) 
     return O;
 }
 
+// The decode attention's splits merged where their output is consumed (matvec_v2's staged input IN_MERGE;
+// orcd.cuda_matvec.V2_INPUTS 'merge', orcd.cuda_ops.DecodeAttention.merge_desc): past a short context attention_gqa
+// writes each split's m, l and unnormalised output to its workspace, and instead of attention_merge's launch (a kernel
+// boundary: 1.4-2.7 µs a layer on the H200, Qwen2.5-0.5B layout at 4,096 keys) every CTA of the o product merges
+// them itself, into the float4 group of x that its thread stages (x of at most 4 NT values: stage_q8's `pre`).
+// Thread i takes dims 4i..4i+3 of query head h = 4i / 64 (heads of Dv = 64: a head is 16 lanes), and the splits CH
+// at a time: lane j < CH of the head's 16 loads split s0 + j's m and l, each thread the CH splits' acc values of its
+// dims, all in flight at once; then the chunk's max and sum by shuffles within the 16 lanes, and each split's weight
+// exp(m_s - M) from its lane. M = max(m_s, sink), out = sum_s exp(m_s - M) acc_s / (sum_s exp(m_s - M) l_s +
+// exp(sink - M)), a running max rescaling what earlier chunks added: attention_merge's sums, in another order.
+// Numpy reference: orcd.cuda_ops.attention_ref (of the attention the splits are of).
+
+// Python mirror: orcd.cuda_ops.MERGE_DESC (48 bytes).
+struct MergeDesc {
+    const float* ws;                       // m, l [n_heads, max_splits] | acc [n_heads, max_splits, 64]
+    const int* pos;                        // the token's position, on the device
+    const float* sinks;                    // [n_heads] or null
+    int n_heads, Dv, n_ctx, window;        // Dv = 64
+    int max_splits, min_tiles;             // the split rule attention_gqa ran (key_split)
+};
+
+// Every thread of the CTA calls it (shuffles); threads past the n_heads 16 groups get zeros.
+// Splits a round (orcd.cuda_matvec.MERGE_CH): 12 keeps the o product within 120 registers a thread, so its CTA fits on
+// an SM beside an attention_gqa block (136) or a gate|up CTA (112) while it waits. 16 took 139 and the step slowed
+// (H200, Qwen2.5-0.5B layout, 4,096 keys: 686.4 µs against 600.8 at 12 and 643.2 with attention_merge; 06b).
+#ifndef ORCD_MERGE_CH
+#define ORCD_MERGE_CH 12
+#endif
+__device__ __forceinline__ float4 merged_x4(const MergeDesc& A) {
+    constexpr int W = 16;                                     // lanes of a head
+    constexpr int CH = ORCD_MERGE_CH;                         // splits a round
+    static_assert(CH >= 1 && CH <= W, "ORCD_MERGE_CH: 1 to 16 splits a round");
+    const int i = threadIdx.x, j = i % W, S = A.max_splits;
+    const int h = min(i / W, A.n_heads - 1), p = A.pos[0];   // (past the heads: the last head's, discarded)
+    int kb, ke, su;
+    key_split(window_lo(p, A.window), min(A.n_ctx, p + 1), S, A.min_tiles, 0, kb, ke, su);
+    const float* ms = A.ws + (size_t)h * S;
+    const float* ls = A.ws + (size_t)(A.n_heads + h) * S;
+    const float4* acc = reinterpret_cast<const float4*>(A.ws + (size_t)2 * A.n_heads * S + (size_t)h * S * 64) + j;
+    float M = NEG_INF, L = 0.f;
+    float4 o = make_float4(0.f, 0.f, 0.f, 0.f);
+    for (int s0 = 0; s0 < su; s0 += CH) {                     // uniform
+        const bool v = j < CH && s0 + j < su;
+        const float m = v ? __ldg(ms + s0 + j) : NEG_INF, l = v ? __ldg(ls + s0 + j) : 0.f;
+        float4 a[CH];
+#pragma unroll
+        for (int c = 0; c < CH; ++c)
+            a[c] = s0 + c < su ? __ldg(acc + (size_t)(s0 + c) * 16) : make_float4(0.f, 0.f, 0.f, 0.f);
+        float mc = fmaxf(M, m);
+#pragma unroll
+        for (int d = W / 2; d > 0; d >>= 1) mc = fmaxf(mc, __shfl_xor_sync(0xffffffffu, mc, d));   // split s0: finite
+        const float r = expf(M - mc), w = expf(m - mc);       // (first chunk: r = 0 times zeros; past su: w = 0)
+        float lw = w * l;
+#pragma unroll
+        for (int d = W / 2; d > 0; d >>= 1) lw += __shfl_xor_sync(0xffffffffu, lw, d);
+        L = fmaf(L, r, lw); o.x *= r; o.y *= r; o.z *= r; o.w *= r;
+#pragma unroll
+        for (int c = 0; c < CH; ++c) {
+            const float wc = __shfl_sync(0xffffffffu, w, c, W);
+            o.x = fmaf(wc, a[c].x, o.x); o.y = fmaf(wc, a[c].y, o.y); o.z = fmaf(wc, a[c].z, o.z); o.w = fmaf(wc, a[c].w, o.w);
+        }
+        M = mc;
+    }
+    if (A.sinks) {
+        const float sk = __ldg(A.sinks + h), mc = fmaxf(M, sk), r = expf(M - mc);
+        L = fmaf(L, r, expf(sk - mc)); o.x *= r; o.y *= r; o.z *= r; o.w *= r;
+    }
+    if (i >= A.n_heads * W) return make_float4(0.f, 0.f, 0.f, 0.f);
+    return make_float4(o.x / L, o.y / L, o.z / L, o.w / L);
+}
+
 }  // namespace mv

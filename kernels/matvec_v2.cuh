@@ -22,7 +22,7 @@
 #pragma once
 #include <cuda_fp16.h>
 #include "ops_common.cuh"                                   // gated_act
-#include "attention_stage.cuh"                              // IN_ATTN
+#include "attention_stage.cuh"                              // IN_ATTN, IN_MERGE
 
 namespace mv {
 
@@ -440,7 +440,8 @@ __device__ __forceinline__ float4 ld_x4(const float* __restrict__ x, int i, bool
 // IN_STAGED x is already staged: the 16-bit codes, scales and half-block sums that a gate|up kernel with OUT_GLU
 // wrote (glu_stage_block), copied into shared memory as they are; IN_ATTN the decode attention whose output x is
 // (attention_stage.cuh: computed in the CTA at a short context, norm_w pointing to its AttnDesc; else x as it is).
-enum { IN_X = 0, IN_NORM = 1, IN_ACT = 2, IN_STAGED = 3, IN_ATTN = 4 };
+// IN_MERGE x of the decode attention's splits, merged in each CTA (attention_stage.cuh: norm_w pointing to its MergeDesc).
+enum { IN_X = 0, IN_NORM = 1, IN_ACT = 2, IN_STAGED = 3, IN_ATTN = 4, IN_MERGE = 5 };
 // What a kernel writes (its template parameter OUT): OUT_Y y = W x (+ b) (+ y), row by row; OUT_GLU the rows are
 // (gate, up) pairs (Part.stride: the byte offset of the up rows from the gate rows), and each tile of 32 pairs
 // becomes one 32-value block of the next product's staged input: gated_act(act, gate, up) quantised as stage_q8 does.
@@ -726,6 +727,13 @@ __device__ __forceinline__ void stage(const float* __restrict__ x, int K, const 
         } else { float ss = 0.f; stage_q8<NT, X::xb, X::pl, IN_X>(x, K, q, d, s16, nullptr, ss, act); }
         return;
     }
+    if constexpr (IN == IN_MERGE) {                          // the splits merged here: x of at most 4 NT values
+        static_assert(SQ8 && !SF32, "IN_MERGE: quantised block types only");
+        const float4 v = merged_x4(*reinterpret_cast<const MergeDesc*>(nw));
+        float ss = 0.f;
+        stage_q8<NT, X::xb, X::pl, IN_X>(x, K, q, d, s16, nullptr, ss, act, &v);
+        return;
+    }
     float ss = 0.f, ss_f = 0.f;                              // IN_NORM: the sum of squares of this thread's x
     if constexpr (IN == IN_NORM && SQ8 && !SF32 && !X::pl) {  // the normed staging from registers (see normed_group)
         if (K <= 4 * NT) {                                    // uniform over the CTA (a kernel argument)
@@ -922,7 +930,8 @@ __device__ __forceinline__ void matvec_v2_body(const Part* __restrict__ parts, i
 
 // The kernel the launcher instantiates (orcd.cuda_matvec.precompile compiles this header alone, with NVRTC name
 // expressions such as matvec_v2_k<8, 16, 0, mv::cfg<mv::tQ5_0, 2>, mv::cfg<mv::tQ8_0, 1>>): NW warps per CTA, XB-bit
-// staged input (8 or 16), what it stages (IN: mv::IN_X, IN_NORM, IN_ACT or IN_STAGED), one cfg per block type in the parts.
+// staged input (8 or 16), what it stages (IN: mv::IN_X, IN_NORM, IN_ACT, IN_STAGED, IN_ATTN or IN_MERGE), one cfg per
+// block type in the parts.
 #ifndef ORCD_MV_MINB          // an experiment's knob (ORCD_MV_MINB=N in the environment, orcd.cuda_matvec.precompile):
 #define ORCD_MV_MINB -1       // at least N CTAs of matvec_v2_k an SM (registers capped to fit; 0: none named) for the
 #endif                        // kernels other than U = 1's; -1: min_ctas's measured choice
@@ -938,11 +947,12 @@ template <> struct is_q8_0<tQ8_0> { static constexpr bool value = true; };
 //   schedule and register count, so they are chosen by measurement (Session 19, H200, µs a decode step, kernel by
 //   kernel): gpt-oss's IN_X Q8_0 products (q|k|v at 8 warps, o at 16) are faster with none — 181.1 / 162.5 against
 //   209.7 / 197.5 with 1 — and Qwen's with 1 (its norm + q|k|v of Q5_0 51.5 against 57.1, down of Q6_K 51.8 against
-//   53.7, o of Q5_0 55.0 against 56.0; the others within 0.5). So: none for an IN_X kernel of Q8_0 only, else 1.
+//   53.7, o of Q5_0 55.0 against 56.0; the others within 0.5). So: none for an IN_X kernel of Q8_0 only, else 1;
+//   IN_MERGE (the o product staging the attention's splits) as IN_X.
 template <int NW, int IN, class... Cs> constexpr int min_ctas() {
     return ((Cs::u == 1) && ...) ? 32 / NW
          : ORCD_MV_MINB >= 0 ? ORCD_MV_MINB
-         : IN == IN_X && (is_q8_0<typename Cs::type>::value && ...) ? 0 : 1;
+         : (IN == IN_X || IN == IN_MERGE) && (is_q8_0<typename Cs::type>::value && ...) ? 0 : 1;
 }
 }  // namespace mv
 template <int NW, int XB, int IN, class... Cs>

@@ -19,10 +19,10 @@ from .engine import plain_greedy
 log = logging.getLogger('orcd.cuda')
 
 # %% auto #0
-__all__ = ['log', 'PREFILL_CHUNK', 'LINEAR_PLANS', 'FUSE_NORM', 'FUSE_ROPE', 'FUSE_ACT', 'FUSE_GLU', 'ATTN_HERE', 'SHORT_GRAPHS',
-           'LOWERINGS', 'PREFILL_GRAPHS', 'LOOKAHEAD', 'STEPS_PER_GRAPH', 'buffer_widths', 'memory_plan', 'check_fit',
-           'upload_weights', 'nonresident', 'linear_plans', 'device_weights', 'fuse', 'program', 'decode_program',
-           'capture', 'CUDABackend', 'prefill_bucket']
+__all__ = ['log', 'PREFILL_CHUNK', 'LINEAR_PLANS', 'FUSE_NORM', 'FUSE_ROPE', 'FUSE_ACT', 'FUSE_GLU', 'ATTN_HERE', 'MERGE_IN_O',
+           'SHORT_GRAPHS', 'LOWERINGS', 'PREFILL_GRAPHS', 'LOOKAHEAD', 'STEPS_PER_GRAPH', 'buffer_widths',
+           'memory_plan', 'check_fit', 'upload_weights', 'nonresident', 'linear_plans', 'device_weights', 'fuse',
+           'program', 'decode_program', 'capture', 'CUDABackend', 'prefill_bucket']
 
 # %% ../nbs/06c_cuda_backend.ipynb #78983fe9
 def _is_oom(e) -> bool:
@@ -208,6 +208,7 @@ FUSE_ROPE = os.environ.get('ORCD_FUSE_ROPE', '1') != '0'   # the fifth rule; ORC
 FUSE_ACT = os.environ.get('ORCD_FUSE_ACT', '1') != '0'     # the fourth rule; ORCD_FUSE_ACT=0 turns it off
 FUSE_GLU = os.environ.get('ORCD_FUSE_GLU', '1') != '0'     # the sixth rule (decode); ORCD_FUSE_GLU=0 turns it off
 ATTN_HERE = int(os.environ.get('ORCD_ATTN_HERE', '0'))      # the seventh (decode): up to this many keys; 0: off
+MERGE_IN_O = os.environ.get('ORCD_MERGE_IN_O', '1') != '0'  # the seventh, past a short context: o merges the splits
 _GATED = ('swiglu', 'geglu', 'swiglu_oai')                  # activations of a (gate, up) pair (Linear(..., act=))
 _MATVEC_OPS = ('linear', 'linear_acc', 'norm_linear', 'act_linear', 'act_linear_acc',   # steps that are one matvec
                'linear_glu', 'norm_linear_glu', 'staged_linear', 'staged_linear_acc', 'attn_linear', 'attn_linear_acc')
@@ -449,11 +450,12 @@ def _attn_keys(be) -> int:
 
 def _attn_ok(be, att: Step, o: Step, li) -> bool:
     """Whether layer `li`'s o product `o` fuses with the decode attention `att` before it (`attn_linear`): with
-    `ORCD_ATTN_HERE`, where the product can compute the attention; else where 06b's `AttnO` can do both (`_attn_o`)."""
+    `ORCD_ATTN_HERE`, where the product can compute the attention; else where 06b's `AttnO` can do both (`_attn_o`),
+    or the product can merge the attention's splits (`_merge_in_o`)."""
     from orcd.cuda_matvec import Linear, FLOAT_TYPES
     lin = be.layers[li].get(o.w) if li is not None else None
     hp = be.hp
-    if ATTN_HERE <= 0: return o.op == 'linear_acc' and _attn_o(be, o.w, li) is not None
+    if ATTN_HERE <= 0: return o.op == 'linear_acc' and _attn_o(be, o.w, li) is not None or _merge_in_o(be, o.w, li)
     return (isinstance(lin, Linear) and _attn_keys(be) > 0 and not lin.pair and lin.K == hp.n_heads * hp.head_dim_v
             and not any(t in FLOAT_TYPES for t, _ in lin.cfgs) and be.tables is not None)
 
@@ -471,6 +473,15 @@ def _attn_o(be, w: str, li):
         be.attn_o[li] = K.AttnO(hp.n_heads, hp.n_kv_heads, hp.head_dim, hp.head_dim_v, be.k_cache[li].shape[1],
                                 1.0 / math.sqrt(hp.head_dim), lin.parts[0][0], lin.parts[0][2], lin.rows, lin.bias) if ok else None
     return be.attn_o[li]
+
+def _merge_in_o(be, w: str, li) -> bool:
+    """Whether layer `li`'s o product `w` merges the splits of its decode attention itself, past a short context
+    (`ORCD_MERGE_IN_O`; 06b's `merge_desc`): `attention_gqa` runs the layer's heads and the product can stage the merge
+    (06a's `stages_merge`)."""
+    from orcd.cuda_matvec import Linear
+    lin, a = be.layers[li].get(w) if li is not None else None, be.attn
+    return (MERGE_IN_O and a.gqa_splits > 0 and a.gqa_counters is None and isinstance(lin, Linear) and lin.stages_merge()
+            and lin.K == be.hp.n_heads * be.hp.head_dim_v)
 
 def _attn_linear(be, s, li):
     "Layer `li`'s o product with the attention's scratch, and that attention's descriptor (made once, in `be.attn_here`)."
@@ -491,14 +502,23 @@ def _lo_attn_linear(be, s, W, li, T, pre):
     """The decode attention and the o product that reads it (decode only: `program` fuses them only there). With
     `ORCD_ATTN_HERE`: the attention kernels, which only pass the step on up to `keys` visible keys, then the o product,
     which computes the attention itself there and beyond reads their output from `s.via`. Else: in a graph of a short
-    context (`be._short`, read when the launch is captured) one `AttnO` kernel, elsewhere the two launches as unfused."""
+    context (`be._short`, read when the launch is captured) one `AttnO` kernel where the layer has one; where the
+    attention launches its merge (`_needs_merge`) and the product can merge instead (`_merge_in_o`), `attention_gqa`
+    alone, then the product merging its splits; elsewhere the two launches as unfused."""
     if pre: raise ValueError(f'{s.op} is a decode step; a prompt runs attention, then the o product')
     qkv, att, y, p, sinks, win = be.rows(s.src, 1), be.rows(s.via, 1)[0], be.rows(s.dst, 1)[0], be.pos[:1], W.get(s.arg), be.windows[li]
     r, kc, vc, acc = _rope_of(be, li), be.k_cache[li], be.v_cache[li], s.op == 'attn_linear_acc'
     if ATTN_HERE <= 0:
         op, lin = _attn_o(be, s.w, li), W[s.w]
+        if li not in be.merge_descs:                            # (made once: the graphs read it for as long as they live)
+            be.merge_descs[li] = be.attn.merge_desc(p, window=win, sinks=sinks) if _merge_in_o(be, s.w, li) else None
+        md = be.merge_descs[li]
+        if md is not None: lin.launch('merge')                  # its kernel compiled now, not while a graph captures
         def attention_and_o():
-            if be._short: op(qkv[0], kc, vc, p, y, window=win, sinks=sinks, rope=r)
+            if be._short and op is not None: op(qkv[0], kc, vc, p, y, window=win, sinks=sinks, rope=r)
+            elif md is not None and _needs_merge(be, li):
+                be.attn(qkv, kc, vc, p, att, window=win, sinks=sinks, rope=r, defer_merge=True)
+                lin(att, y, accumulate=acc, merge=md)
             else:
                 be.attn(qkv, kc, vc, p, att, window=win, sinks=sinks, rope=r, merge=_needs_merge(be, li))
                 lin(att, y, accumulate=acc)
@@ -588,6 +608,7 @@ def _build(be, gf, n_ctx: int, chunk: int, max_vram, progress):
     be.glu = {}                                               # (layer, gate|up weight) -> its glu Linear (_glu_linear)
     be.attn_here = {}                                         # layer -> (o Linear with scratch, descriptor) (_attn_linear)
     be.attn_o = {}                                            # layer -> AttnO or None (_attn_o)
+    be.merge_descs = {}                                       # layer -> merge_desc or None (_lo_attn_linear)
     _allocate(be, n_ctx, chunk)
     bad = _residency(be)
     if bad: be.fault = 'not in device memory: ' + ', '.join(bad)
@@ -611,7 +632,7 @@ def _fused(be, decode: bool = True, **parts) -> list:
     "The (fused) steps of the whole model, or of the `parts` (head, blocks, tail) asked for; of a decode step or a prompt."
     glu = (lambda gu, down, li: _glu_ok(be, gu, down, li)) if decode and FUSE_GLU and FUSE_ACT else None
     from orcd.cuda_ops import ATTN_O
-    attn = (lambda att, o, li: _attn_ok(be, att, o, li)) if decode and (ATTN_HERE > 0 or ATTN_O) else None
+    attn = (lambda att, o, li: _attn_ok(be, att, o, li)) if decode and (ATTN_HERE > 0 or ATTN_O or MERGE_IN_O) else None
     return fuse(_flat(be, **parts), norm=FUSE_NORM and be.recipe.norm == 'rms', rope=FUSE_ROPE and be.tables is not None,
                 act=FUSE_ACT, glu=glu, attn=attn)
 

@@ -6,11 +6,11 @@ prefill matmul and the embedding lookup; each beside its numpy reference."""
 
 # %% auto #0
 __all__ = ['MATVEC_KERNELS', 'FLOAT_TYPES', 'X_BITS', 'GATED', 'V2_TYPES', 'PART_DTYPE', 'V2_INPUTS', 'V2_OUTPUTS', 'TRACE',
-           'MINB', 'PRE', 'PDL', 'PART_MAJOR', 'L2_PREFETCH', 'L2_PREFETCH_BYTES', 'GLU_WARPS', 'GLU_PREFETCH',
-           'MATMUL_MODE', 'matvec_ref', 'matvec', 'quantize_x_ref', 'linear_ref', 'random_weight', 'plan_warps',
-           'plan_unroll', 'plan_tpr', 'v2_expr', 'pair_layout', 'plan_linear', 'precompile', 'trace_records',
-           'assign_ctas', 'Linear', 'staged_size', 'unpack_staged', 'plan_glu', 'glu_ref', 'expert_linear',
-           'expert_linear_ref', 'prmt_ref', 'mxfp4_pairs_ref', 'dequantize_rows', 'dequantize']
+           'MINB', 'PRE', 'MERGE_CH', 'PDL', 'PART_MAJOR', 'L2_PREFETCH', 'L2_PREFETCH_BYTES', 'GLU_WARPS',
+           'GLU_PREFETCH', 'MATMUL_MODE', 'matvec_ref', 'matvec', 'quantize_x_ref', 'linear_ref', 'random_weight',
+           'plan_warps', 'plan_unroll', 'plan_tpr', 'v2_expr', 'pair_layout', 'plan_linear', 'precompile',
+           'trace_records', 'assign_ctas', 'Linear', 'staged_size', 'unpack_staged', 'plan_glu', 'glu_ref',
+           'expert_linear', 'expert_linear_ref', 'prmt_ref', 'mxfp4_pairs_ref', 'dequantize_rows', 'dequantize']
 
 # %% ../nbs/06a_cuda_matvec.ipynb #9bd7afcc
 import functools, math, os
@@ -128,7 +128,8 @@ def plan_tpr(ggml_type, rows, K, warps, nsm=132):
     while G < nt and G < nchunk and rows * G < nt * nsm // 2: G *= 2
     return G
 
-V2_INPUTS = {'x': 0, 'norm': 1, 'act': 2, 'staged': 3, 'attn': 4}   # what it stages: IN_X, IN_NORM, IN_ACT, IN_STAGED, IN_ATTN
+V2_INPUTS = {'x': 0, 'norm': 1, 'act': 2, 'staged': 3, 'attn': 4,   # what it stages: IN_X, IN_NORM, IN_ACT, IN_STAGED,
+             'merge': 5}                                          # IN_ATTN, IN_MERGE
 V2_OUTPUTS = {'y': 'matvec_v2_k', 'glu': 'matvec_v2_glu_k'}   # what it writes: y (OUT_Y), a staged input (OUT_GLU)
 
 def v2_expr(warps, cfgs, bits: int = X_BITS, pair: bool = False, inp: str = 'x', out: str = 'y'):
@@ -177,6 +178,7 @@ _V2_FUNCS, _V2_MODULES = {}, []
 TRACE = os.environ.get('ORCD_TRACE') == '1'   # diagnostics: the kernels stamp their phases (matvec_v2.cuh, MV_STAMP)
 MINB = int(os.environ.get('ORCD_MV_MINB', '-1'))  # experiments: at least this many matvec_v2_k CTAs an SM (-1: mv::min_ctas's)
 PRE = int(os.environ.get('ORCD_MV_PRE', '2'))     # batches of weights a gate|up thread loads before its wait (2; 1: Session 19's)
+MERGE_CH = int(os.environ.get('ORCD_MERGE_CH', '12'))   # IN_MERGE: attention splits a round of loads (attention_stage.cuh)
 
 def precompile(exprs):
     "Compile matvec_v2_k instantiations (names from `v2_expr`) in one NVRTC call; returns their kernels."
@@ -185,7 +187,8 @@ def precompile(exprs):
     new = [e for e in dict.fromkeys(exprs) if e not in _V2_FUNCS]
     if new:
         opts = ('-std=c++17', f"-I{resources.files('orcd.kernels')}") + (('-DORCD_TRACE',) if TRACE else ()) \
-             + ((f'-DORCD_MV_MINB={MINB}',) if MINB >= 0 else ()) + ((f'-DORCD_MV_PRE={PRE}',) if PRE != 2 else ())
+             + ((f'-DORCD_MV_MINB={MINB}',) if MINB >= 0 else ()) + ((f'-DORCD_MV_PRE={PRE}',) if PRE != 2 else ()) \
+             + ((f'-DORCD_MERGE_CH={MERGE_CH}',) if MERGE_CH != 12 else ())
         mod = cupy.RawModule(code='#include "matvec_v2.cuh"\n' + headers_tag(), options=opts, name_expressions=new)
         for e in new: _V2_FUNCS[e] = mod.get_function(e)
         _V2_MODULES.append(mod)
@@ -306,6 +309,9 @@ class Linear:
                 raise ValueError('Linear: a staged input needs 16-bit codes and quantised parts (no pair layout)')
             if inp == 'attn' and (not self.scratch or self.glu or self.pair or any(t in FLOAT_TYPES for t, _ in self.cfgs)):
                 raise ValueError('Linear: attn= needs attn_scratch, quantised parts (no pair layout) and no glu')
+            if inp == 'merge' and not self.stages_merge():
+                raise ValueError(f'Linear: merge= needs quantised parts (no pair layout), no glu, one shared input and '
+                                 f'K <= {128 * self.warps} (4 values a thread), got K={self.K}')
             kernel, = precompile([v2_expr(self.warps, self.cfgs, self.bits, self.pair, inp, self._out)])
             if self._smem > 48 * 1024: kernel.max_dynamic_shared_size_bytes = self._smem
             cps = self._ctas_per_sm or _ctas_per_sm(kernel, 32 * self.warps, self._smem)
@@ -318,8 +324,13 @@ class Linear:
             self._launches[inp] = (kernel, grid, table, pdl)
         return self._launches[inp]
 
+    def stages_merge(self) -> bool:
+        "Whether a call can take `merge=`: quantised parts (no pair layout), no glu, one shared input of <= 4 values a thread."
+        return (not (self.glu or self.pair or any(t in FLOAT_TYPES for t, _ in self.cfgs)) and self._xsize == self.K
+                and self.K <= 128 * self.warps)
+
     def __call__(self, x, y, accumulate=False, norm=None, eps: float = 0.0, act: int = -1, staged: bool = False,
-                 attn=None):
+                 attn=None, merge=None):
         """Decode: y = W x (+ b) (+ y); x cupy f32 (K,), y cupy f32 (rows,). With `norm` (cupy f32 (K,)), W reads
         rms_norm(x) · norm instead of x: the norm is computed while x is staged (no kernel of its own). With `act`
         (a gated kind of `cuda_ops.ACT_KINDS`), x is [gate | up] (2K,) and W reads their activation, computed while it
@@ -327,7 +338,13 @@ class Linear:
         A `glu` Linear writes y (f32 (`staged_size(rows // 2)`,)): the staged activation `act` of its row pairs.
         With `attn` (06b's `attn_desc`, on the device), x is a decode attention's output: computed in each CTA from q|k|v
         and the caches when at most its `short_keys` keys are visible, else read from x (the split kernels wrote it).
-        One kernel launch. Returns y."""
+        With `merge` (06b's `DecodeAttention.merge_desc`), x is a decode attention's output that each CTA merges from
+        the attention's splits (x itself is not read; `stages_merge`). One kernel launch. Returns y."""
+        if merge is not None:
+            if attn is not None or norm is not None or act >= 0 or staged:
+                raise ValueError('Linear: merge= stages the merged attention output: no attn, norm, act or staged input')
+            _check('Linear', merge, 'merge', np.uint8, 48)            # sizeof(mv::MergeDesc): cuda_ops.MERGE_DESC
+            norm = merge
         if attn is not None:
             if norm is not None or act >= 0 or staged or self._xsize != self.K:
                 raise ValueError('Linear: attn= stages the attention output: no norm, act or staged input, one shared input')
@@ -343,10 +360,11 @@ class Linear:
             raise ValueError('Linear: staged= is an input ready as it is: no norm, no act, one shared input')
         _check('Linear', x, 'x', np.float32, staged_size(self.K) if staged else self._xsize * (2 if act >= 0 and not self.glu else 1))
         _check('Linear', y, 'y', np.float32, staged_size(self.rows // 2) if self.glu else self.rows)
-        if norm is not None and attn is None:
+        if norm is not None and attn is None and merge is None:
             if self._xsize != self.K: raise ValueError('Linear: norm= needs one shared input (not per-expert inputs)')
             _check('Linear', norm, 'norm', np.float32, self.K)
-        kernel, grid, table, pdl = self.launch('attn' if attn is not None else 'staged' if staged else
+        kernel, grid, table, pdl = self.launch('merge' if merge is not None else 'attn' if attn is not None else
+                                               'staged' if staged else
                                                'act' if act >= 0 and not self.glu else 'x' if norm is None else 'norm')
         if pdl is not None:
             p, i = ctypes.c_void_p, ctypes.c_int

@@ -5,12 +5,12 @@ and the sampler, each a CUDA kernel beside its numpy reference."""
 
 # %% auto #0
 __all__ = ['FUSED_MERGE', 'ATTN_SHORT', 'ATTN_MIN_TILES', 'ATTN_SHORT_SPLITS', 'ATTN_SHORT_KERNEL', 'ATTN_GQA', 'GQA_WARPS',
-           'GQA_KEYS', 'GQA_SMEM', 'GQA_FUSED', 'ATTN_MMA', 'MMA_HEAD_DIMS', 'ATTN_DESC', 'ATTN_O', 'ATTN_O_TYPES',
-           'ACT_KINDS', 'SF_SMEM', 'rms_norm', 'layer_norm', 'head_rms_norm', 'rope_kv_ref', 'rope_kv', 'attention_ref',
-           'mma_capable', 'gqa_heads', 'short_keys_for', 'DecodeAttention', 'mma_heads', 'attention_prefill',
-           'attn_scratch_bytes', 'attn_short_keys', 'attn_desc', 'attn_o_splits', 'attn_o_smem', 'attn_o_ref', 'AttnO',
-           'act_ref', 'act', 'add', 'scale_', 'softcap', 'Argmax', 'sample_token_ref', 'sample_sorted', 'sample_fast',
-           'sample_token', 'time_graph']
+           'GQA_KEYS', 'GQA_SMEM', 'GQA_FUSED', 'MERGE_DESC', 'ATTN_MMA', 'MMA_HEAD_DIMS', 'ATTN_DESC', 'ATTN_O',
+           'ATTN_O_TYPES', 'ACT_KINDS', 'SF_SMEM', 'rms_norm', 'layer_norm', 'head_rms_norm', 'rope_kv_ref', 'rope_kv',
+           'attention_ref', 'mma_capable', 'gqa_heads', 'short_keys_for', 'DecodeAttention', 'mma_heads',
+           'attention_prefill', 'attn_scratch_bytes', 'attn_short_keys', 'attn_desc', 'attn_o_splits', 'attn_o_smem',
+           'attn_o_ref', 'AttnO', 'act_ref', 'act', 'add', 'scale_', 'softcap', 'Argmax', 'sample_token_ref',
+           'sample_sorted', 'sample_fast', 'sample_token', 'time_graph']
 
 # %% ../nbs/06b_cuda_ops.ipynb #2eb3165e
 import os
@@ -133,6 +133,8 @@ GQA_WARPS = int(os.environ.get('ORCD_GQA_WARPS', '8'))     # attention_gqa's war
 GQA_KEYS = 32 * GQA_WARPS                                   # its keys of a block at a time (AG_KEYS), a split's least
 GQA_SMEM = 2 * 2 * GQA_KEYS * (64 + 8) + 4 * 8 * 64        # its dynamic shared memory: K, V rows (padded), q [8, 64]
 GQA_FUSED = os.environ.get('ORCD_GQA_FUSED') == '1'         # its last split merges (measured slower: off; see below)
+MERGE_DESC = np.dtype([('ws', 'u8'), ('pos', 'u8'), ('sinks', 'u8'), ('n_heads', 'i4'), ('Dv', 'i4'), ('n_ctx', 'i4'),
+                       ('window', 'i4'), ('max_splits', 'i4'), ('min_tiles', 'i4')])   # mv::MergeDesc (attention_stage.cuh)
 
 import functools
 
@@ -220,7 +222,22 @@ class DecodeAttention:
         S = int(min(short_splits, self.max_splits))
         return S if S > 1 else 0
 
-    def __call__(self, qkv, k_cache, v_cache, pos, out, window=0, sinks=None, rope=None, skip_keys=0, merge=True):
+    def merge_desc(self, pos, window=0, sinks=None):
+        """The device descriptor (uint8, `MERGE_DESC.itemsize`) with which a `Linear(..., merge=)` merges what a call
+        with `defer_merge=True` left in the workspace (`attention_gqa`'s splits of the token at `pos[0]`, with `window`
+        and `sinks` as that call had them): the o product stages the attention output without `attention_merge`."""
+        import cupy
+        nh, nkv, D, Dv, n_ctx = self.shape
+        if not self.gqa_splits or self.gqa_counters is not None:
+            raise ValueError('DecodeAttention.merge_desc: the splits of attention_gqa only (heads of 64, no fused merge)')
+        _check('merge_desc', pos, 'pos', np.int32, 1)
+        if sinks is not None: _check('merge_desc', sinks, 'sinks', np.float32, nh)
+        d = np.zeros(1, MERGE_DESC)
+        d[0] = (self.ws.data.ptr, pos.data.ptr, 0 if sinks is None else sinks.data.ptr, nh, Dv, n_ctx, window, self.gqa_splits, GQA_KEYS // 32)
+        return cupy.asarray(d.view(np.uint8))
+
+    def __call__(self, qkv, k_cache, v_cache, pos, out, window=0, sinks=None, rope=None, skip_keys=0, merge=True,
+                 defer_merge=False):
         """`out (n_heads*head_dim_v,)` <- attention of `qkv[0]`'s q at position `pos[0]` (device int32) over keys 0..pos.
         `rope=(cos, sin, rope_dim, neox)`: RoPE fused — q and this token's k rotated here, k and v written into the
         caches at `pos[0]` (what `rope_kv` does, which then does not run); `qkv` is left as it is. `skip_keys`: when
@@ -230,7 +247,12 @@ class DecodeAttention:
         captured for a short context: `attend_short` then writes `out` itself and the merge would only pass the step
         on; by default `attention_short` launches its blocks alone, `ATTN_SHORT_KERNEL`); not with `skip_keys`.
         With the merge, where `gqa_splits` > 0, `attention_gqa` takes every position (the group's query heads in one
-        block per split), then the merge; else the attention kernel (`attend_short`, its splits, the split kernels)."""
+        block per split), then the merge; else the attention kernel (`attend_short`, its splits, the split kernels).
+        `defer_merge`: `attention_gqa` alone; `out` is left as it is, and the product that reads it merges the splits
+        (`merge_desc`)."""
+        if defer_merge and (not merge or skip_keys or not self.gqa_splits or self.gqa_counters is not None):
+            raise ValueError('DecodeAttention: defer_merge needs attention_gqa (gqa_splits > 0, no fused merge), the '
+                             'merge and no skip_keys')
         if not merge and (skip_keys or not self.short_keys):
             raise ValueError('DecodeAttention: merge=False needs attend_short (short_keys > 0) and no skip_keys')
         nh, nkv, D, Dv, n_ctx = self.shape
@@ -249,7 +271,7 @@ class DecodeAttention:
                 qkv, k_cache, v_cache, i32(n_ctx), pos, i32(nh), i32(nkv), np.float32(self.scale), i32(window), self.ws,
                 G, cos, sin, i32(rd), i32(neox), i32(skip_keys), _NULL if cnt is None else cnt, sk, out),
                 shared_mem=GQA_SMEM)
-            if cnt is None:                                     # (GQA_FUSED off: the merge kernel)
+            if cnt is None and not defer_merge:                 # (GQA_FUSED off: the merge kernel)
                 self._k[1]((nh, -(-Dv // 32)), (256,), (self.ws, pos, i32(nh), i32(Dv), i32(n_ctx), i32(window), G,
                                                         i32(GQA_KEYS // 32), sk, out, i32(skip_keys), i32(0), i32(0)))
             return

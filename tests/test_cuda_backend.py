@@ -50,7 +50,8 @@ def test_gpu_matches_cpu(path):
     assert any(o in ('rope_attention', 'attn_linear', 'attn_linear_acc') for o in ops) == rope_fused, ops
     if path.parent != FIX / 'synthetic' and gpu.hp.n_heads // gpu.hp.n_kv_heads <= 8:   # quantised o: it takes attention in
         assert any(o.startswith('attn_linear') for o in ops) == (rope_fused and cuda_backend.ATTN_HERE > 0
-                                                                 or cuda_backend._attn_o(gpu, 'wo', 0) is not None), ops
+                                                                 or cuda_backend._attn_o(gpu, 'wo', 0) is not None
+                                                                 or rope_fused and cuda_backend._merge_in_o(gpu, 'wo', 0)), ops
     if path.stem.startswith(('qwen', 'smollm2')):          # the layouts 06b's AttnO takes (steps at a short context)
         assert cuda_backend._attn_o(gpu, 'wo', 0) is not None or not co.ATTN_O
 
@@ -116,6 +117,19 @@ def test_attention_in_o_both_ways(path, keys, monkeypatch):
     ops = [s.op for s, _ in cuda_backend._fused(gpu)]
     assert any(o.startswith('attn_linear') for o in ops) == bool(keys), ops
     if keys: assert all(v[2] == keys for v in gpu.attn_here.values())
+
+@pytest.mark.parametrize('path', [p for p in MODELS if p.stem.startswith(('qwen', 'smollm2'))], ids=lambda p: p.stem)
+@pytest.mark.parametrize('on', [True, False], ids=['o_merges', 'merge_kernel'])
+def test_merge_in_o_both_ways(path, on, monkeypatch):
+    """The same with every step in the graph for any context (no short-context graphs): attention_gqa's splits merged
+    by the o product (cuda_backend.MERGE_IN_O, the default) or by attention_merge."""
+    from orcd import cuda_backend
+    if not co.mma_capable(): pytest.skip('attention_gqa needs compute capability 8.0 (mma.sync)')
+    monkeypatch.setattr(cuda_backend, 'SHORT_GRAPHS', False)
+    monkeypatch.setattr(cuda_backend, 'MERGE_IN_O', on)
+    gpu = _check_matches_cpu(path)
+    assert any(s.op.startswith('attn_linear') for s, _ in cuda_backend._fused(gpu)) == on
+    assert all(d is not None for d in gpu.merge_descs.values()) and bool(gpu.merge_descs) == on
 
 @pytest.mark.parametrize('graphs,k', [(True, 1), (True, 3), (True, 4), (False, 1)],
                          ids=['graph', 'graph-3-steps', 'graph-4-steps', 'eager'])

@@ -331,6 +331,72 @@ def test_decode_attention_gqa(heads_of, fused, monkeypatch):
         if fused: assert not cp.asnumpy(att.gqa_counters).any()
 
 
+MERGE_IN_O = [((14, 2), 'Q5_0', False), ((9, 3), 'Q4_1', False), ((8, 1), 'Q8_0', True), ((16, 2), 'Q4_K', True)]
+
+
+@needs_gpu
+@pytest.mark.parametrize('heads_of,wtype,sinks', MERGE_IN_O, ids=['qwen', 'smollm2', 'g8-sinks', 'h16-sinks'])
+def test_attention_merged_in_the_o_product(heads_of, wtype, sinks):
+    """attention_gqa without its merge kernel (defer_merge), then the o product merging the splits while it stages its
+    input (06b's merge_desc): one split to several rounds of 16 (9,000 keys: 36 splits), with windows and RoPE fused,
+    against rope_kv_ref, attention_ref and the exact product, within the 16-bit input's half code and attention's own
+    tolerance carried through |W|; the attention's output buffer left alone, the caches' row p as rope_kv_ref writes it."""
+    if not co.mma_capable(): pytest.skip('attention_gqa needs compute capability 8.0 (mma.sync)')
+    from orcd import cuda_matvec as cm
+    from orcd import quants
+    t, dequantize = getattr(quants, wtype), quants.dequantize
+    nh, nkv, D, n_ctx, rows = *heads_of, 64, 9000, 96
+    rng = np.random.default_rng(nh + 7)
+    qkv, kc, vc, sk = att_data(rng, 1, nh, nkv, D, n_ctx, sinks)
+    cos, sin = ops.rope_cos_sin(np.arange(n_ctx), D, 10000.0)
+    att = co.DecodeAttention(nh, nkv, D, D, n_ctx, 0.125)
+    w, y0 = cm.random_weight(rng, t, rows, nh * D), rng.standard_normal(rows).astype(np.float32)
+    lin = cm.Linear([(cp.asarray(w), rows, t)], nh * D)
+    assert lin.stages_merge()
+    W = dequantize(w, t).reshape(rows, -1).astype(np.float64)
+    SK, rope = None if sk is None else cp.asarray(sk), (cp.asarray(cos), cp.asarray(sin), D, True)
+    for S, win in ((1, 0), (200, 0), (257, 0), (1000, 0), (4224, 0), (8193, 0), (9000, 0), (5000, 128), (3000, 1500)):
+        p, P = S - 1, cp.asarray([S - 1], np.int32)
+        Q, K, V, out, y = cp.asarray(qkv), cp.asarray(kc), cp.asarray(vc), cp.full(nh * D, np.nan, np.float32), cp.asarray(y0)
+        att(Q, K, V, P, out, win, SK, rope=rope, defer_merge=True)
+        lin(out, y, accumulate=True, merge=att.merge_desc(P, window=win, sinks=SK))
+        qkv_r, kc_r, vc_r = co.rope_kv_ref(qkv, np.array([p]), cos, sin, kc, vc, nh, nkv, D, D, D, True)
+        a = co.attention_ref(qkv_r, kc_r, vc_r, [p], 0.125, nh, nkv, D, D, win, sk)[0]
+        np.testing.assert_array_equal(cp.asnumpy(K), kc_r); np.testing.assert_array_equal(cp.asnumpy(V), vc_r)
+        assert np.isnan(cp.asnumpy(out)).all(), 'the merge kernel ran (or the product wrote its input)'
+        _, d = cm.quantize_x_ref(a.astype(np.float32), 16)
+        dx = np.repeat(d.astype(np.float64), 32) * 0.5 * (1 + 2 ** -10) + 2 ** -16 * (np.abs(a) + 1)
+        exact, got = W @ a + y0, cp.asnumpy(y)
+        report(f'merged in the o product, {heads_of} S={S} window={win}', got, exact)
+        assert np.all(np.abs(got - exact) <= np.abs(W) @ dx + 1e-5 * (np.abs(W) @ np.abs(a) + np.abs(y0))), (S, win)
+
+
+@needs_gpu
+def test_attention_merged_in_the_o_product_rejects_bad_arguments():
+    from orcd import cuda_matvec as cm
+    from orcd.quants import Q5_0
+    pos = cp.zeros(1, np.int32)
+    with pytest.raises(ValueError, match='attention_gqa only'):
+        co.DecodeAttention(14, 2, 64, 64, 100, 0.125, gqa=False).merge_desc(pos)
+    with pytest.raises(ValueError, match='defer_merge needs attention_gqa'):
+        co.DecodeAttention(14, 2, 64, 64, 100, 0.125, gqa=False)(
+            cp.zeros((1, 18 * 64), np.float32), cp.zeros((2, 100, 64), np.float16), cp.zeros((2, 100, 64), np.float16),
+            pos, cp.zeros(14 * 64, np.float32), defer_merge=True)
+    if co.mma_capable():
+        desc = co.DecodeAttention(14, 2, 64, 64, 100, 0.125).merge_desc(pos)
+        w = cm.random_weight(np.random.default_rng(0), Q5_0, 32, 14 * 64)
+        lin = cm.Linear([(cp.asarray(w), 32, Q5_0)], 14 * 64)
+        with pytest.raises(ValueError, match='merge= stages the merged attention output'):
+            lin(cp.zeros(14 * 64, np.float32), cp.zeros(32, np.float32), merge=desc, norm=cp.ones(14 * 64, np.float32))
+        with pytest.raises(ValueError, match='merge must have'):
+            lin(cp.zeros(14 * 64, np.float32), cp.zeros(32, np.float32), merge=desc[:40])
+    w = cm.random_weight(np.random.default_rng(0), Q5_0, 32, 4096)
+    big = cm.Linear([(cp.asarray(w), 32, Q5_0)], 4096, warps=4)                 # 4,096 values: 8 a thread
+    assert not big.stages_merge()
+    with pytest.raises(ValueError, match='merge= needs'):
+        big.launch('merge')
+
+
 @needs_gpu
 @pytest.mark.parametrize('short_splits,gqa', [(0, False), (4, False), (0, True)], ids=['short', 'short_splits', 'gqa'])
 @pytest.mark.parametrize('window', [128, 0])

@@ -297,6 +297,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'orcd.cuda_ops.DecodeAttention._short_splits': ( 'cuda_ops.html#decodeattention._short_splits',
                                                                                 'orcd/cuda_ops.py'),
                                'orcd.cuda_ops.DecodeAttention.merge_desc': ('cuda_ops.html#decodeattention.merge_desc', 'orcd/cuda_ops.py'),
+                               'orcd.cuda_ops.DecodeAttention.merges_in_consumer': ( 'cuda_ops.html#decodeattention.merges_in_consumer',
+                                                                                     'orcd/cuda_ops.py'),
                                'orcd.cuda_ops._argmax': ('cuda_ops.html#_argmax', 'orcd/cuda_ops.py'),
                                'orcd.cuda_ops._argmax_blocks': ('cuda_ops.html#_argmax_blocks', 'orcd/cuda_ops.py'),
                                'orcd.cuda_ops._attention_mma': ('cuda_ops.html#_attention_mma', 'orcd/cuda_ops.py'),

@@ -480,7 +480,7 @@ def _merge_in_o(be, w: str, li) -> bool:
     (06a's `stages_merge`)."""
     from orcd.cuda_matvec import Linear
     lin, a = be.layers[li].get(w) if li is not None else None, be.attn
-    return (MERGE_IN_O and a.gqa_splits > 0 and a.gqa_counters is None and isinstance(lin, Linear) and lin.stages_merge()
+    return (MERGE_IN_O and a.merges_in_consumer() and isinstance(lin, Linear) and lin.stages_merge()
             and lin.K == be.hp.n_heads * be.hp.head_dim_v)
 
 def _attn_linear(be, s, li):

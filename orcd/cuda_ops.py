@@ -222,14 +222,21 @@ class DecodeAttention:
         S = int(min(short_splits, self.max_splits))
         return S if S > 1 else 0
 
+    def merges_in_consumer(self) -> bool:
+        """Whether a product can merge this attention's splits (`merge_desc`): `attention_gqa`'s, without its fused
+        merge, and the split outputs 16-byte aligned in the workspace (after 2 n_heads gqa_splits floats of m and l:
+        an even n_heads gqa_splits; the product reads them as float4)."""
+        return bool(self.gqa_splits) and self.gqa_counters is None and self.shape[0] * self.gqa_splits % 2 == 0
+
     def merge_desc(self, pos, window=0, sinks=None):
         """The device descriptor (uint8, `MERGE_DESC.itemsize`) with which a `Linear(..., merge=)` merges what a call
         with `defer_merge=True` left in the workspace (`attention_gqa`'s splits of the token at `pos[0]`, with `window`
         and `sinks` as that call had them): the o product stages the attention output without `attention_merge`."""
         import cupy
         nh, nkv, D, Dv, n_ctx = self.shape
-        if not self.gqa_splits or self.gqa_counters is not None:
-            raise ValueError('DecodeAttention.merge_desc: the splits of attention_gqa only (heads of 64, no fused merge)')
+        if not self.merges_in_consumer():
+            raise ValueError(f'DecodeAttention.merge_desc: the splits of attention_gqa only (heads of 64, no fused merge), '
+                             f'with n_heads x splits even (got {nh} x {self.gqa_splits})')
         _check('merge_desc', pos, 'pos', np.int32, 1)
         if sinks is not None: _check('merge_desc', sinks, 'sinks', np.float32, nh)
         d = np.zeros(1, MERGE_DESC)
@@ -250,9 +257,9 @@ class DecodeAttention:
         block per split), then the merge; else the attention kernel (`attend_short`, its splits, the split kernels).
         `defer_merge`: `attention_gqa` alone; `out` is left as it is, and the product that reads it merges the splits
         (`merge_desc`)."""
-        if defer_merge and (not merge or skip_keys or not self.gqa_splits or self.gqa_counters is not None):
-            raise ValueError('DecodeAttention: defer_merge needs attention_gqa (gqa_splits > 0, no fused merge), the '
-                             'merge and no skip_keys')
+        if defer_merge and (not merge or skip_keys or not self.merges_in_consumer()):
+            raise ValueError('DecodeAttention: defer_merge needs attention_gqa (merges_in_consumer), the merge and no '
+                             'skip_keys')
         if not merge and (skip_keys or not self.short_keys):
             raise ValueError('DecodeAttention: merge=False needs attend_short (short_keys > 0) and no skip_keys')
         nh, nkv, D, Dv, n_ctx = self.shape

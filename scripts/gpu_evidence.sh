@@ -27,7 +27,8 @@
 #             AB_ENV="NAME=VALUE ...": each also with those variables (e.g. ORCD_FUSE_NORM=0, ORCD_PART_MAJOR=1), peer not re-run;
 #             AB_MODELS="gpt-oss-20b ...": the A/B only for those
 #   gptoss    gpt-oss-20b's layout: a 2-layer file with synthetic values for the tests (start it before `tests`; GOSS2L=0: none),
-#             the full 11.27 GiB file of random blocks: scripts/gpu_gptoss.py and orcd bench (with llama-bench)
+#             the full 11.27 GiB file of random blocks: scripts/gpu_gptoss.py and orcd bench (with llama-bench;
+#             GOSS_DEPTH=4096: also decode at that depth, both systems)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/orcd-gpu}; mkdir -p "$OUT"
@@ -146,12 +147,13 @@ if has gptoss && [ "${GOSS_FULL:-1}" = 1 ]; then
   G=/tmp/goss/gpt-oss-20b.gguf
   [ "${GOSS_SCRIPT:-1}" = 1 ] && timeout 100 python3 scripts/gpu_gptoss.py $G 2>&1 | tee "$OUT/gptoss.log"
   if [ -n "$LB" ]; then                                   # the bench with its peer (or alone: GOSS_BENCH=1)
-    timeout 160 python3 -m orcd.cli bench $G --device cuda --llama-bench $LB 2>&1 | tee -a "$OUT/bench.log" \
-      || timeout 120 $LB -m $G -ngl 99 -fa 1 -p 512 -n 128 -r 3 -o md 2>&1 | tee -a "$OUT/bench.log"
+    timeout 200 python3 -m orcd.cli bench $G --device cuda ${GOSS_DEPTH:+--depth $GOSS_DEPTH} --llama-bench $LB 2>&1 \
+      | tee -a "$OUT/bench.log" \
+      || timeout 120 $LB -m $G -ngl 99 -fa 1 -p 512 -n 128 -d 0${GOSS_DEPTH:+,$GOSS_DEPTH} -r 3 -o md 2>&1 | tee -a "$OUT/bench.log"
   elif [ -n "${GOSS_BENCH:-}" ]; then
-    timeout 160 python3 -m orcd.cli bench $G --device cuda 2>&1 | tee -a "$OUT/bench.log"
+    timeout 200 python3 -m orcd.cli bench $G --device cuda ${GOSS_DEPTH:+--depth $GOSS_DEPTH} 2>&1 | tee -a "$OUT/bench.log"
   fi
-  ab_variants gpt-oss-20b $G ""
+  ab_variants gpt-oss-20b $G "${GOSS_DEPTH:+--depth $GOSS_DEPTH}"
 fi
 if has bench; then
   for n in ${BENCH_MODELS:-qwen2.5-coder-0.5b-instruct smollm2-135m-instruct}; do

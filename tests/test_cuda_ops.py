@@ -378,6 +378,12 @@ def test_attention_merged_in_the_o_product_rejects_bad_arguments():
     pos = cp.zeros(1, np.int32)
     with pytest.raises(ValueError, match='attention_gqa only'):
         co.DecodeAttention(14, 2, 64, 64, 100, 0.125, gqa=False).merge_desc(pos)
+    for nh, nkv in ((15, 5), (14, 2), (21, 7)):              # the split outputs as float4: n_heads x splits even
+        att = co.DecodeAttention(nh, nkv, 64, 64, 100, 0.125)
+        assert att.merges_in_consumer() == (att.gqa_splits > 0 and nh * att.gqa_splits % 2 == 0)
+        if att.gqa_splits and not att.merges_in_consumer():
+            with pytest.raises(ValueError, match='n_heads x splits even'):
+                att.merge_desc(pos)
     with pytest.raises(ValueError, match='defer_merge needs attention_gqa'):
         co.DecodeAttention(14, 2, 64, 64, 100, 0.125, gqa=False)(
             cp.zeros((1, 18 * 64), np.float32), cp.zeros((2, 100, 64), np.float16), cp.zeros((2, 100, 64), np.float16),

@@ -188,8 +188,8 @@ struct MergeDesc {
 };
 
 // Every thread of the CTA calls it (shuffles); threads past the n_heads 16 groups get zeros.
-// Splits a round (orcd.cuda_matvec.MERGE_CH): 12 keeps the o product within 120 registers a thread, so its CTA fits on
-// an SM beside an attention_gqa block (136) or a gate|up CTA (112) while it waits. 16 took 139 and the step slowed
+// Splits a round (orcd.cuda_matvec.MERGE_CH): 12 keeps the o product within 120 registers a thread (as allocated), so
+// its CTA fits on an SM beside an attention_gqa block (136) while it waits. 16 took 139 (144) and the step slowed
 // (H200, Qwen2.5-0.5B layout, 4,096 keys: 686.4 µs against 600.8 at 12 and 643.2 with attention_merge; 06b).
 #ifndef ORCD_MERGE_CH
 #define ORCD_MERGE_CH 12

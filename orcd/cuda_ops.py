@@ -5,9 +5,9 @@ and the sampler, each a CUDA kernel beside its numpy reference."""
 
 # %% auto #0
 __all__ = ['FUSED_MERGE', 'ATTN_SHORT', 'ATTN_MIN_TILES', 'ATTN_SHORT_SPLITS', 'ATTN_SHORT_KERNEL', 'ATTN_GQA', 'GQA_WARPS',
-           'GQA_KEYS', 'GQA_SMEM', 'GQA_FUSED', 'MERGE_DESC', 'ATTN_MMA', 'MMA_HEAD_DIMS', 'ATTN_DESC', 'ATTN_O',
-           'ATTN_O_TYPES', 'ACT_KINDS', 'SF_SMEM', 'rms_norm', 'layer_norm', 'head_rms_norm', 'rope_kv_ref', 'rope_kv',
-           'attention_ref', 'mma_capable', 'gqa_heads', 'short_keys_for', 'DecodeAttention', 'mma_heads',
+           'GQA_KEYS', 'GQA_SMEM', 'GQA_FUSED', 'GQA_SPLITS', 'MERGE_DESC', 'ATTN_MMA', 'MMA_HEAD_DIMS', 'ATTN_DESC',
+           'ATTN_O', 'ATTN_O_TYPES', 'ACT_KINDS', 'SF_SMEM', 'rms_norm', 'layer_norm', 'head_rms_norm', 'rope_kv_ref',
+           'rope_kv', 'attention_ref', 'mma_capable', 'gqa_heads', 'short_keys_for', 'DecodeAttention', 'mma_heads',
            'attention_prefill', 'attn_scratch_bytes', 'attn_short_keys', 'attn_desc', 'attn_o_splits', 'attn_o_smem',
            'attn_o_ref', 'AttnO', 'act_ref', 'act', 'add', 'scale_', 'softcap', 'Argmax', 'sample_token_ref',
            'sample_sorted', 'sample_fast', 'sample_token', 'time_graph']
@@ -133,6 +133,7 @@ GQA_WARPS = int(os.environ.get('ORCD_GQA_WARPS', '8'))     # attention_gqa's war
 GQA_KEYS = 32 * GQA_WARPS                                   # its keys of a block at a time (AG_KEYS), a split's least
 GQA_SMEM = 2 * 2 * GQA_KEYS * (64 + 8) + 4 * 8 * 64        # its dynamic shared memory: K, V rows (padded), q [8, 64]
 GQA_FUSED = os.environ.get('ORCD_GQA_FUSED') == '1'         # its last split merges (measured slower: off; see below)
+GQA_SPLITS = int(os.environ.get('ORCD_GQA_SPLITS', '0'))   # experiments: at most this many splits a KV head (0: the rule)
 MERGE_DESC = np.dtype([('ws', 'u8'), ('pos', 'u8'), ('sinks', 'u8'), ('n_heads', 'i4'), ('Dv', 'i4'), ('n_ctx', 'i4'),
                        ('window', 'i4'), ('max_splits', 'i4'), ('min_tiles', 'i4')])   # mv::MergeDesc (attention_stage.cuh)
 
@@ -200,7 +201,8 @@ class DecodeAttention:
 
     def _gqa_splits(self, gqa) -> int:
         """`attention_gqa`'s most splits a KV head (0: it is not used): a block per SM over the KV heads, each split at
-        least GQA_KEYS keys; where `gqa_heads` takes the layout, and not with the fused merge (the split kernels')."""
+        least GQA_KEYS keys (at most `ORCD_GQA_SPLITS`, an experiment's cap: fewer rounds for a product that merges
+        them); where `gqa_heads` takes the layout, and not with the fused merge (the split kernels')."""
         import cupy
         nh, nkv, D, Dv, _ = self.shape
         if not gqa or self.fused_merge or not gqa_heads(nh, nkv, D, Dv): return 0
@@ -210,7 +212,8 @@ class DecodeAttention:
             if GQA_SMEM > 48 * 1024: k.raw.max_dynamic_shared_size_bytes = GQA_SMEM
             self._k = self._k[:3] + (k,)
         self.gqa_counters = cupy.zeros(nkv, np.int32) if GQA_FUSED else None   # the merging block zeroes them
-        return int(min(self.max_splits, -(-_sm_count() // nkv)))
+        n = min(self.max_splits, -(-_sm_count() // nkv))
+        return int(min(n, GQA_SPLITS) if GQA_SPLITS > 0 else n)
 
     def _short_splits(self, short_splits, blocks_per_sm) -> int:
         """attend_short's most splits a query head, each of short_keys keys at least (0: none, only up to short_keys);

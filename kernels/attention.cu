@@ -181,16 +181,7 @@ __device__ __forceinline__ void attend_short(
         }
         float s0 = 0.f, s1 = 0.f;
 #pragma unroll
-        for (int c = 0; c < NP; ++c) {
-            const __half2* hv = reinterpret_cast<const __half2*>(&kr[c]);
-            const float4 qa = q4[2 * c], qb = q4[2 * c + 1];
-            const float2 f0 = __half22float2(hv[0]), f1 = __half22float2(hv[1]);
-            const float2 f2 = __half22float2(hv[2]), f3 = __half22float2(hv[3]);
-            s0 = fmaf(qa.x, f0.x, s0); s1 = fmaf(qa.y, f0.y, s1);
-            s0 = fmaf(qa.z, f1.x, s0); s1 = fmaf(qa.w, f1.y, s1);
-            s0 = fmaf(qb.x, f2.x, s0); s1 = fmaf(qb.y, f2.y, s1);
-            s0 = fmaf(qb.z, f3.x, s0); s1 = fmaf(qb.w, f3.y, s1);
-        }
+        for (int c = 0; c < NP; ++c) key_piece_dot(kr[c], q4 + 2 * c, s0, s1);
         const float sc = k <= last ? (s0 + s1) * scale : NEG_INF;
         const float mnew = fmaxf(m, warp_max(sc));            // lane 0's key kt <= last is visible: mnew is finite
         const float p = __expf(sc - mnew), alpha = __expf(m - mnew);   // exp(-inf) = 0: no key, or no tile before

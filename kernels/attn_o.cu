@@ -158,18 +158,8 @@ extern "C" __global__ void __launch_bounds__(512, 1) attn_o(
         if (k <= p) {
             float a0 = 0.f, a1 = 0.f;
 #pragma unroll
-            for (int cc = 0; cc < ATS_P; ++cc) {
-                if (cc < D / 8) {
-                    const __half2* hv = reinterpret_cast<const __half2*>(&kr[cc]);
-                    const float4 qa = q4[2 * cc], qb = q4[2 * cc + 1];
-                    const float2 f0 = __half22float2(hv[0]), f1 = __half22float2(hv[1]);
-                    const float2 f2 = __half22float2(hv[2]), f3 = __half22float2(hv[3]);
-                    a0 = fmaf(qa.x, f0.x, a0); a1 = fmaf(qa.y, f0.y, a1);
-                    a0 = fmaf(qa.z, f1.x, a0); a1 = fmaf(qa.w, f1.y, a1);
-                    a0 = fmaf(qb.x, f2.x, a0); a1 = fmaf(qb.y, f2.y, a1);
-                    a0 = fmaf(qb.z, f3.x, a0); a1 = fmaf(qb.w, f3.y, a1);
-                }
-            }
+            for (int cc = 0; cc < ATS_P; ++cc)
+                if (cc < D / 8) key_piece_dot(kr[cc], q4 + 2 * cc, a0, a1);
             sc = (a0 + a1) * scale;
         }
         const float mnew = fmaxf(m, warp_max(sc));            // lane 0's key kt <= p is visible: mnew is finite

@@ -95,6 +95,19 @@ __device__ __forceinline__ void short_rows(uint4 (&kr)[NP], uint4 (&vr)[NP], boo
     }
 }
 
+// A lane's score against one 16-byte piece of its key (8 halves) and the 8 fp32 values of q at q8: two sums, even
+// dimensions into s0 and odd into s1, each in the order of the dimensions (attend_short and attn_o round alike).
+__device__ __forceinline__ void key_piece_dot(const uint4& k, const float4* q8, float& s0, float& s1) {
+    const __half2* hv = reinterpret_cast<const __half2*>(&k);
+    const float4 qa = q8[0], qb = q8[1];
+    const float2 f0 = __half22float2(hv[0]), f1 = __half22float2(hv[1]);
+    const float2 f2 = __half22float2(hv[2]), f3 = __half22float2(hv[3]);
+    s0 = fmaf(qa.x, f0.x, s0); s1 = fmaf(qa.y, f0.y, s1);
+    s0 = fmaf(qa.z, f1.x, s0); s1 = fmaf(qa.w, f1.y, s1);
+    s0 = fmaf(qb.x, f2.x, s0); s1 = fmaf(qb.y, f2.y, s1);
+    s0 = fmaf(qb.z, f3.x, s0); s1 = fmaf(qb.w, f3.y, s1);
+}
+
 // One rotated pair of RoPE, x0' = x0 c - x1 s, x1' = x0 s + x1 c, each rounding spelled out (no fused multiply-add):
 // rope_kv and the attention with RoPE fused round alike.
 __device__ __forceinline__ void rope_pair(float x0, float x1, float c, float s, float& y0, float& y1) {

@@ -68,9 +68,11 @@ def test_expert_linear(t, E, rows, K, k, per_expert_x, part_major):
 @pytest.mark.parametrize('E,R,K,k,nm,per_expert_x', [(32, 2880, 2880, 4, 2, False), (32, 2880, 2880, 4, 1, True),
                                                     (8, 37, 3200, 3, 2, False), (5, 33, 96, 2, 1, True),
                                                     (4, 64, 6144, 2, 2, True), (3, 1, 512, 1, 2, False),
-                                                    (3, 1, 32, 1, 2, True)])
+                                                    (3, 1, 32, 1, 2, True),
+                                                    (3, 7, 2880, 3, 1, True), (3, 7, 2880, 3, 2, False)])
 def test_expert_mv(E, R, K, k, nm, per_expert_x):
-    """ExpertMV (kernels/expert_mv.cu) = expert_linear_ref: gpt-oss's gate + up and down, an odd row count, K past one
+    """ExpertMV (kernels/expert_mv.cu) = expert_linear_ref: gpt-oss's gate + up and down (also with every expert chosen
+    and an odd row count: the last row pair a single row, ending where the bytes end), an odd row count, K past one
     pass of the lanes (3200, 6144), one row; experts whose bytes are not a multiple of 16 stored 16 bytes apart (as a
     file with padding between experts would; with a byte count off a word boundary, the predicated kernel); the input
     staged in every CTA or once by emv_stage (bytes = emv_stage_ref, the same products bit for bit); new ids, same graph."""

@@ -31,12 +31,17 @@ def kernel_source(name: str) -> str:
 
 # %% ../nbs/06_cuda.ipynb #ace8efb5
 def cuda_device():
-    "`(cupy, device_count)` when CuPy imports and sees a device, else `(None, reason)`."
+    "`(cupy, device_count)` when CuPy imports, sees a device and can load NVRTC, else `(None, reason)`."
     try: import cupy
     except Exception as e: return None, f'CuPy is not installed ({type(e).__name__}); install orcd[cuda12] or orcd[cuda13]'
     try: n = cupy.cuda.runtime.getDeviceCount()
     except Exception as e: return None, f'no usable CUDA device ({e})'
-    return (cupy, n) if n else (None, 'no CUDA device')
+    if not n: return None, 'no CUDA device'
+    try: cupy.cuda.nvrtc.getVersion()                 # loads libnvrtc (CuPy loads it on first use)
+    except Exception as e:
+        return None, (f'NVRTC, which compiles the kernels, cannot be loaded ({type(e).__name__}: {e}); install '
+                      f'orcd[cuda12] or orcd[cuda13] (CuPy with the CUDA libraries) or a CUDA toolkit')
+    return cupy, n
 
 # %% ../nbs/06_cuda.ipynb #6b3e9ad3
 PDL_ALL = os.environ.get('ORCD_PDL_ALL', '1') != '0'   # every kernel of PDL_FILES launched with PDL (see below)

@@ -193,21 +193,83 @@ __device__ __forceinline__ tMXFP4::Raw emv_shift5(const u32 (&w)[5], u32 o) {   
     return r;
 }
 
-// EARLY (expert_mv_k2880e): before griddepcontrol.wait, each warp reads its first unit's expert id and asks L2 for the
-// unit's bytes (prefetch.global.L2, a line per lane: no register is held across the wait), so that their DRAM round
-// trip overlaps the kernel before. Only x may then come from that kernel: the ids must be complete when this kernel
-// starts. In the MoE they are: the kernel before is emv_stage, which lets this one launch only once its own wait has
-// returned (gate|up complete, hence top-k complete, whose writes gate|up waited for); the id is read past L1 (__ldcg),
-// which may hold a copy from an earlier step.
+// A unit's first two slots of words (the third is loaded as the first is used): row r0's, and r0 + 1's if TWO.
+template <bool WHOLE, int KC, bool TWO>
+__device__ __forceinline__ void emv_slots01(const EmvUnit& U, u32 (&wa)[2][5], u32 (&wb)[2][5], int lane) {
+    constexpr int nb = KC / 32, NS = (nb + 31) / 32;
+#pragma unroll
+    for (int t = 0; t < 2 && t < NS; ++t) {
+        const int c = min(32 * t + lane, nb - 1);
+        emv_load5<WHOLE>(wa[t], U.row0, c);
+        if (TWO) emv_load5<WHOLE>(wb[t], U.row1, c);
+    }
+}
+
+// A warp's unit of expert_mv_fixed: its sums and y <- its row or rows. LOADED: the first two slots are in wa (and wb)
+// already (PRE); else they are loaded here, first.
+template <bool WHOLE, int KC, bool LOADED>
+__device__ __forceinline__ void emv_unit_run(const EmvUnit& U, u32 (&wa)[2][5], u32 (&wb)[2][5], const XS<16, true>& xs,
+                                             const float* T, u32 m0, int lane, int R, float* __restrict__ y) {
+    constexpr int nb = KC / 32, NS = (nb + 31) / 32;
+    const int p = U.p, r0 = U.r0;
+    const u32 oa = (u32)reinterpret_cast<size_t>(U.row0) & 3u, ob = (u32)reinterpret_cast<size_t>(U.row1) & 3u;
+    float acc0 = 0.f, acc1 = 0.f;
+    if (U.single) {
+        if (!LOADED) emv_slots01<WHOLE, KC, false>(U, wa, wb, lane);
+#pragma unroll
+        for (int t = 0; t < NS; ++t) {
+            const int c = 32 * t + lane, cc = min(c, nb - 1);
+            const tMXFP4::Raw a = emv_shift5(wa[t & 1], (oa + (u32)cc) & 3u);   // (row + 17 c) & 3
+            const int sa = emv_dot1(a, reinterpret_cast<const int4*>(xs.q) + pl_slot(cc), m0);
+            acc0 = fmaf((float)sa * T[a.e], c < nb ? xs.d[cc] : 0.f, acc0);
+            if (t + 2 < NS) emv_load5<WHOLE>(wa[t & 1], U.row0, min(32 * (t + 2) + lane, nb - 1));
+        }
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) acc0 += __shfl_xor_sync(0xffffffffu, acc0, o);
+        if (lane == 0) y[(size_t)p * R + r0] = acc0 * 2.3283064365386963e-10f;   // 2^-32
+        return;
+    }
+    if (!LOADED) emv_slots01<WHOLE, KC, true>(U, wa, wb, lane);
+#pragma unroll
+    for (int t = 0; t < NS; ++t) {
+        const int c = 32 * t + lane, cc = min(c, nb - 1);
+        const tMXFP4::Raw a = emv_shift5(wa[t & 1], (oa + (u32)cc) & 3u), b = emv_shift5(wb[t & 1], (ob + (u32)cc) & 3u);
+        int sa, sb;
+        emv_dot2(a, b, reinterpret_cast<const int4*>(xs.q) + pl_slot(cc), m0, sa, sb);
+        const float d = c < nb ? xs.d[cc] : 0.f;
+        acc0 = fmaf((float)sa * T[a.e], d, acc0);
+        acc1 = fmaf((float)sb * T[b.e], d, acc1);
+        if (t + 2 < NS) {                                       // the slot two ahead, into the words just used
+            const int c2 = min(32 * (t + 2) + lane, nb - 1);
+            emv_load5<WHOLE>(wa[t & 1], U.row0, c2);
+            emv_load5<WHOLE>(wb[t & 1], U.row1, c2);
+        }
+    }
+    const bool hi = lane & 16;                                  // as expert_mv_body
+    float v = (hi ? acc1 : acc0) + __shfl_xor_sync(0xffffffffu, hi ? acc0 : acc1, 16);
+#pragma unroll
+    for (int o = 8; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    if ((lane & 15) == 0 && (!hi || U.two)) y[(size_t)p * R + r0 + (hi ? 1 : 0)] = v * 2.3283064365386963e-10f;
+}
+
+// PRE (expert_mv_k2880p): before griddepcontrol.wait, each warp reads its unit's expert id and loads the unit's first
+// two slots, so that their DRAM round trip overlaps the end of the kernel before and this one's staging. One unit per
+// warp, so only where the grid covers every item (the down products; ExpertMV launches it only so). Only x may then
+// come from the kernel before: the ids must be complete when this kernel starts. In the MoE they are: the kernel before
+// is emv_stage, which lets this one launch only once its own wait has returned (gate|up complete, hence top-k
+// complete, whose writes gate|up waited for); the id is read past L1 (__ldcg), which may hold a copy from an earlier
+// step.
+// (It replaces Session 12's EARLY, expert_mv_k2880e, which asked L2 for the same bytes by prefetch.global.L2: PRE is
+// faster alone, 8.6 against 8.8 µs, and costs a gpt-oss step less, 35-38 against 52 µs; see 06d.)
 //
 // XF (expert_mv_k2880x): x (fp32, one for all experts: gate|up) quantised in each CTA, as expert_mv does, in place of
 // the copy of emv_stage's regions.
-template <bool WHOLE, int KC, bool EARLY, bool XF = false>
+template <bool WHOLE, int KC, bool PRE, bool XF = false>
 __device__ __forceinline__ void expert_mv_fixed(const u8* __restrict__ w0, const u8* __restrict__ w1, int nm,
                                                 const int* __restrict__ ids, long long stride, int k, int R,
                                                 int per_expert_x, float* __restrict__ y, const int4* __restrict__ staged,
                                                 int pairs, const float* __restrict__ x = nullptr) {
-    constexpr int nb = KC / 32, NS = (nb + 31) / 32;              // blocks per row, slots per lane
+    constexpr int nb = KC / 32;                                   // blocks per row
     constexpr int region = ((144 * ((nb + 1) / 2) + 127) & ~127) + KC / 8 + KC / 4 + 15 & ~15;
     extern __shared__ int4 emv_smem[];
     __shared__ float T[256];
@@ -215,18 +277,21 @@ __device__ __forceinline__ void expert_mv_fixed(const u8* __restrict__ w0, const
     const int nx = per_expert_x ? k : 1;
     const int lane = threadIdx.x & 31;
     const int upp = (R + 1) / 2, units = k * nm * upp, items = pairs + 2 * (units - pairs);
-    if (EARLY) {
+    u32 wa0[2][5], wb0[2][5];                                       // PRE: the first unit's first two slots
+    EmvUnit U0{};
+    bool go = false;
+    if constexpr (PRE) {
         const int w = blockIdx.x * EMV_NW + (threadIdx.x >> 5);
         if (w < items) {
-            const EmvUnit U = emv_unit<true>(w, pairs, upp, nm, R, nb, w0, w1, ids, stride);
-            const size_t a = reinterpret_cast<size_t>(U.row0) & ~(size_t)127;
-            const size_t end = reinterpret_cast<size_t>(U.row0) + (U.two ? 2 : 1) * nb * 17;
-            if (!U.skip) for (size_t o = a + 128 * (size_t)lane; o < end; o += 32 * 128) prefetch_l2(reinterpret_cast<const void*>(o));
+            U0 = emv_unit<true>(w, pairs, upp, nm, R, nb, w0, w1, ids, stride);
+            go = !U0.skip;
+            if (go && U0.single) emv_slots01<WHOLE, KC, false>(U0, wa0, wb0, lane);
+            else if (go) emv_slots01<WHOLE, KC, true>(U0, wa0, wb0, lane);
         }
     }
 #if __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.launch_dependents;");
-    asm volatile("griddepcontrol.wait;" ::: "memory");            // ids (without EARLY) and the staged x come from before
+    asm volatile("griddepcontrol.wait;" ::: "memory");            // ids (without PRE) and the staged x come from before
 #endif
     if (threadIdx.x < 256) T[threadIdx.x] = threadIdx.x < 224 ? __uint_as_float((threadIdx.x + 31) << 23) : __int_as_float(0x7f800000);
     if constexpr (XF) {
@@ -238,66 +303,34 @@ __device__ __forceinline__ void expert_mv_fixed(const u8* __restrict__ w0, const
         // Only the regions this CTA reads: with one round of work items (the grid covers them all), those of the
         // experts from its first item's to its last's (items run expert by expert) — gpt-oss's down: one of four.
         int i0 = 0, i1 = nx * region / 16;
-        if (!EARLY && per_expert_x && gridDim.x * EMV_NW >= items) {   // (EARLY: its registers are spent)
+        if (per_expert_x && gridDim.x * EMV_NW >= items) {
             const auto expert = [&](int w) { return emv_pair(w, pairs) / upp / nm; };   // emv_unit's j
             const int wf = blockIdx.x * EMV_NW, wl = min(items, wf + EMV_NW) - 1;
             if (wf <= wl) { i0 = expert(wf) * (region / 16); i1 = (expert(wl) + 1) * (region / 16); }
         }
-        for (int i = i0 + threadIdx.x; i < i1; i += EMV_NW * 32) emv_smem[i] = staged[i];
+        if constexpr (PRE) {                                        // (one load at a time: its registers are spent)
+#pragma unroll 1
+            for (int i = i0 + threadIdx.x; i < i1; i += EMV_NW * 32) emv_smem[i] = staged[i];
+        } else
+            for (int i = i0 + threadIdx.x; i < i1; i += EMV_NW * 32) emv_smem[i] = staged[i];
     }
     __syncthreads();
-    const u32 m0 = emv_xs(base, region, 0, KC).t0;
-    for (int w = blockIdx.x * EMV_NW + (threadIdx.x >> 5); w < items; w += gridDim.x * EMV_NW) {   // (split_last, as expert_mv_body)
-        const EmvUnit U = emv_unit<false>(w, pairs, upp, nm, R, nb, w0, w1, ids, stride);
-        if (U.skip) continue;
-        const int p = U.p, r0 = U.r0;
-        const u32 oa = (u32)reinterpret_cast<size_t>(U.row0) & 3u, ob = (u32)reinterpret_cast<size_t>(U.row1) & 3u;
-        const XS<16, true> xs = emv_xs(base, region, per_expert_x ? U.j : 0, KC);
-        float acc0 = 0.f, acc1 = 0.f;
-        u32 wa[2][5], wb[2][5];
-        if (U.single) {
-#pragma unroll
-            for (int t = 0; t < 2 && t < NS; ++t) emv_load5<WHOLE>(wa[t], U.row0, min(32 * t + lane, nb - 1));
-#pragma unroll
-            for (int t = 0; t < NS; ++t) {
-                const int c = 32 * t + lane, cc = min(c, nb - 1);
-                const tMXFP4::Raw a = emv_shift5(wa[t & 1], (oa + (u32)cc) & 3u);   // (row + 17 c) & 3
-                const int sa = emv_dot1(a, reinterpret_cast<const int4*>(xs.q) + pl_slot(cc), m0);
-                acc0 = fmaf((float)sa * T[a.e], c < nb ? xs.d[cc] : 0.f, acc0);
-                if (t + 2 < NS) emv_load5<WHOLE>(wa[t & 1], U.row0, min(32 * (t + 2) + lane, nb - 1));
-            }
-#pragma unroll
-            for (int o = 16; o > 0; o >>= 1) acc0 += __shfl_xor_sync(0xffffffffu, acc0, o);
-            if (lane == 0) y[(size_t)p * R + r0] = acc0 * 2.3283064365386963e-10f;   // 2^-32
-            continue;
+    // XF: the MXFP4 table's first word opaque to the compiler, as smem_layout makes it (there from K, a constant here):
+    // else ptxas, at 40 registers, makes the constant again before most PRMTs that read it, 81 of the 655 instructions
+    // of a row pair (sm_90). Gate|up 387 -> 384 µs a gpt-oss step; the down products, the same way, 214 -> 217 (H200,
+    // Session 27: not the instructions, then, but the latency of their loads sets their time). The predicated
+    // kernel would spill.
+    const u32 m0 = WHOLE && XF ? 0x03020100u | (threadIdx.x & ((u32)R >> 31)) : emv_xs(base, region, 0, KC).t0;
+    if constexpr (PRE) {
+        if (go) emv_unit_run<WHOLE, KC, true>(U0, wa0, wb0, emv_xs(base, region, per_expert_x ? U0.j : 0, KC), T, m0, lane, R, y);
+        // (and no more: a loop after it would spill 48 bytes)
+    } else
+        for (int w = blockIdx.x * EMV_NW + (threadIdx.x >> 5); w < items; w += gridDim.x * EMV_NW) {   // (split_last, as expert_mv_body)
+            const EmvUnit U = emv_unit<false>(w, pairs, upp, nm, R, nb, w0, w1, ids, stride);
+            if (U.skip) continue;
+            u32 wa[2][5], wb[2][5];
+            emv_unit_run<WHOLE, KC, false>(U, wa, wb, emv_xs(base, region, per_expert_x ? U.j : 0, KC), T, m0, lane, R, y);
         }
-#pragma unroll
-        for (int t = 0; t < 2 && t < NS; ++t) {
-            const int c = min(32 * t + lane, nb - 1);
-            emv_load5<WHOLE>(wa[t], U.row0, c);
-            emv_load5<WHOLE>(wb[t], U.row1, c);
-        }
-#pragma unroll
-        for (int t = 0; t < NS; ++t) {
-            const int c = 32 * t + lane, cc = min(c, nb - 1);
-            const tMXFP4::Raw a = emv_shift5(wa[t & 1], (oa + (u32)cc) & 3u), b = emv_shift5(wb[t & 1], (ob + (u32)cc) & 3u);
-            int sa, sb;
-            emv_dot2(a, b, reinterpret_cast<const int4*>(xs.q) + pl_slot(cc), m0, sa, sb);
-            const float d = c < nb ? xs.d[cc] : 0.f;
-            acc0 = fmaf((float)sa * T[a.e], d, acc0);
-            acc1 = fmaf((float)sb * T[b.e], d, acc1);
-            if (t + 2 < NS) {                                       // the slot two ahead, into the words just used
-                const int c2 = min(32 * (t + 2) + lane, nb - 1);
-                emv_load5<WHOLE>(wa[t & 1], U.row0, c2);
-                emv_load5<WHOLE>(wb[t & 1], U.row1, c2);
-            }
-        }
-        const bool hi = lane & 16;                                  // as expert_mv_body
-        float v = (hi ? acc1 : acc0) + __shfl_xor_sync(0xffffffffu, hi ? acc0 : acc1, 16);
-#pragma unroll
-        for (int o = 8; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-        if ((lane & 15) == 0 && (!hi || U.two)) y[(size_t)p * R + r0 + (hi ? 1 : 0)] = v * 2.3283064365386963e-10f;
-    }
 }
 
 extern "C" __global__ void __launch_bounds__(EMV_NW * 32, 3) expert_mv_k2880(EMV_ARGS) {
@@ -312,10 +345,10 @@ extern "C" __global__ void __launch_bounds__(EMV_NW * 32, 3) expert_mv_k2880x(EM
 extern "C" __global__ void __launch_bounds__(EMV_NW * 32, 3) expert_mv_k2880x_tail(EMV_ARGS) {
     expert_mv_fixed<false, 2880, false, true>(w0, w1, nm, ids, stride, k, R, 0, y, staged, pairs, x);
 }
-extern "C" __global__ void __launch_bounds__(EMV_NW * 32, 3) expert_mv_k2880e(EMV_ARGS) {
+extern "C" __global__ void __launch_bounds__(EMV_NW * 32, 3) expert_mv_k2880p(EMV_ARGS) {
     expert_mv_fixed<true, 2880, true>(w0, w1, nm, ids, stride, k, R, per_expert_x, y, staged, pairs);
 }
-extern "C" __global__ void __launch_bounds__(EMV_NW * 32, 3) expert_mv_k2880e_tail(EMV_ARGS) {
+extern "C" __global__ void __launch_bounds__(EMV_NW * 32, 3) expert_mv_k2880p_tail(EMV_ARGS) {
     expert_mv_fixed<false, 2880, true>(w0, w1, nm, ids, stride, k, R, per_expert_x, y, staged, pairs);
 }
 
@@ -329,7 +362,7 @@ extern "C" __global__ void emv_stage(const float* __restrict__ x, const int* __r
                                      const float* __restrict__ bu, int nx, int K, int act, unsigned char* __restrict__ staged,
                                      int region, float* __restrict__ a) {
     // The kernel after it (the down products) may launch once this one's wait has returned — not before: the ids it may
-    // read before its own wait (expert_mv_k2880e) are then complete (see expert_mv_fixed); its x, this kernel's
+    // read before its own wait (expert_mv_k2880p) are then complete (see expert_mv_fixed); its x, this kernel's
     // output, it reads after that wait, which waits for this whole grid.
 #if __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;" ::: "memory");

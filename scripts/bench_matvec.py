@@ -150,6 +150,13 @@ def experts_table(copy_bw, sweep=False, profile=False, bits=None):
             print(repr(lin)); lin(cp.asarray(xin), cp.empty(lin.rows, np.float32)); cp.cuda.Device().synchronize()
             mv = ExpertMV([(cp.asarray(w), E, r, MXFP4) for w, r in parts], K, cp.asarray(choices[0]), per_expert_x=pe)
             print(repr(mv)); mv(cp.asarray(xin), cp.empty(mv.rows, np.float32)); cp.cuda.Device().synchronize()
+            # as the MoE layer runs them: gate|up by expert_mv_k2880x (x quantised in each CTA), down by expert_mv_k2880
+            # from emv_stage's regions
+            mv = ExpertMV([(cp.asarray(w), E, r, MXFP4) for w, r in parts], K, cp.asarray(choices[0]), per_expert_x=pe,
+                          staged=pe, k2880=True)
+            xd = cp.asarray(xin)
+            if pe: xd = emv_stage(xd, K, cp.zeros(k * emv_region(K), np.uint8))
+            print(repr(mv)); mv(xd, cp.empty(mv.rows, np.float32)); cp.cuda.Device().synchronize()
         return
     print('\n| gpt-oss experts (4 of 32, MXFP4) | kernel | rows x K each | MB read | µs | GB/s | / copy '
           '| max err / (|W||x\'|) | max err / max|ref| |')
@@ -172,12 +179,12 @@ def experts_table(copy_bw, sweep=False, profile=False, bits=None):
               flush=True)
         if pair is None and pm:                    # the dedicated kernel (06d), the input staged in each CTA and once
             nx = k if pe else 1
-            for staged, split, k2880, early in ((False, True, False, False), (False, True, True, False), (True, False, False, False),
-                                                (True, True, False, False), (True, True, True, False), (True, True, True, True)):
+            for staged, split, k2880, pre in ((False, True, False, False), (False, True, True, False), (True, False, False, False),
+                                              (True, True, False, False), (True, True, True, False), (True, True, True, True)):
                 if k2880 and (K != 2880 or (pe and not staged)): continue
-                mvs = [ExpertMV(dev, K, cp.asarray(c), per_expert_x=pe, staged=staged, split_last=split, k2880=k2880,
-                                early=early)
+                mvs = [ExpertMV(dev, K, cp.asarray(c), per_expert_x=pe, staged=staged, split_last=split, k2880=k2880, pre=pre)
                        for c in choices]
+                if pre and not mvs[0].pre: continue
                 xin_d = emv_stage(x, K, cp.zeros(nx * emv_region(K), np.uint8)) if staged else x
                 us = graph_us([(lambda m=m: m(xin_d, out)) for m in mvs] * 25)
                 got = cp.asnumpy(mvs[0](xin_d, out))
@@ -189,6 +196,7 @@ def experts_table(copy_bw, sweep=False, profile=False, bits=None):
                       f'| {parts[0][2]}x{K} | {mb:.1f} | {us:.1f} | {mb / us * 1e3:.0f} | {mb * 1e12 / us / copy_bw:.2f} '
                       f'| {np.max(np.abs(got - ref) / mag):.1e} | {np.abs(got - ref).max() / np.abs(ref).max():.1e} |  '
                       f'({mvs[0]!r}{extra})', flush=True)
+        if pair is None and pm: read_floor(dev, choices, mb, copy_bw)
         if not sweep or pair is False or pm: continue
         combos = [(w, u) for w in (4, 8, 16) for u in (1, 2, 3, 4)]
         cm.precompile([cm.v2_expr(w, [(MXFP4, u)], pair=True) for w, u in combos])
@@ -205,6 +213,33 @@ def experts_table(copy_bw, sweep=False, profile=False, bits=None):
                                 f'regs={r[5]}{" part-major" if r[7] else ""} max err/(|W||x\'|) {r[6]:.1e}')
         print(f'    every config within 1e-5 of |W||x\'|: {all(r[6] <= 1e-5 for r in res)}')
         print(f'    worst {res[-1][0]:.1f} µs warps={res[-1][1]} U={res[-1][2]} G={res[-1][3]}', flush=True)
+
+
+READ4 = r'''
+extern "C" __global__ void read4(const int4* __restrict__ w, const int* __restrict__ ids, long long stride16, int n16,
+                                 int* __restrict__ out) {
+    // expert ids[blockIdx.y]'s n16 16-byte words, read once by the CTAs of row y; their xor kept from elimination
+    const int4* e = w + (long long)ids[blockIdx.y] * stride16;
+    int acc = 0;
+#pragma unroll 4
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n16; i += gridDim.x * blockDim.x) {
+        const int4 v = __ldg(e + i); acc ^= v.x ^ v.y ^ v.z ^ v.w;
+    }
+    if (acc == 0x7fffffff) out[0] = acc;
+}'''
+
+
+def read_floor(dev, choices, mb, copy_bw):
+    "The chosen experts' bytes read by a plain kernel (16-byte loads, no arithmetic), the same rotation: what a read of them costs."
+    k = cp.RawKernel(READ4, 'read4')
+    out, ids = cp.zeros(1, np.int32), [cp.asarray(c) for c in choices]
+    def call(i, ctas):                                 # one launch per matrix (gate, up: two)
+        for w, E, _, _ in dev:
+            n16 = w.nbytes // E // 16
+            k((ctas, i.size), (256,), (w, i, np.int64(n16), np.int32(n16), out))
+    us, ctas = min((graph_us([(lambda i=i, c=c: call(i, c)) for i in ids] * 25), c) for c in (66, 132, 264, 528))
+    print(f'|  | a plain read of the same bytes (16-byte loads, no arithmetic; {len(dev)} launch(es) of {ctas} x 4 CTAs) | '
+          f'| {mb:.1f} | {us:.1f} | {mb / us * 1e3:.0f} | {mb * 1e12 / us / copy_bw:.2f} | | |', flush=True)
 
 
 def big_check(lin, wd, t, rows, K, xh):

@@ -107,9 +107,9 @@ def test_expert_mv(E, R, K, k, nm, per_expert_x):
             y2 = mvs(staged, cp.full(mv.rows, np.nan, np.float32)); stream.synchronize()
             assert np.array_equal(cp.asnumpy(y2), got)
             if K == 2880 and per_expert_x:                  # the 40-register kernel for gpt-oss's K: the same sums
-                for early in (False, True):               # (early: its first rows asked of L2 before the wait)
-                    mvk = M.ExpertMV(parts, K, ids, per_expert_x=True, staged=True, k2880=True, early=early)
-                    assert mvk.k2880 and 'k2880' in repr(mvk) and mvk.early == early
+                for pre in (False, True):                   # (pre: its first rows loaded before the wait)
+                    mvk = M.ExpertMV(parts, K, ids, per_expert_x=True, staged=True, k2880=True, pre=pre)
+                    assert mvk.k2880 and 'k2880' in repr(mvk) and mvk.pre == pre
                     y3 = mvk(staged, cp.full(mv.rows, np.nan, np.float32)); stream.synchronize()
                     assert np.array_equal(cp.asnumpy(y3), got)
             if K == 2880 and not per_expert_x:              # the same kernel, x quantised in each CTA (gate|up)

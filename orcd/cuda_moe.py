@@ -127,11 +127,13 @@ class ExpertMV:
         whole = R * (K // 32) * 17 % 4 == 0                 # the blocks may be read as whole aligned words
         # k2880: the 40-register kernel for gpt-oss's K (3 CTAs per SM), for staged x or one fp32 x (quantised in each CTA)
         self.k2880 = k2880 and K == 2880 and (staged or not per_expert_x)
-        name = ('expert_mv_k2880' if staged else 'expert_mv_k2880x') if self.k2880 else 'expert_mv'
-        kernel = load_kernel('expert_mv', name if whole else name + '_tail', pdl=False).raw
         self.smem = self.nx * emv_region(K)
-        if self.smem > 48 * 1024:                              # (the kernel's attribute serves every instance)
-            kernel.max_dynamic_shared_size_bytes = max(kernel.max_dynamic_shared_size_bytes, self.smem)
+        def kernel_of(name):                                   # the kernel, its predicated form if not whole
+            kernel = load_kernel('expert_mv', name if whole else name + '_tail', pdl=False).raw
+            if self.smem > 48 * 1024:                          # (the kernel's attribute serves every instance)
+                kernel.max_dynamic_shared_size_bytes = max(kernel.max_dynamic_shared_size_bytes, self.smem)
+            return kernel
+        kernel = kernel_of(('expert_mv_k2880' if staged else 'expert_mv_k2880x') if self.k2880 else 'expert_mv')
         units = self.k * len(self.w) * ((R + 1) // 2)        # row pairs, one warp each
         self.grid = ctas or max(1, min(_device_info()[0] * _ctas_per_sm(kernel, 512, self.smem), -(-units // 16)))
         warps, rest, self.units = 16 * self.grid, units % (16 * self.grid), units
@@ -140,11 +142,8 @@ class ExpertMV:
         # pre: the first unit's words loaded before the wait (expert_mv_k2880p: one unit per warp, the grid covers all);
         # the ids must then be complete when it starts (expert_mv.cu)
         self.pre = pre and self.k2880 and staged and units <= warps
-        if self.pre:
-            kernel = load_kernel('expert_mv', 'expert_mv_k2880p' + ('' if whole else '_tail'), pdl=False).raw
-            if self.smem > 48 * 1024: kernel.max_dynamic_shared_size_bytes = max(kernel.max_dynamic_shared_size_bytes, self.smem)
-        self.kernel = kernel
-        self.pdl = _PdlLaunch(kernel, self.grid, 512, self.smem) if (_has_pdl() if pdl is None else pdl and _has_pdl()) else None
+        self.kernel = kernel_of('expert_mv_k2880p') if self.pre else kernel   # (the same registers: the grid stands)
+        self.pdl = _PdlLaunch(self.kernel, self.grid, 512, self.smem) if (_has_pdl() if pdl is None else pdl and _has_pdl()) else None
         self._head = (self.w[0], self.w[-1], np.int32(len(self.w)), ids, np.int64(self.stride), np.int32(self.k),
                       np.int32(R), np.int32(K))
 

@@ -110,6 +110,9 @@ def test_expert_mv(E, R, K, k, nm, per_expert_x):
                 for pre in (False, True):                   # (pre: its first rows loaded before the wait)
                     mvk = M.ExpertMV(parts, K, ids, per_expert_x=True, staged=True, k2880=True, pre=pre)
                     assert mvk.k2880 and 'k2880' in repr(mvk) and mvk.pre == pre
+                    # the kernel launched (by PDL or not) is the one chosen: the sums alone would not tell them apart
+                    assert mvk.kernel.name.removesuffix('_tail') == ('expert_mv_k2880p' if pre else 'expert_mv_k2880')
+                    assert mvk.pdl is None or mvk.pdl.fn.value == mvk.kernel.kernel.ptr
                     y3 = mvk(staged, cp.full(mv.rows, np.nan, np.float32)); stream.synchronize()
                     assert np.array_equal(cp.asnumpy(y3), got)
             if K == 2880 and not per_expert_x:              # the same kernel, x quantised in each CTA (gate|up)
